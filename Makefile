@@ -1,0 +1,52 @@
+# msa-gateway: `make run` starts the demo, `make test` runs lint and the whole suite.
+# Both install what they need on a fresh Debian machine (run as root): Debian packages and a venv.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+DEB_PACKAGES := nginx-light wrk redis-server etcd-server etcd-client
+
+.PHONY: run test lint unit integration bench deps venv clean check-config
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Debian packages the tests and the benchmark run against (real redis-server, etcd, nginx, wrk).
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+run: venv
+	$(PY) -m examples.run_demo
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
+	$(VENV)/bin/mypy
+
+test: deps venv lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit
+
+integration: deps venv
+	$(VENV)/bin/pytest -q tests/integration
+
+bench: deps venv
+	$(PY) -m bench.run
+
+check-config: venv
+	$(VENV)/bin/msa-gateway check-config $(or $(FILE),examples/gateway.yaml)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info src/*.egg-info

@@ -1,0 +1,155 @@
+"""The ASGI application: the gateway's own endpoints (FastAPI) in front of the proxy (raw ASGI).
+
+Requests whose first raw path segment is one of the gateway's own names go to FastAPI; every
+other request goes straight to the proxy, so the framework never sits on the proxy's path.
+The lifespan builds the runtime, starts discovery and closes everything in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from msa_gateway import __version__
+from msa_gateway.proxy.handler import ProxyApp
+from msa_gateway.proxy.headers import request_id_from
+from msa_gateway.runtime import Runtime
+from msa_gateway.settings import GatewayConfig, Settings
+
+log = logging.getLogger("msa_gateway.app")
+OWN_SEGMENTS = frozenset(
+    {b"", b"health", b"metrics", b"services", b"docs", b"redoc", b"openapi.json", b"favicon.ico"}
+)
+READY_WAIT_SECONDS = 2.0
+
+
+def _request_id(request: Request) -> str:
+    rid = request.headers.get("x-request-id")
+    return request_id_from(rid.encode("latin-1") if rid else None)
+
+
+def _json_error(status: int, error: str, detail: str, request_id: str) -> JSONResponse:
+    return JSONResponse(
+        status_code=status,
+        content={"error": error, "detail": detail, "request_id": request_id},
+        headers={"x-request-id": request_id},
+    )
+
+
+def build_api(settings: Settings) -> FastAPI:
+    """Return the FastAPI app serving the gateway's own endpoints."""
+    from msa_gateway.routers import admin_router, health, metrics, root, services
+
+    api = FastAPI(
+        title="msa-gateway",
+        version=__version__,
+        description="The gateway's own endpoints. Every other path is proxied to `/{service}/{path}`.",
+        redirect_slashes=False,
+    )
+    api.state.settings = settings
+    api.include_router(root.router)
+    api.include_router(health.router)
+    api.include_router(metrics.router)
+    api.include_router(services.router)
+    if admin_router is not None:
+        api.include_router(admin_router)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        names = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
+        return _json_error(
+            exc.status_code, names.get(exc.status_code, "error"), str(exc.detail), _request_id(request)
+        )
+
+    @api.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _json_error(422, "invalid_request", f"{where}: {first.get('msg')}", _request_id(request))
+
+    @api.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error in a gateway endpoint", extra={"path": request.url.path})
+        return _json_error(500, "internal_error", "unexpected error", _request_id(request))
+
+    @api.middleware("http")
+    async def _request_id_header(request: Request, call_next: Callable[[Request], Any]) -> Any:
+        response = await call_next(request)
+        response.headers.setdefault("x-request-id", _request_id(request))
+        return response
+
+    return api
+
+
+class GatewayApp:
+    """The ASGI entry point: lifespan, own endpoints, proxy."""
+
+    def __init__(
+        self, settings: Settings, config: GatewayConfig, runtime_factory: Callable[[], Runtime] | None = None
+    ):
+        self.settings = settings
+        self.config = config
+        self._factory = runtime_factory or (lambda: Runtime(settings, config))
+        self.api = build_api(settings)
+        self.runtime: Runtime | None = None
+        self.proxy: ProxyApp | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Dispatch one ASGI connection."""
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if self.runtime is None:
+            # Served without lifespan support: build the runtime on first use.
+            await self._startup()
+        raw = scope.get("raw_path") or scope["path"].encode("utf-8")
+        end = raw.find(b"/", 1)
+        first = raw[1:end] if end > 0 else raw[1:]
+        if first in OWN_SEGMENTS:
+            await self.api(scope, receive, send)
+        else:
+            assert self.proxy is not None
+            await self.proxy(scope, receive, send)
+
+    async def _startup(self) -> None:
+        runtime = self._factory()
+        self.runtime = runtime
+        self.api.state.runtime = runtime
+        self.proxy = ProxyApp(runtime)
+        await runtime.start()
+        await runtime.wait_loaded(READY_WAIT_SECONDS)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self._startup()
+                except Exception as exc:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.runtime is not None:
+                    self.runtime.draining = True
+                    await self.runtime.aclose()
+                log.info("gateway stopped")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings | None = None, config: GatewayConfig | None = None) -> GatewayApp:
+    """Return the gateway app for ``settings`` (default: from the environment) and its YAML config."""
+    from msa_gateway.settings import load_config
+
+    settings = settings or Settings()
+    config = config or load_config(settings.gateway_config)
+    return GatewayApp(settings, config)

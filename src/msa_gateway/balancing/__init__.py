@@ -1,0 +1,1 @@
+"""Load balancers, picked by name from a table."""

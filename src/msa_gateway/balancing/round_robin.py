@@ -1,0 +1,70 @@
+"""Round robin, plain and weighted (nginx's smooth weighted round robin)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from msa_gateway.model import Instance
+
+
+class WeightedRoundRobin:
+    """Smooth weighted round robin: over any window of sum(weights) picks, each instance gets its weight.
+
+    State is rebuilt whenever the eligible set changes (compared by identity first, then by value).
+    """
+
+    name = "weighted_round_robin"
+    __slots__ = ("_current", "_eligible", "_total", "_weights")
+
+    def __init__(self) -> None:
+        self._eligible: Sequence[Instance] = ()
+        self._weights: list[int] = []
+        self._current: list[int] = []
+        self._total = 0
+
+    def _reset(self, eligible: Sequence[Instance]) -> None:
+        self._eligible = eligible
+        self._weights = [max(1, i.weight) for i in eligible]
+        self._current = [0] * len(eligible)
+        self._total = sum(self._weights)
+
+    def pick(self, eligible: Sequence[Instance]) -> Instance:
+        """Return the instance with the highest current weight, then lower it by the total."""
+        if eligible is not self._eligible and eligible != self._eligible:
+            self._reset(eligible)
+        self._eligible = eligible
+        current, weights = self._current, self._weights
+        best = 0
+        for i, w in enumerate(weights):
+            current[i] += w
+            if current[i] > current[best]:
+                best = i
+        current[best] -= self._total
+        return eligible[best]
+
+    def done(self, instance: Instance) -> None:
+        """Do nothing: round robin keeps no per-request state."""
+
+
+class RoundRobin:
+    """Round robin; falls back to smooth weighted round robin when weights differ."""
+
+    name = "round_robin"
+    __slots__ = ("_counter", "_weighted")
+
+    def __init__(self) -> None:
+        self._counter = 0
+        self._weighted = WeightedRoundRobin()
+
+    def pick(self, eligible: Sequence[Instance]) -> Instance:
+        """Return the next instance in turn; N picks over k instances give each N/k +- 1."""
+        first = eligible[0].weight
+        for inst in eligible:
+            if inst.weight != first:
+                return self._weighted.pick(eligible)
+        n = self._counter
+        self._counter = n + 1
+        return eligible[n % len(eligible)]
+
+    def done(self, instance: Instance) -> None:
+        """Do nothing: round robin keeps no per-request state."""

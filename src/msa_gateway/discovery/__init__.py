@@ -1,0 +1,1 @@
+"""Service discovery: providers that watch a registry and emit complete snapshots."""

@@ -1,0 +1,41 @@
+"""The provider table: ``SERVICE_DISCOVERY_TYPE`` names an import string, loaded on demand."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from msa_gateway.discovery.base import Provider, Registrar
+from msa_gateway.settings import GatewayConfig, Settings
+
+PROVIDERS: dict[str, str] = {
+    "static": "msa_gateway.discovery.static:StaticProvider",
+    "consul": "msa_gateway.discovery.consul:ConsulProvider",
+    "redis": "msa_gateway.discovery.redis:RedisProvider",
+    "etcd": "msa_gateway.discovery.etcd:EtcdProvider",
+}
+REGISTRARS: dict[str, str] = {
+    "redis": "msa_gateway.discovery.redis_registry:RedisRegistrar",
+    "etcd": "msa_gateway.discovery.etcd_registry:EtcdRegistrar",
+}
+
+
+def _load(ref: str) -> Any:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def create_provider(settings: Settings, config: GatewayConfig) -> Provider:
+    """Return the provider ``settings.service_discovery_type`` names."""
+    cls = _load(PROVIDERS[settings.service_discovery_type])
+    provider: Provider = cls.from_settings(settings, config)
+    return provider
+
+
+def create_registrar(settings: Settings) -> Registrar | None:
+    """Return a registrar for the active provider, or None when it takes no registrations."""
+    ref = REGISTRARS.get(settings.service_discovery_type)
+    if ref is None:
+        return None
+    registrar: Registrar = _load(ref).from_settings(settings)
+    return registrar

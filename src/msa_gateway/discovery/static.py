@@ -1,0 +1,32 @@
+"""The static provider: the services and instances of the YAML file, emitted once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Self
+
+from msa_gateway.model import Discovered
+from msa_gateway.settings import GatewayConfig, Settings
+
+
+class StaticProvider:
+    """Emit the YAML file's instances, then wait (the file is read once at start-up)."""
+
+    name = "static"
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self._config = config
+
+    @classmethod
+    def from_settings(cls, settings: Settings, config: GatewayConfig) -> Self:
+        """Build the provider from the loaded config."""
+        return cls(config)
+
+    async def watch(self) -> AsyncIterator[Discovered]:
+        """Yield the configured services once and then wait until cancelled."""
+        yield {name: svc.instances for name, svc in self._config.services.items()}
+        await asyncio.Event().wait()
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

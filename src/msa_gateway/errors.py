@@ -1,0 +1,104 @@
+"""One exception tree, and the one place where errors become JSON responses.
+
+    GatewayError
+    ├── ConfigError            bad settings or YAML; start-up fails with file, key and reason
+    ├── DiscoveryError         a registry could not be read (the provider is retried)
+    └── HTTPError              answered to the client as JSON with ``status``
+        ├── BadRequest               400  e.g. a path that climbs out of its service
+        ├── ServiceNotFound          404
+        ├── PayloadTooLarge          413
+        ├── NoHealthyInstance        503  + Retry-After
+        ├── Overloaded               503  + Retry-After
+        ├── UpstreamError            502  refused, reset, invalid response
+        └── UpstreamTimeout          504
+
+Bodies never carry a stack trace or an upstream address.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """A configuration mistake, reported as ``file: key: reason``."""
+
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        self.source, self.key, self.reason = source, key, reason
+        super().__init__(f"{source}: {key}: {reason}")
+
+
+class DiscoveryError(GatewayError):
+    """A registry was unreachable or answered something unusable."""
+
+
+class HTTPError(GatewayError):
+    """An error answered to the client."""
+
+    status = 500
+    error = "internal_error"
+    retry_after: int | None = None
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BadRequest(HTTPError):
+    status, error = 400, "bad_request"
+
+
+class ServiceNotFound(HTTPError):
+    status, error = 404, "service_not_found"
+
+
+class PayloadTooLarge(HTTPError):
+    status, error = 413, "payload_too_large"
+
+
+class NoHealthyInstance(HTTPError):
+    status, error, retry_after = 503, "no_healthy_instance", 5
+
+
+class Overloaded(HTTPError):
+    status, error, retry_after = 503, "overloaded", 1
+
+
+class UpstreamError(HTTPError):
+    """The instance refused, reset, or answered something that is not HTTP."""
+
+    status, error = 502, "bad_gateway"
+
+    def __init__(self, detail: str, kind: str = "protocol") -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
+class UpstreamTimeout(UpstreamError):
+    status, error = 504, "gateway_timeout"
+
+    def __init__(self, detail: str, kind: str = "timeout") -> None:
+        super().__init__(detail, kind)
+
+
+def error_body(status: int, error: str, detail: str, request_id: str) -> bytes:
+    """Return the JSON body every error response carries."""
+    return orjson.dumps({"error": error, "detail": detail, "request_id": request_id})
+
+
+def render(exc: HTTPError, request_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Turn ``exc`` into status, headers and body: the one place errors become HTTP."""
+    body = error_body(exc.status, exc.error, exc.detail, request_id)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    if exc.retry_after is not None:
+        headers.append((b"retry-after", str(exc.retry_after).encode()))
+    return exc.status, headers, body

@@ -1,0 +1,1 @@
+"""Health: active probes, the health table, passive outlier detection."""

@@ -1,0 +1,84 @@
+"""Frozen data: instances, per-service options and the discovered set a provider emits.
+
+Everything here is immutable and cheap to compare, so that a provider can emit a complete
+snapshot and the aggregator can tell in one ``==`` whether anything changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# Path segments that belong to the gateway itself; a service may never be named like one.
+RESERVED_NAMES: frozenset[str] = frozenset(
+    {"health", "metrics", "services", "docs", "redoc", "openapi.json", "favicon.ico", "admin", "static"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-service upstream timeouts in seconds (``total`` None means unbounded)."""
+
+    connect: float = 2.0
+    read: float = 30.0
+    total: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Active health probe settings; ``path`` None disables probing."""
+
+    path: str | None = "/health"
+    interval: float = 5.0
+    timeout: float = 2.0
+    healthy_threshold: int = 1
+    unhealthy_threshold: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceOptions:
+    """How the gateway talks to one service; the same for every instance of it."""
+
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    health_check: HealthCheck = field(default_factory=HealthCheck)
+    balancer: str = "round_robin"
+    pass_host_header: bool = False
+    max_connections_per_instance: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One reachable copy of a service, as discovered."""
+
+    id: str
+    host: str
+    port: int
+    weight: int = 1
+    health_path: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+    source: str = "static"
+    scheme: str = "http"
+
+    @property
+    def address(self) -> str:
+        """Return ``host:port`` (brackets around IPv6 literals)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """Return the origin the gateway forwards to, e.g. ``http://10.0.0.5:8001``."""
+        return f"{self.scheme}://{self.address}"
+
+
+# What a discovery provider emits: every service it knows with all its instances.
+Discovered = Mapping[str, tuple[Instance, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """A service as the data plane sees it: its instances plus the options that apply to it."""
+
+    name: str
+    instances: tuple[Instance, ...]
+    options: ServiceOptions

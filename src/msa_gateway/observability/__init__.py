@@ -1,0 +1,1 @@
+"""Metrics, JSON logging and the access log."""

@@ -1,0 +1,77 @@
+"""Prometheus metrics on the gateway's own registry; label values are always bounded.
+
+Labels: ``service`` is a registered service name or ``unknown``; ``method`` is one of the
+standard methods or ``OTHER``; ``code`` is the numeric status; ``instance`` is ``host:port`` of
+a registered instance. A raw path never becomes a label value.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
+UNKNOWN_SERVICE = "unknown"
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def method_label(method: str) -> str:
+    """Return ``method`` when standard, else ``OTHER``."""
+    return method if method in KNOWN_METHODS else "OTHER"
+
+
+class Metrics:
+    """Every metric the gateway exports, on one ``CollectorRegistry`` owned by the runtime."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests",
+            "Requests answered, by service, method and status code.",
+            ["service", "method", "code"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request to the end of the response, by service.",
+            ["service"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors",
+            "Failures talking to an instance, by service and kind.",
+            ["service", "kind"],
+            registry=r,
+        )
+        self.instance_up = Gauge(
+            "gateway_instance_up",
+            "1 when the instance passes its health checks, else 0.",
+            ["service", "instance"],
+            registry=r,
+        )
+        self.in_flight = Gauge("gateway_requests_in_flight", "Proxied requests being served now.", registry=r)
+        self.discovery_up = Gauge(
+            "gateway_discovery_up",
+            "1 when the discovery provider's last read succeeded.",
+            ["provider"],
+            registry=r,
+        )
+        self.discovery_last_success = Gauge(
+            "gateway_discovery_last_success_timestamp_seconds",
+            "Unix time of the provider's last successful read.",
+            ["provider"],
+            registry=r,
+        )
+        self.registry_services = Gauge(
+            "gateway_registry_services", "Services in the current snapshot.", registry=r
+        )
+        self.registry_instances = Gauge(
+            "gateway_registry_instances", "Instances in the current snapshot.", registry=r
+        )
+        self.registry_swaps = Counter("gateway_registry_swaps", "Registry snapshots swapped in.", registry=r)
+
+    def render(self) -> tuple[bytes, str]:
+        """Return the exposition text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

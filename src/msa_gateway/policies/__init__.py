@@ -1,0 +1,1 @@
+"""Per-service policies."""

@@ -1,0 +1,1 @@
+"""The proxy: route a request to an instance and stream it there and back."""

@@ -1,0 +1,160 @@
+"""Pure header rules for both directions of the proxy.
+
+Request: end-to-end headers pass; hop-by-hop ones, every header the ``Connection`` header
+names, and the client's framing headers are dropped; ``Host``, ``X-Forwarded-*`` and
+``X-Request-ID`` are set by the gateway. ``X-Forwarded-*`` from the client are kept only when
+the peer is a trusted proxy. Response: hop-by-hop and framing headers (except a
+``Content-Length`` that matches the bytes) are dropped, repeated headers such as ``Set-Cookie``
+stay repeated, ``Content-Encoding`` is untouched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Set by the gateway itself, never copied from the client.
+_REQUEST_OWN = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"expect",
+        b"x-request-id",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-prefix",
+        b"x-forwarded-port",
+        b"x-real-ip",
+        b"forwarded",
+    }
+)
+_FORWARDED_KEEP = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
+_RESPONSE_OWN = frozenset({b"x-request-id"})
+_REQUEST_ID_OK = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,200}$")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def new_request_id() -> str:
+    """Return a fresh random request id (32 hex digits)."""
+    return os.urandom(16).hex()
+
+
+def request_id_from(value: bytes | None) -> str:
+    """Return the client's request id when it is short and safe, else a new one."""
+    if value is not None and _REQUEST_ID_OK.match(value):
+        return value.decode("ascii")
+    return new_request_id()
+
+
+def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Return the header names listed in every ``Connection`` header (lower-cased)."""
+    names: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            names.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(names)
+
+
+@lru_cache(maxsize=4096)
+def _peer_trusted(peer: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def is_trusted(peer: str | None, networks: tuple[Network, ...]) -> bool:
+    """Return whether ``peer`` lies in one of the trusted proxy ``networks``."""
+    return bool(peer and networks and _peer_trusted(peer, networks))
+
+
+def upstream_request_headers(
+    headers: Sequence[tuple[bytes, bytes]],
+    *,
+    peer: str | None,
+    scheme: str,
+    prefix: str,
+    request_id: str,
+    upstream_host: str,
+    trusted: bool,
+    pass_host_header: bool = False,
+    content_length: int | None = None,
+) -> list[tuple[str, str]]:
+    """Return the headers to send upstream, as (name, value) strings in the client's order."""
+    drop = connection_tokens(headers) if any(n == b"connection" for n, _ in headers) else frozenset()
+    out: list[tuple[str, str]] = []
+    client_host = b""
+    prior_for: list[bytes] = []
+    prior_proto = prior_host = None
+    for name, value in headers:
+        if name in HOP_BY_HOP or name in drop:
+            continue
+        if name in _REQUEST_OWN:
+            if name == b"host":
+                client_host = value
+            elif trusted and name in _FORWARDED_KEEP:
+                if name == b"x-forwarded-for":
+                    prior_for.append(value)
+                elif name == b"x-forwarded-proto":
+                    prior_proto = value
+                elif name == b"x-forwarded-host":
+                    prior_host = value
+                else:
+                    out.append((name.decode("latin-1"), value.decode("latin-1")))
+            continue
+        out.append((name.decode("latin-1"), value.decode("latin-1")))
+    host = client_host.decode("latin-1") if pass_host_header and client_host else upstream_host
+    out.append(("Host", host))
+    chain = [v.decode("latin-1") for v in prior_for]
+    if peer:
+        chain.append(peer)
+    if chain:
+        out.append(("X-Forwarded-For", ", ".join(chain)))
+    out.append(("X-Forwarded-Proto", prior_proto.decode("latin-1") if prior_proto else scheme))
+    fwd_host = prior_host or client_host
+    if fwd_host:
+        out.append(("X-Forwarded-Host", fwd_host.decode("latin-1")))
+    out.append(("X-Forwarded-Prefix", prefix))
+    out.append(("X-Request-ID", request_id))
+    if content_length is not None:
+        out.append(("Content-Length", str(content_length)))
+    return out
+
+
+def downstream_response_headers(
+    raw_headers: Sequence[tuple[bytes, bytes]], request_id: bytes
+) -> list[tuple[bytes, bytes]]:
+    """Return the upstream's response headers fit to send to the client, plus ``x-request-id``."""
+    drop: frozenset[bytes] = frozenset()
+    for name, _ in raw_headers:
+        if name.lower() == b"connection":
+            drop = connection_tokens(raw_headers)
+            break
+    out = []
+    for name, value in raw_headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP or lname in drop or lname in _RESPONSE_OWN:
+            continue
+        out.append((lname, value))
+    out.append((b"x-request-id", request_id))
+    return out

@@ -1,0 +1,1 @@
+"""The registry: immutable snapshots of services and the store that swaps them."""

@@ -1,0 +1,99 @@
+"""Immutable, versioned registry snapshots and the per-service data plane built from them.
+
+A ``Snapshot`` is built once per discovered change and swapped in with one assignment; the
+proxy reads it once per request. Everything a request needs (balancer, eligible instances,
+timeouts, metric children) is precomputed here so the request path only looks things up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from msa_gateway.balancing.base import Balancer, create_balancer
+from msa_gateway.health.table import HealthTable, instance_key
+from msa_gateway.model import Instance, ServiceSpec
+from msa_gateway.observability.metrics import Metrics
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics import Counter, Histogram
+
+
+class ServiceRoute:
+    """One service's data plane within one snapshot."""
+
+    __slots__ = (
+        "_counters",
+        "_metrics",
+        "balancer",
+        "client_timeout",
+        "duration",
+        "eligible",
+        "instances",
+        "keys",
+        "name",
+        "prefix",
+        "spec",
+        "upstream_errors",
+    )
+
+    def __init__(self, spec: ServiceSpec, metrics: Metrics, health: HealthTable) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.prefix = "/" + spec.name
+        self.instances: tuple[Instance, ...] = spec.instances
+        self.keys: tuple[str, ...] = tuple(instance_key(spec.name, i.id, i.address) for i in spec.instances)
+        self.balancer: Balancer = create_balancer(spec.options.balancer)
+        t = spec.options.timeouts
+        self.client_timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.read)
+        self._metrics = metrics
+        self._counters: dict[tuple[str, int], Counter] = {}
+        self.duration: Histogram = metrics.duration.labels(spec.name)
+        self.upstream_errors = metrics.upstream_errors
+        self.eligible: tuple[Instance, ...] = ()
+        self.refresh(health)
+
+    def refresh(self, health: HealthTable) -> None:
+        """Recompute the instances that may receive traffic from the health table."""
+        self.eligible = tuple(
+            inst for inst, key in zip(self.instances, self.keys, strict=True) if health.is_eligible(key)
+        )
+
+    def count(self, method: str, code: int) -> None:
+        """Count one answered request (children cached: a dict lookup and an increment)."""
+        key = (method, code)
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = self._metrics.requests.labels(self.name, method, str(code))
+        child.inc()
+
+    def key_of(self, instance: Instance) -> str:
+        """Return the health key of ``instance``."""
+        return instance_key(self.name, instance.id, instance.address)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every routable service at one moment; ``version`` grows by one per swap."""
+
+    version: int
+    services: Mapping[str, ServiceRoute]
+    created: float = field(default_factory=time.time)
+    seen: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def instance_count(self) -> int:
+        """Return how many instances the snapshot holds."""
+        return sum(len(s.instances) for s in self.services.values())
+
+    def describe(self) -> dict[str, Any]:
+        """Return a JSON-ready summary (for logs)."""
+        return {"version": self.version, "services": len(self.services), "instances": self.instance_count}
+
+
+EMPTY = Snapshot(version=0, services=MappingProxyType({}))

@@ -1,0 +1,118 @@
+"""``/services``, ``/services/{name}/health``, ``/services/{name}/info``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from msa_gateway.model import Instance
+from msa_gateway.registry.snapshot import ServiceRoute
+from msa_gateway.routers.deps import route_of, runtime_of
+from msa_gateway.runtime import Runtime
+
+router = APIRouter(prefix="/services", tags=["services"])
+
+
+def _instance(rt: Runtime, route: ServiceRoute, inst: Instance, key: str) -> dict[str, Any]:
+    state = rt.health.get(key)
+    return {
+        "id": inst.id,
+        "address": inst.address,
+        "host": inst.host,
+        "port": inst.port,
+        "weight": inst.weight,
+        "source": inst.source,
+        "metadata": dict(inst.metadata),
+        "health": {
+            "status": state.status,
+            "eligible": state.eligible,
+            "last_checked": state.last_checked,
+            "last_latency_ms": None if state.last_latency_ms is None else round(state.last_latency_ms, 3),
+            "last_error": state.last_error,
+            "since": state.since,
+        },
+        "last_seen": rt.snapshot.seen.get(key),
+    }
+
+
+def _service(rt: Runtime, route: ServiceRoute) -> dict[str, Any]:
+    return {
+        "name": route.name,
+        "healthy_instances": len(route.eligible),
+        "total_instances": len(route.instances),
+        "instances": [_instance(rt, route, i, k) for i, k in zip(route.instances, route.keys, strict=True)],
+    }
+
+
+@router.get("", summary="Every service with its instances and their health")
+@router.get("/", include_in_schema=False)
+async def list_services(request: Request) -> dict[str, Any]:
+    """List services, instances and health."""
+    rt = runtime_of(request)
+    return {
+        "registry_version": rt.snapshot.version,
+        "discovery": rt.provider.name,
+        "services": {name: _service(rt, route) for name, route in rt.snapshot.services.items()},
+    }
+
+
+@router.get("/{name}/health", summary="Probe every instance of a service now")
+async def service_health(request: Request, name: str) -> dict[str, Any]:
+    """Probe each instance of ``name`` now and report status and latency."""
+    rt = runtime_of(request)
+    route = route_of(request, name)
+    check = route.spec.options.health_check
+    results = []
+    probes = []
+    for inst in route.instances:
+        path = inst.health_path or check.path or "/"
+        probes.append(rt.checker.probe(inst, path, check.timeout))
+    outcomes = await asyncio.gather(*probes)
+    for inst, key, res in zip(route.instances, route.keys, outcomes, strict=True):
+        results.append(
+            {
+                "id": inst.id,
+                "address": inst.address,
+                "status": "healthy" if res.ok else "unhealthy",
+                "http_status": res.status,
+                "latency_ms": round(res.latency_ms, 3),
+                "error": res.error,
+                "in_rotation": rt.health.is_eligible(key),
+            }
+        )
+    healthy = sum(1 for r in results if r["status"] == "healthy")
+    return {
+        "service": name,
+        "status": "healthy"
+        if healthy == len(results) and results
+        else ("degraded" if healthy else "unhealthy"),
+        "healthy_instances": healthy,
+        "total_instances": len(results),
+        "checked_at": time.time(),
+        "instances": results,
+    }
+
+
+@router.get("/{name}/info", summary="Instances, weights, balancer, timeouts and counters of a service")
+async def service_info(request: Request, name: str) -> dict[str, Any]:
+    """Describe how the gateway routes to ``name``."""
+    rt = runtime_of(request)
+    route = route_of(request, name)
+    options = route.spec.options
+    counts: dict[str, float] = {}
+    for metric in rt.metrics.requests.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.labels.get("service") == name:
+                code = sample.labels["code"]
+                counts[code] = counts.get(code, 0) + sample.value
+    return {
+        **_service(rt, route),
+        "balancer": route.balancer.name,
+        "options": asdict(options),
+        "requests_by_code": counts,
+        "registry_version": rt.snapshot.version,
+    }

@@ -1,0 +1,202 @@
+"""The runtime: the one object that owns clients, tables, tasks and the current snapshot.
+
+Built in the lifespan, started before the first request and closed in order at shutdown
+(discovery, then probes, then pools). Nothing else holds mutable state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import aiohttp
+
+from msa_gateway import __version__
+from msa_gateway.discovery.aggregator import Aggregator
+from msa_gateway.discovery.base import Provider, Registrar
+from msa_gateway.discovery.providers import create_provider, create_registrar
+from msa_gateway.health.active import ActiveHealthChecker, ProbeTarget
+from msa_gateway.health.table import HealthState, HealthTable
+from msa_gateway.model import Discovered, Instance, ServiceSpec
+from msa_gateway.observability.access import AccessLog
+from msa_gateway.observability.metrics import UNKNOWN_SERVICE, Metrics
+from msa_gateway.proxy.upstream import SessionPool
+from msa_gateway.registry.snapshot import EMPTY, ServiceRoute, Snapshot
+from msa_gateway.settings import GatewayConfig, Settings, validate_service_name
+
+log = logging.getLogger("msa_gateway.registry")
+
+
+class Runtime:
+    """Everything the gateway holds while it runs."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: GatewayConfig,
+        *,
+        provider: Provider | None = None,
+        access: AccessLog | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.version = __version__
+        self.started_at = time.time()
+        self.metrics = Metrics()
+        self.access = access or AccessLog(console=settings.debug)
+        self.health = HealthTable()
+        self.health.set_listener(self._on_health_change)
+        self.checker = ActiveHealthChecker(self.health)
+        self.pools = SessionPool()
+        self.snapshot: Snapshot = EMPTY
+        self.provider = provider or create_provider(settings, config)
+        self.registrar: Registrar | None = None
+        self.aggregator = Aggregator(self.provider, self.apply, self.metrics)
+        self.draining = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._unknown: dict[tuple[str, int], Any] = {}
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Start a named background task the runtime owns and cancels at shutdown."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "background task died", extra={"task": task.get_name(), "error": repr(task.exception())}
+            )
+
+    async def start(self) -> None:
+        """Start discovery (probes start as snapshots arrive)."""
+        self.registrar = create_registrar(self.settings)
+        self.spawn(f"discovery:{self.provider.name}", self.aggregator.run())
+        log.info(
+            "gateway starting",
+            extra={"discovery": self.provider.name, "config": self.config.source, "version": self.version},
+        )
+
+    async def wait_loaded(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the first snapshot; return whether it came."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.aggregator.loaded.wait(), timeout)
+        return self.aggregator.loaded.is_set()
+
+    async def aclose(self) -> None:
+        """Stop discovery, then probes, then close pools and clients, in that order."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.provider.aclose()
+        if self.registrar is not None:
+            with contextlib.suppress(Exception):
+                await self.registrar.aclose()
+        await self.checker.aclose()
+        await self.pools.aclose()
+
+    # --- snapshots -------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Return whether a registry snapshot has loaded and the gateway is not draining."""
+        return self.aggregator.loaded.is_set() and not self.draining
+
+    def apply(self, discovered: Discovered) -> None:
+        """Build a snapshot from ``discovered`` and swap it in: the one place that swaps."""
+        specs: dict[str, ServiceSpec] = {}
+        for name, instances in sorted(discovered.items()):
+            why = validate_service_name(name)
+            if why:
+                log.warning("skipping service with an unusable name", extra={"service": name, "reason": why})
+                continue
+            options = self.config.options_for(name)
+            specs[name] = ServiceSpec(name=name, instances=tuple(instances), options=options)
+        old = self.snapshot
+        routes = {name: ServiceRoute(spec, self.metrics, self.health) for name, spec in specs.items()}
+        now = time.time()
+        seen = {key: now for route in routes.values() for key in route.keys}
+        new = Snapshot(
+            version=old.version + 1,
+            services=MappingProxyType(routes),
+            created=now,
+            seen=MappingProxyType(seen),
+        )
+        for route in routes.values():
+            self.pools.get(route.name, route.spec.options)
+        self.snapshot = new
+        self._after_swap(old, new)
+
+    def _after_swap(self, old: Snapshot, new: Snapshot) -> None:
+        old_keys = {k for r in old.services.values() for k in r.keys}
+        new_keys = {k for r in new.services.values() for k in r.keys}
+        added, removed = sorted(new_keys - old_keys), sorted(old_keys - new_keys)
+        log.info(
+            "registry updated",
+            extra={
+                "version": new.version,
+                "services": len(new.services),
+                "instances": new.instance_count,
+                "added": added,
+                "removed": removed,
+            },
+        )
+        self.metrics.registry_swaps.inc()
+        self.metrics.registry_services.set(len(new.services))
+        self.metrics.registry_instances.set(new.instance_count)
+        self.health.retain(new_keys)
+        self.pools.retain(set(new.services))
+        for route in old.services.values():
+            for inst, key in zip(route.instances, route.keys, strict=True):
+                if key in removed:
+                    with contextlib.suppress(KeyError):
+                        self.metrics.instance_up.remove(route.name, inst.address)
+        targets: dict[str, ProbeTarget] = {}
+        for route in new.services.values():
+            check = route.spec.options.health_check
+            for inst, key in zip(route.instances, route.keys, strict=True):
+                path = inst.health_path or check.path
+                up = 1 if self.health.is_eligible(key) else 0
+                self.metrics.instance_up.labels(route.name, inst.address).set(up)
+                if path is not None:
+                    targets[key] = ProbeTarget(route.name, key, inst, path, check)
+        self.checker.reconcile(targets)
+
+    def _on_health_change(self, service: str, key: str, state: HealthState) -> None:
+        route = self.snapshot.services.get(service)
+        if route is None:
+            return
+        route.refresh(self.health)
+        for inst, k in zip(route.instances, route.keys, strict=True):
+            if k == key:
+                self.metrics.instance_up.labels(service, inst.address).set(1 if state.eligible else 0)
+
+    # --- request path helpers --------------------------------------------------------
+
+    def session_for(self, route: ServiceRoute) -> aiohttp.ClientSession:
+        """Return the pooled client session of ``route``'s service."""
+        return self.pools.get(route.name, route.spec.options)
+
+    def count_unknown(self, method: str, code: int) -> None:
+        """Count a request that matched no service (label ``service="unknown"``)."""
+        key = (method, code)
+        child = self._unknown.get(key)
+        if child is None:
+            child = self._unknown[key] = self.metrics.requests.labels(UNKNOWN_SERVICE, method, str(code))
+        child.inc()
+
+    def instances_of(self, service: str) -> Mapping[str, Instance]:
+        """Return the instances of ``service`` by health key (empty when unknown)."""
+        route = self.snapshot.services.get(service)
+        return dict(zip(route.keys, route.instances, strict=True)) if route else {}

@@ -1,0 +1,274 @@
+"""Settings: environment variables and ``.env`` for the process, a YAML file for services.
+
+``load_config`` turns the YAML file into frozen dataclasses. Any mistake (unknown key, wrong
+type, bad port, a service named like a gateway endpoint) raises ``ConfigError`` whose message
+is one line naming the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from msa_gateway.errors import ConfigError
+from msa_gateway.model import RESERVED_NAMES, HealthCheck, Instance, ServiceOptions, Timeouts
+
+DiscoveryType = Literal["static", "consul", "redis", "etcd"]
+SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$")
+EMBEDDED_CONFIG = "embedded:default_config.yaml"
+
+
+class Settings(BaseSettings):
+    """Process settings from the environment and ``.env`` (names as users know them)."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    host: str = "0.0.0.0"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    debug: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    service_discovery_type: DiscoveryType = "static"
+    gateway_config: str | None = None
+    gateway_admin_token: str | None = None
+
+    consul_host: str = "localhost"
+    consul_port: Annotated[int, Field(ge=1, le=65535)] = 8500
+    consul_scheme: Literal["http", "https"] = "http"
+    consul_token: str | None = None
+    consul_datacenter: str | None = None
+
+    redis_host: str = "localhost"
+    redis_port: Annotated[int, Field(ge=1, le=65535)] = 6379
+    redis_password: str | None = None
+    redis_db: Annotated[int, Field(ge=0)] = 0
+    redis_url: str | None = None
+
+    etcd_endpoints: str = "http://127.0.0.1:2379"
+    etcd_prefix: str = "/msa-gateway/services/"
+
+
+# --- YAML schema (validated, then frozen) -------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+class _TimeoutsModel(_Strict):
+    connect: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    read: Annotated[float, Field(gt=0, le=86400)] = 30.0
+    total: Annotated[float, Field(gt=0, le=86400)] | None = None
+
+
+class _HealthModel(_Strict):
+    path: str | None = "/health"
+    interval: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    timeout: Annotated[float, Field(gt=0, le=600)] = 2.0
+    healthy_threshold: Annotated[int, Field(ge=1, le=100)] = 1
+    unhealthy_threshold: Annotated[int, Field(ge=1, le=100)] = 2
+
+    @field_validator("path")
+    @classmethod
+    def _path_absolute(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
+
+
+class _OptionsModel(_Strict):
+    timeouts: _TimeoutsModel | None = None
+    health_check: _HealthModel | None = None
+    balancer: Literal["round_robin", "weighted_round_robin", "random", "least_request"] | None = None
+    pass_host_header: bool | None = None
+    max_connections_per_instance: Annotated[int, Field(ge=1, le=100000)] | None = None
+
+
+class _InstanceModel(_Strict):
+    host: Annotated[str, Field(min_length=1, max_length=253)]
+    port: Annotated[int, Field(ge=1, le=65535)]
+    id: str | None = None
+    weight: Annotated[int, Field(ge=1, le=1000)] = 1
+    health_path: str | None = None
+    scheme: Literal["http"] = "http"
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("host")
+    @classmethod
+    def _host_plain(cls, v: str) -> str:
+        if any(c in v for c in "/@?#% \t"):
+            raise ValueError("must be a bare host name or IP address")
+        return v
+
+
+class _ServiceModel(_OptionsModel):
+    instances: list[_InstanceModel] = Field(default_factory=list)
+
+
+class _GatewayModel(_Strict):
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an IP network") from exc
+        return v
+
+
+class _FileModel(_Strict):
+    gateway: _GatewayModel = Field(default_factory=_GatewayModel)
+    defaults: _OptionsModel = Field(default_factory=_OptionsModel)
+    services: dict[str, _ServiceModel] = Field(default_factory=dict)
+
+
+# --- frozen result ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """A service's options from the YAML file, and its static instances (if any)."""
+
+    name: str
+    options: ServiceOptions
+    instances: tuple[Instance, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The validated YAML file."""
+
+    source: str
+    defaults: ServiceOptions = field(default_factory=ServiceOptions)
+    services: Mapping[str, ServiceConfig] = field(default_factory=lambda: MappingProxyType({}))
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def options_for(self, service: str) -> ServiceOptions:
+        """Return the configured options of ``service``, or the defaults."""
+        cfg = self.services.get(service)
+        return cfg.options if cfg is not None else self.defaults
+
+
+def _merge(base: ServiceOptions, over: _OptionsModel) -> ServiceOptions:
+    t = base.timeouts if over.timeouts is None else Timeouts(**over.timeouts.model_dump())
+    h = base.health_check if over.health_check is None else HealthCheck(**over.health_check.model_dump())
+    return ServiceOptions(
+        timeouts=t,
+        health_check=h,
+        balancer=over.balancer if over.balancer is not None else base.balancer,
+        pass_host_header=base.pass_host_header if over.pass_host_header is None else over.pass_host_header,
+        max_connections_per_instance=(
+            base.max_connections_per_instance
+            if over.max_connections_per_instance is None
+            else over.max_connections_per_instance
+        ),
+    )
+
+
+def validate_service_name(name: str) -> str | None:
+    """Return why ``name`` cannot be a service name, or None when it can."""
+    if not SERVICE_NAME_RE.match(name):
+        return "service names are 1-128 characters of letters, digits, '.', '_', '~' or '-'"
+    if name.lower() in RESERVED_NAMES or name in {".", ".."}:
+        return f"{name!r} is a gateway endpoint and cannot be a service name"
+    return None
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def parse_config(data: Any, source: str) -> GatewayConfig:
+    """Validate parsed YAML ``data`` read from ``source``; raise ``ConfigError`` on any mistake."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, "(top level)", "expected a mapping with gateway/defaults/services")
+    try:
+        model = _FileModel.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        reason = err["msg"]
+        if err["type"] == "extra_forbidden":
+            reason = "unknown key"
+        more = len(exc.errors()) - 1
+        if more:
+            reason += f" (and {more} more error{'s' if more > 1 else ''})"
+        raise ConfigError(source, _key(loc), reason) from None
+    defaults = _merge(ServiceOptions(), model.defaults)
+    services: dict[str, ServiceConfig] = {}
+    for name, svc in model.services.items():
+        why = validate_service_name(name)
+        if why:
+            raise ConfigError(source, f"services.{name}", why)
+        options = _merge(defaults, svc)
+        seen: set[str] = set()
+        instances = []
+        for i, inst in enumerate(svc.instances):
+            iid = inst.id or f"{inst.host}:{inst.port}"
+            if iid in seen:
+                raise ConfigError(source, f"services.{name}.instances.{i}", f"duplicate instance {iid!r}")
+            seen.add(iid)
+            instances.append(
+                Instance(
+                    id=iid,
+                    host=inst.host,
+                    port=inst.port,
+                    weight=inst.weight,
+                    health_path=inst.health_path,
+                    metadata=tuple(sorted(inst.metadata.items())),
+                    source="static",
+                )
+            )
+        services[name] = ServiceConfig(name=name, options=options, instances=tuple(instances))
+    return GatewayConfig(
+        source=source,
+        defaults=defaults,
+        services=MappingProxyType(services),
+        trusted_proxies=tuple(ipaddress.ip_network(c, strict=False) for c in model.gateway.trusted_proxies),
+    )
+
+
+def load_config(path: str | None) -> GatewayConfig:
+    """Read and validate the YAML file at ``path`` (None: the embedded default)."""
+    if path is None or path == EMBEDDED_CONFIG:
+        text = resources.files("msa_gateway").joinpath("default_config.yaml").read_text("utf-8")
+        source = EMBEDDED_CONFIG
+    else:
+        source = path
+        try:
+            text = Path(path).read_text("utf-8")
+        except OSError as exc:
+            raise ConfigError(source, "(file)", exc.strerror or str(exc)) from None
+        except UnicodeDecodeError:
+            raise ConfigError(source, "(file)", "not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(file)"
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(source, where, str(problem)) from None
+    return parse_config(data, source)
+
+
+def env_error(exc: Exception) -> str:
+    """Return one line naming the environment variable and the reason of a settings error."""
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        name = str(err["loc"][0]).upper() if err["loc"] else "(environment)"
+        return f"environment: {name}: {err['msg']}"
+    return f"environment: {exc}"

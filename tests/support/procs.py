@@ -1,0 +1,99 @@
+"""Start and stop real processes on 127.0.0.1 for integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until something accepts on ``host:port``; fail early if ``proc`` dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+async def await_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0) -> None:
+    """Wait, without blocking the loop, until something accepts on ``host:port``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _, w = await asyncio.open_connection(host, port)
+            w.close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.02)
+
+
+def find_binary(*names: str) -> str:
+    """Return the path of the first of ``names`` found on PATH or in /usr/sbin; fail clearly."""
+    for name in names:
+        path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/usr/local/bin")
+        if path:
+            return path
+    raise RuntimeError(f"none of {names} is installed: run `make deps`")
+
+
+def python_env(**extra: str) -> dict[str, str]:
+    """Return an environment in which ``python -m`` finds the package and the tests."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO), env.get("PYTHONPATH", "")])
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def running(
+    argv: Sequence[str],
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    timeout: float = 20.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` for the duration of the block; wait for ``port``; kill it afterwards."""
+    out = open(log, "wb") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(list(argv), env=env or python_env(), stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        if port is not None:
+            wait_port(port, timeout=timeout, proc=proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if log is not None and hasattr(out, "close"):
+            out.close()
+
+
+PY = sys.executable
