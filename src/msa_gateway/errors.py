@@ -73,16 +73,17 @@ class UpstreamError(HTTPError):
 
     status, error = 502, "bad_gateway"
 
-    def __init__(self, detail: str, kind: str = "protocol") -> None:
+    def __init__(self, detail: str, kind: str = "protocol_error", *, request_sent: bool = True) -> None:
         super().__init__(detail)
         self.kind = kind
+        self.request_sent = request_sent
 
 
 class UpstreamTimeout(UpstreamError):
     status, error = 504, "gateway_timeout"
 
-    def __init__(self, detail: str, kind: str = "timeout") -> None:
-        super().__init__(detail, kind)
+    def __init__(self, detail: str, kind: str = "read_timeout", *, request_sent: bool = True) -> None:
+        super().__init__(detail, kind, request_sent=request_sent)
 
 
 def error_body(status: int, error: str, detail: str, request_id: str) -> bytes:

@@ -14,8 +14,6 @@ from collections.abc import Coroutine, Mapping
 from types import MappingProxyType
 from typing import Any
 
-import aiohttp
-
 from msa_gateway import __version__
 from msa_gateway.discovery.aggregator import Aggregator
 from msa_gateway.discovery.base import Provider, Registrar
@@ -25,7 +23,7 @@ from msa_gateway.health.table import HealthState, HealthTable
 from msa_gateway.model import Discovered, Instance, ServiceSpec
 from msa_gateway.observability.access import AccessLog
 from msa_gateway.observability.metrics import UNKNOWN_SERVICE, Metrics
-from msa_gateway.proxy.upstream import SessionPool
+from msa_gateway.proxy.upstream import UpstreamClient, create_client
 from msa_gateway.registry.snapshot import EMPTY, ServiceRoute, Snapshot
 from msa_gateway.settings import GatewayConfig, Settings, validate_service_name
 
@@ -52,7 +50,7 @@ class Runtime:
         self.health = HealthTable()
         self.health.set_listener(self._on_health_change)
         self.checker = ActiveHealthChecker(self.health)
-        self.pools = SessionPool()
+        self.upstream: UpstreamClient = create_client(settings.upstream_client)
         self.snapshot: Snapshot = EMPTY
         self.provider = provider or create_provider(settings, config)
         self.registrar: Registrar | None = None
@@ -104,7 +102,7 @@ class Runtime:
             with contextlib.suppress(Exception):
                 await self.registrar.aclose()
         await self.checker.aclose()
-        await self.pools.aclose()
+        await self.upstream.aclose()
 
     # --- snapshots -------------------------------------------------------------------
 
@@ -133,8 +131,6 @@ class Runtime:
             created=now,
             seen=MappingProxyType(seen),
         )
-        for route in routes.values():
-            self.pools.get(route.name, route.spec.options)
         self.snapshot = new
         self._after_swap(old, new)
 
@@ -156,7 +152,7 @@ class Runtime:
         self.metrics.registry_services.set(len(new.services))
         self.metrics.registry_instances.set(new.instance_count)
         self.health.retain(new_keys)
-        self.pools.retain(set(new.services))
+        self.upstream.retain({i.address for r in new.services.values() for i in r.instances})
         for route in old.services.values():
             for inst, key in zip(route.instances, route.keys, strict=True):
                 if key in removed:
@@ -183,10 +179,6 @@ class Runtime:
                 self.metrics.instance_up.labels(service, inst.address).set(1 if state.eligible else 0)
 
     # --- request path helpers --------------------------------------------------------
-
-    def session_for(self, route: ServiceRoute) -> aiohttp.ClientSession:
-        """Return the pooled client session of ``route``'s service."""
-        return self.pools.get(route.name, route.spec.options)
 
     def count_unknown(self, method: str, code: int) -> None:
         """Count a request that matched no service (label ``service="unknown"``)."""

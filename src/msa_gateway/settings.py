@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     service_discovery_type: DiscoveryType = "static"
     gateway_config: str | None = None
     gateway_admin_token: str | None = None
+    upstream_client: Literal["aiohttp"] = "aiohttp"
 
     consul_host: str = "localhost"
     consul_port: Annotated[int, Field(ge=1, le=65535)] = 8500

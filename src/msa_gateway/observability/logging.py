@@ -16,7 +16,8 @@ from typing import Any
 import orjson
 
 _STANDARD = frozenset(
-    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime", "taskName", "color_message"}
+    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
+    | {"message", "asctime", "taskName", "color_message"}
 )
 SECRET_KEYS = frozenset({"authorization", "cookie", "set-cookie", "proxy-authorization", "password", "token"})
 

@@ -15,9 +15,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-from yarl import URL
-
 from msa_gateway.errors import (
     BadRequest,
     HTTPError,
@@ -35,7 +32,7 @@ from msa_gateway.proxy.headers import (
     upstream_request_headers,
 )
 from msa_gateway.proxy.paths import check_segments, split_service, upstream_target
-from msa_gateway.proxy.upstream import translate
+from msa_gateway.proxy.upstream import UpstreamResponse
 from msa_gateway.registry.snapshot import ServiceRoute
 
 if TYPE_CHECKING:
@@ -193,42 +190,36 @@ class ProxyApp:
             pass_host_header=options.pass_host_header,
             content_length=content_length if has_body else None,
         )
-        url = URL(instance.base_url + upstream_target(rest, scope["query_string"]), encoded=True)
-        data = self._body(receive, ex) if has_body else None
-        session = rt.session_for(route)
+        body = self._body(receive, ex) if has_body else None
         try:
-            resp = await session.request(
+            resp = await rt.upstream.send(
+                instance,
+                options,
                 scope["method"],
-                url,
-                headers=up_headers,
-                data=data,
-                allow_redirects=False,
-                timeout=route.client_timeout,
-                chunked=None if content_length is not None or not has_body else True,
+                upstream_target(rest, scope["query_string"]),
+                up_headers,
+                body,
+                content_length,
             )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except UpstreamError as exc:
             if ex.client_gone:
                 raise UpstreamError("client went away", "client_gone") from None
-            raise translate(exc) from None
+            raise exc from None
         try:
             await self._stream_back(receive, send, ex, resp, request_id)
         finally:
             resp.release()
 
     async def _stream_back(
-        self, receive: Any, send: Any, ex: _Exchange, resp: aiohttp.ClientResponse, request_id: str
+        self, receive: Any, send: Any, ex: _Exchange, resp: UpstreamResponse, request_id: str
     ) -> None:
-        content = resp.content
-        try:
-            first = await content.readany()
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise translate(exc) from None
-        out_headers = downstream_response_headers(resp.raw_headers, request_id.encode("ascii"))
+        first = await resp.read()
+        out_headers = downstream_response_headers(resp.headers, request_id.encode("ascii"))
         ex.status = resp.status
         ex.started_response = True
         await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
         ex.nbytes = len(first)
-        if content.at_eof():
+        if resp.at_eof():
             await send({"type": "http.response.body", "body": first})
             return
         await send({"type": "http.response.body", "body": first, "more_body": True})
@@ -239,14 +230,12 @@ class ProxyApp:
         try:
             while True:
                 try:
-                    chunk = await content.readany()
-                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    chunk = await resp.read()
+                except UpstreamError as exc:
                     if not ex.client_gone:
-                        err = translate(exc)
-                        route_log_extra = {"kind": err.kind, "bytes": ex.nbytes}
                         log.warning(
                             "upstream failed mid-response; closing the client connection",
-                            extra=route_log_extra,
+                            extra={"kind": exc.kind, "bytes": ex.nbytes, "request_id": request_id},
                         )
                     return
                 if not chunk:
@@ -280,7 +269,7 @@ class ProxyApp:
         ex.body_done = True
 
 
-def _on_disconnect(task: asyncio.Future[Any], ex: _Exchange, resp: aiohttp.ClientResponse) -> None:
+def _on_disconnect(task: asyncio.Future[Any], ex: _Exchange, resp: UpstreamResponse) -> None:
     if task.cancelled() or task.exception() is not None:
         return
     if task.result().get("type") == "http.disconnect":

@@ -99,10 +99,10 @@ def upstream_request_headers(
     trusted: bool,
     pass_host_header: bool = False,
     content_length: int | None = None,
-) -> list[tuple[str, str]]:
-    """Return the headers to send upstream, as (name, value) strings in the client's order."""
+) -> list[tuple[bytes, bytes]]:
+    """Return the headers to send upstream, in the client's order, then the gateway's own."""
     drop = connection_tokens(headers) if any(n == b"connection" for n, _ in headers) else frozenset()
-    out: list[tuple[str, str]] = []
+    out: list[tuple[bytes, bytes]] = []
     client_host = b""
     prior_for: list[bytes] = []
     prior_proto = prior_host = None
@@ -120,24 +120,24 @@ def upstream_request_headers(
                 elif name == b"x-forwarded-host":
                     prior_host = value
                 else:
-                    out.append((name.decode("latin-1"), value.decode("latin-1")))
+                    out.append((name, value))
             continue
-        out.append((name.decode("latin-1"), value.decode("latin-1")))
-    host = client_host.decode("latin-1") if pass_host_header and client_host else upstream_host
-    out.append(("Host", host))
-    chain = [v.decode("latin-1") for v in prior_for]
+        out.append((name, value))
+    out.append(
+        (b"host", client_host if pass_host_header and client_host else upstream_host.encode("latin-1"))
+    )
     if peer:
-        chain.append(peer)
-    if chain:
-        out.append(("X-Forwarded-For", ", ".join(chain)))
-    out.append(("X-Forwarded-Proto", prior_proto.decode("latin-1") if prior_proto else scheme))
+        prior_for.append(peer.encode("latin-1"))
+    if prior_for:
+        out.append((b"x-forwarded-for", b", ".join(prior_for)))
+    out.append((b"x-forwarded-proto", prior_proto or scheme.encode("latin-1")))
     fwd_host = prior_host or client_host
     if fwd_host:
-        out.append(("X-Forwarded-Host", fwd_host.decode("latin-1")))
-    out.append(("X-Forwarded-Prefix", prefix))
-    out.append(("X-Request-ID", request_id))
+        out.append((b"x-forwarded-host", fwd_host))
+    out.append((b"x-forwarded-prefix", prefix.encode("latin-1")))
+    out.append((b"x-request-id", request_id.encode("latin-1")))
     if content_length is not None:
-        out.append(("Content-Length", str(content_length)))
+        out.append((b"content-length", b"%d" % content_length))
     return out
 
 

@@ -1,104 +1,217 @@
-"""The upstream client: pooled keep-alive HTTP/1.1 connections per instance (aiohttp).
+"""The upstream seam: send one request to one instance, get a streaming response back.
 
-aiohttp measured ~100 µs per hop here, against ~2 ms for httpx (shared/PERFORMANCE.md).
-Sessions never decompress, never keep cookies, never follow redirects and add no headers of
-their own. ``translate`` is the one place where client exceptions become gateway errors.
+``UpstreamClient`` is the one-method seam between the proxy and the network (as httpcore's
+``handle_async_request``). Implementations pool keep-alive HTTP/1.1 connections per instance,
+never decompress, never keep cookies, never follow redirects and add no headers of their own.
+They raise only ``UpstreamError``/``UpstreamTimeout`` whose ``kind`` is one of the
+``FailureKind`` values in ``proxy/retry.py`` and whose ``request_sent`` says whether any byte
+of the request may have reached the instance (what decides whether a retry is safe).
+Clients are picked by name from ``UPSTREAM_CLIENTS``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
 
 import aiohttp
+from yarl import URL
 
 from msa_gateway.errors import UpstreamError, UpstreamTimeout
-from msa_gateway.model import ServiceOptions
+from msa_gateway.model import Instance, ServiceOptions
 
 log = logging.getLogger("msa_gateway.upstream")
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class UpstreamResponse(Protocol):
+    """A response whose head has arrived; the body is read chunk by chunk."""
+
+    status: int
+    headers: Sequence[tuple[bytes, bytes]]
+
+    async def read(self) -> bytes:
+        """Return the next chunk of the body as it arrives; ``b""`` at the end."""
+        ...
+
+    def at_eof(self) -> bool:
+        """Return whether the whole body has been read."""
+        ...
+
+    def release(self) -> None:
+        """Give the connection back to the pool when the body was read whole, else close it."""
+        ...
+
+    def close(self) -> None:
+        """Abort: close the connection now (a pending ``read`` fails)."""
+        ...
+
+
+class UpstreamClient(Protocol):
+    """Sends requests to instances over pooled connections."""
+
+    name: str
+
+    async def send(
+        self,
+        instance: Instance,
+        options: ServiceOptions,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: AsyncIterator[bytes] | None,
+        content_length: int | None,
+    ) -> UpstreamResponse:
+        """Send the head, stream ``body`` (chunked without ``content_length``); return the response head."""
+        ...
+
+    def retain(self, addresses: set[str]) -> None:
+        """Close pooled connections to instances whose address is not in ``addresses``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close every connection."""
+        ...
+
+
+UPSTREAM_CLIENTS: dict[str, str] = {
+    "aiohttp": "msa_gateway.proxy.upstream:AiohttpClient",
+}
+
+
+def create_client(name: str) -> UpstreamClient:
+    """Return a new upstream client of the implementation called ``name``."""
+    module, _, attr = UPSTREAM_CLIENTS[name].partition(":")
+    client: UpstreamClient = getattr(importlib.import_module(module), attr)()
+    return client
+
+
+# --- aiohttp implementation ---------------------------------------------------------------
 
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 KEEPALIVE_TIMEOUT = 15.0
 
 
-def new_session(options: ServiceOptions) -> aiohttp.ClientSession:
-    """Return a session whose pool keeps at most ``max_connections_per_instance`` per instance."""
-    connector = aiohttp.TCPConnector(
-        limit=0,
-        limit_per_host=options.max_connections_per_instance,
-        keepalive_timeout=KEEPALIVE_TIMEOUT,
-        force_close=False,
-        ttl_dns_cache=10,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        skip_auto_headers=SKIP_AUTO_HEADERS,
-        timeout=aiohttp.ClientTimeout(total=None),
-        read_bufsize=2**16,
-        max_line_size=16384,
-        max_field_size=16384,
-    )
-
-
-def translate(exc: BaseException) -> UpstreamError:
-    """Return the gateway error for a failure talking to an instance (no address in the detail)."""
+def translate(exc: BaseException, request_sent: bool) -> UpstreamError:
+    """Return the gateway error for an aiohttp failure (no address in the detail)."""
+    err: UpstreamError
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return UpstreamTimeout("the service did not accept a connection in time", "connect_timeout")
-    if isinstance(exc, aiohttp.SocketTimeoutError | asyncio.TimeoutError | TimeoutError):
-        return UpstreamTimeout("the service did not answer in time", "read_timeout")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamError("the service refused the connection", "connect_refused")
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return UpstreamError("the service closed the connection without answering", "disconnected")
-    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
-        return UpstreamError("the service sent an invalid response", "invalid_response")
-    if isinstance(exc, aiohttp.ClientOSError | ConnectionError | OSError):
-        return UpstreamError("the connection to the service was reset", "reset")
-    return UpstreamError("the service could not be reached", "other")
+        err = UpstreamTimeout("the service did not accept a connection in time", "connect_timeout")
+        request_sent = False
+    elif isinstance(exc, aiohttp.SocketTimeoutError | asyncio.TimeoutError | TimeoutError):
+        err = UpstreamTimeout("the service did not answer in time", "read_timeout")
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        err = UpstreamError("the service refused the connection", "connect_refused")
+        request_sent = False
+    elif isinstance(exc, aiohttp.ServerDisconnectedError):
+        err = UpstreamError("the service closed the connection without answering", "reset")
+    elif isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+        err = UpstreamError("the service sent an invalid response", "protocol_error")
+    else:
+        err = UpstreamError("the connection to the service was reset", "reset")
+    err.request_sent = request_sent
+    return err
 
 
-class SessionPool:
-    """One client session per service, kept across registry snapshots; retired ones close after a drain."""
+class _AiohttpResponse:
+    __slots__ = ("_resp", "headers", "status")
 
-    def __init__(self, drain_seconds: float = 60.0) -> None:
-        self._sessions: dict[str, tuple[int, aiohttp.ClientSession]] = {}
-        self._retiring: set[asyncio.Task[None]] = set()
-        self._drain = drain_seconds
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status = resp.status
+        self.headers: Sequence[tuple[bytes, bytes]] = resp.raw_headers
 
-    def get(self, service: str, options: ServiceOptions) -> aiohttp.ClientSession:
-        """Return the session for ``service``; a changed pool size gets a new one."""
-        limit = options.max_connections_per_instance
-        current = self._sessions.get(service)
-        if current is not None and current[0] == limit:
-            return current[1]
-        session = new_session(options)
-        self._sessions[service] = (limit, session)
-        if current is not None:
-            self._retire(service, current[1])
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.content.readany()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise translate(exc, True) from None
+
+    def at_eof(self) -> bool:
+        return self._resp.content.at_eof()
+
+    def release(self) -> None:
+        self._resp.release()
+
+    def close(self) -> None:
+        self._resp.close()
+
+
+class AiohttpClient:
+    """Upstream client on aiohttp: one session per pool size, connections pooled per instance."""
+
+    name = "aiohttp"
+
+    def __init__(self) -> None:
+        self._sessions: dict[int, aiohttp.ClientSession] = {}
+        self._timeouts: dict[tuple[float, float, float | None], aiohttp.ClientTimeout] = {}
+
+    def _session(self, limit: int) -> aiohttp.ClientSession:
+        session = self._sessions.get(limit)
+        if session is None:
+            connector = aiohttp.TCPConnector(
+                limit=0, limit_per_host=limit, keepalive_timeout=KEEPALIVE_TIMEOUT, ttl_dns_cache=10
+            )
+            session = self._sessions[limit] = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                skip_auto_headers=SKIP_AUTO_HEADERS,
+                timeout=aiohttp.ClientTimeout(total=None),
+                read_bufsize=2**16,
+                max_line_size=16384,
+                max_field_size=16384,
+            )
         return session
 
-    def retain(self, services: set[str]) -> None:
-        """Retire the sessions of services that left the registry."""
-        for name in [n for n in self._sessions if n not in services]:
-            self._retire(name, self._sessions.pop(name)[1])
+    def _timeout(self, options: ServiceOptions) -> aiohttp.ClientTimeout:
+        t = options.timeouts
+        key = (t.connect, t.read, t.total)
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            timeout = self._timeouts[key] = aiohttp.ClientTimeout(
+                total=None, sock_connect=t.connect, sock_read=t.read
+            )
+        return timeout
 
-    def _retire(self, name: str, session: aiohttp.ClientSession) -> None:
-        task = asyncio.get_running_loop().create_task(self._close_later(session), name=f"pool-drain:{name}")
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+    async def send(
+        self,
+        instance: Instance,
+        options: ServiceOptions,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: AsyncIterator[bytes] | None,
+        content_length: int | None,
+    ) -> UpstreamResponse:
+        """Send through aiohttp; map its exceptions to gateway errors."""
+        session = self._session(options.max_connections_per_instance)
+        str_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
+        try:
+            resp = await session.request(
+                method,
+                URL(instance.base_url + target, encoded=True),
+                headers=str_headers,
+                data=body,
+                allow_redirects=False,
+                timeout=self._timeout(options),
+                chunked=True if body is not None and content_length is None else None,
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise translate(exc, True) from None
+        return _AiohttpResponse(resp)
 
-    async def _close_later(self, session: aiohttp.ClientSession) -> None:
-        await asyncio.sleep(self._drain)
-        await session.close()
+    def retain(self, addresses: set[str]) -> None:
+        """Leave idle connections to expire (aiohttp closes them after the keep-alive timeout)."""
 
     async def aclose(self) -> None:
-        """Close every session now."""
-        for task in list(self._retiring):
-            task.cancel()
-        for _, session in self._sessions.values():
+        """Close every session."""
+        for session in self._sessions.values():
             with contextlib.suppress(Exception):
                 await session.close()
         self._sessions.clear()
