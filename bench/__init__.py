@@ -1,0 +1,1 @@
+"""The benchmark (``make bench``): wrk against the backend directly, nginx as a proxy, the gateway."""

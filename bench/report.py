@@ -1,0 +1,172 @@
+"""Benchmark results: medians over interleaved runs, ratios between configurations, the printed table."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench.wrk import WrkResult
+
+CONFIGS = ("direct", "nginx-proxy", "gateway")
+WORKLOADS = ("get", "post")
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """One measured wrk run of one configuration and workload, with the CPU time its server used."""
+
+    config: str
+    workload: str
+    run: int
+    wrk: WrkResult
+    cpu_s: float | None = None
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        """Return the server's CPU microseconds per completed request (None when unknown)."""
+        if self.cpu_s is None or self.wrk.requests == 0:
+            return None
+        return self.cpu_s * 1e6 / self.wrk.requests
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """The median over runs of one configuration and workload; errors are summed over runs."""
+
+    config: str
+    workload: str
+    runs: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_request: float | None
+    socket_errors: int
+    non_2xx_3xx: int
+
+    @property
+    def errors(self) -> int:
+        """Return socket errors plus non-2xx/3xx responses over all runs."""
+        return self.socket_errors + self.non_2xx_3xx
+
+
+def summarize(measurements: Iterable[Measurement]) -> list[Summary]:
+    """Group ``measurements`` by (workload, config) and take medians; order by workload, then config."""
+    groups: dict[tuple[str, str], list[Measurement]] = {}
+    for m in measurements:
+        groups.setdefault((m.workload, m.config), []).append(m)
+
+    def order(key: tuple[str, str]) -> tuple[int, int, str, str]:
+        w, c = key
+        return (
+            WORKLOADS.index(w) if w in WORKLOADS else len(WORKLOADS),
+            CONFIGS.index(c) if c in CONFIGS else len(CONFIGS),
+            w,
+            c,
+        )
+
+    out = []
+    for key in sorted(groups, key=order):
+        ms = groups[key]
+        cpus = [c for c in (m.cpu_us_per_request for m in ms) if c is not None]
+        out.append(
+            Summary(
+                config=key[1],
+                workload=key[0],
+                runs=len(ms),
+                requests_per_s=statistics.median(m.wrk.requests_per_s for m in ms),
+                p50_ms=statistics.median(m.wrk.p50_ms for m in ms),
+                p99_ms=statistics.median(m.wrk.p99_ms for m in ms),
+                cpu_us_per_request=statistics.median(cpus) if cpus else None,
+                socket_errors=sum(m.wrk.socket_errors for m in ms),
+                non_2xx_3xx=sum(m.wrk.non_2xx_3xx for m in ms),
+            )
+        )
+    return out
+
+
+def ratio(summaries: Sequence[Summary], workload: str, numerator: str, denominator: str) -> float | None:
+    """Return req/s of ``numerator`` over ``denominator`` for ``workload`` (None if either is missing)."""
+    by = {(s.workload, s.config): s for s in summaries}
+    num, den = by.get((workload, numerator)), by.get((workload, denominator))
+    if num is None or den is None or den.requests_per_s <= 0:
+        return None
+    return num.requests_per_s / den.requests_per_s
+
+
+def ratios(summaries: Sequence[Summary]) -> dict[str, float]:
+    """Return every available ``{workload}: gateway/nginx-proxy`` and ``gateway/direct`` ratio."""
+    out: dict[str, float] = {}
+    for w in WORKLOADS:
+        for den in ("nginx-proxy", "direct"):
+            r = ratio(summaries, w, "gateway", den)
+            if r is not None:
+                out[f"{w}: gateway/{den}"] = r
+    return out
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(summaries: Sequence[Summary]) -> str:
+    """Render the summaries as an aligned text table with a ratio column against nginx-proxy and direct."""
+    header = (
+        "workload",
+        "config",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "CPU us/req",
+        "sock err",
+        "non-2xx",
+        "x nginx-proxy",
+        "x direct",
+    )
+    rows = [header]
+    for s in summaries:
+        rows.append(
+            (
+                s.workload.upper(),
+                s.config,
+                f"{s.requests_per_s:,.0f}",
+                f"{s.p50_ms:.2f}",
+                f"{s.p99_ms:.2f}",
+                _fmt(s.cpu_us_per_request, ".0f"),
+                str(s.socket_errors),
+                str(s.non_2xx_3xx),
+                _fmt(ratio(summaries, s.workload, s.config, "nginx-proxy"), ".3f"),
+                _fmt(ratio(summaries, s.workload, s.config, "direct"), ".3f"),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = []
+    for n, r in enumerate(rows):
+        cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def to_json(
+    meta: dict[str, Any], measurements: Sequence[Measurement], summaries: Sequence[Summary]
+) -> dict[str, Any]:
+    """Return everything measured as plain JSON-ready data."""
+    return {
+        "meta": meta,
+        "summaries": [{**asdict(s), "errors": s.errors} for s in summaries],
+        "ratios": ratios(summaries),
+        "runs": [
+            {
+                "config": m.config,
+                "workload": m.workload,
+                "run": m.run,
+                "cpu_s": m.cpu_s,
+                "cpu_us_per_request": m.cpu_us_per_request,
+                **asdict(m.wrk),
+            }
+            for m in measurements
+        ],
+    }

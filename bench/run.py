@@ -1,0 +1,247 @@
+"""``python -m bench.run``: wrk against the backend directly, nginx as a reverse proxy, and the gateway.
+
+Backends (one nginx, two ports) and wrk share core 0; the proxy under test runs alone on core 1.
+Configurations are interleaved ``--runs`` times and the median is reported with the ratios
+gateway/nginx-proxy and gateway/direct. Exit status: 0 all good; 1 a configuration had socket
+errors, non-2xx responses or a wrong answer; 2 a gateway ratio is below ``--min-ratio``;
+3 the gateway did not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import gateway, nginx
+from bench.procs import Proc, StartError, cpu_seconds, free_port, http_request
+from bench.report import CONFIGS, Measurement, format_table, ratios, summarize, to_json
+from bench.wrk import POST_BODY_SIZE, run_wrk
+
+PATH = "/bench/anything"
+POST_BODY = b'{"data":"' + b"x" * (POST_BODY_SIZE - 11) + b'"}'
+EXIT_ERRORS, EXIT_RATIO, EXIT_NO_GATEWAY = 1, 2, 3
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A configuration under test: the URL wrk hits and the process whose CPU time is counted."""
+
+    config: str
+    url: str
+    proc: Proc
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line."""
+    p = argparse.ArgumentParser(
+        prog="python -m bench.run", description="wrk: direct vs nginx proxy vs gateway"
+    )
+    p.add_argument("--duration", type=int, default=10, help="seconds per measured wrk run (10)")
+    p.add_argument("--warmup", type=int, default=2, help="seconds of wrk before each measured run (2)")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
+    p.add_argument("--runs", type=int, default=1, help="interleaved rounds; the median is reported (1)")
+    p.add_argument("--only", choices=("get", "post"), help="one workload only (default: both)")
+    p.add_argument(
+        "--configs",
+        default=",".join(CONFIGS),
+        help=f"comma-separated subset of {','.join(CONFIGS)} (default: all)",
+    )
+    p.add_argument("--json", type=Path, help="write the results to this file")
+    p.add_argument("--min-ratio", type=float, default=0.12, help="gateway/nginx-proxy target (0.12; 0 off)")
+    p.add_argument(
+        "--gateway-log",
+        choices=("file", "devnull"),
+        default="file",
+        help="where the gateway's stdout (its access log) goes: a file in the temp dir or /dev/null",
+    )
+    p.add_argument("--gateway-cmd", help="command starting the gateway (default: .venv/bin/msa-gateway run)")
+    p.add_argument("--client-core", type=int, default=0, help="core for wrk and the backends (0)")
+    p.add_argument("--proxy-core", type=int, default=1, help="core for the proxy under test (1)")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir with configs and logs")
+    args = p.parse_args(argv)
+    args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = set(args.configs) - set(CONFIGS)
+    if unknown:
+        p.error(f"unknown configuration(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+def check_answer(target: Target) -> str | None:
+    """Send one GET and one 1 KiB POST to ``target``; return what is wrong, or None."""
+    for method, body in (("GET", None), ("POST", POST_BODY)):
+        headers = {"Content-Type": "application/json"} if body else {}
+        status, answer = http_request(target.url, method, body, headers)
+        if status != 200 or not gateway.json_body_ok(answer):
+            return f"{target.config}: {method} {target.url} answered {status} {answer[:200]!r}"
+    return None
+
+
+def measure(target: Target, workload: str, run: int, args: argparse.Namespace) -> Measurement:
+    """Warm up, then run wrk once against ``target`` and count the CPU time its process tree used."""
+    post = workload == "post"
+    if args.warmup > 0:
+        run_wrk(target.url, args.warmup, args.connections, post, args.client_core)
+    before = cpu_seconds(target.proc.pid)
+    result = run_wrk(target.url, args.duration, args.connections, post, args.client_core)
+    used = cpu_seconds(target.proc.pid) - before
+    return Measurement(config=target.config, workload=workload, run=run, wrk=result, cpu_s=used)
+
+
+def tool_version(argv: Sequence[str]) -> str:
+    """Return the first line a tool prints about its version ('' if it cannot run)."""
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return ""
+    return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr) else ""
+
+
+def meta(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Return what describes this run: machine, tools, settings."""
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "loadavg_before": os.getloadavg(),
+        "python": platform.python_version(),
+        "nginx": tool_version(["nginx", "-v"]),
+        "wrk": tool_version(["wrk", "--version"]),
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "connections": args.connections,
+        "runs": args.runs,
+        "client_core": args.client_core,
+        "proxy_core": args.proxy_core,
+        "gateway_log": str(workdir / "gateway" / "gateway-stdout.log")
+        if args.gateway_log == "file"
+        else os.devnull,
+    }
+
+
+def run(args: argparse.Namespace, workdir: Path) -> int:
+    """Start everything, measure, print the table; return the exit status."""
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"warning: load average {load:.2f} before start: something else is running, numbers are noisy")
+    workloads = [args.only] if args.only else ["get", "post"]
+    info = meta(args, workdir)
+    p1, p2 = free_port(), free_port()
+    status = 0
+    with contextlib.ExitStack() as stack:
+        backend = nginx.start_backend(workdir / "backend", p1, p2, core=args.client_core)
+        stack.callback(backend.stop)
+        targets: list[Target] = []
+        if "direct" in args.configs:
+            targets.append(Target("direct", f"http://127.0.0.1:{p1}{PATH}", backend))
+        if "nginx-proxy" in args.configs:
+            port = free_port()
+            proxy = nginx.start_proxy(workdir / "proxy", port, p1, p2, core=args.proxy_core)
+            stack.callback(proxy.stop)
+            targets.append(Target("nginx-proxy", f"http://127.0.0.1:{port}{PATH}", proxy))
+        gw: Proc | None = None
+        gw_port = free_port()
+        if "gateway" in args.configs:
+            command = tuple(args.gateway_cmd.split()) if args.gateway_cmd else gateway.gateway_command()
+            launch = gateway.GatewayLaunch(command=command, log_to_file=args.gateway_log == "file")
+            config = gateway.write_config(workdir / "gateway", gateway.gateway_config([p1, p2]))
+            try:
+                gw = gateway.start_gateway(
+                    workdir / "gateway", config, gw_port, args.proxy_core, launch, ready_path=PATH
+                )
+            except StartError as exc:
+                print(f"GATEWAY DID NOT START: {' '.join(command)}\n{exc}", file=sys.stderr)
+                status = EXIT_NO_GATEWAY
+            else:
+                stack.callback(gw.stop)
+                targets.append(Target("gateway", f"http://127.0.0.1:{gw_port}{PATH}", gw))
+        for target in targets:
+            problem = check_answer(target)
+            if problem:
+                print(f"WRONG ANSWER: {problem}", file=sys.stderr)
+                return EXIT_ERRORS
+        print(
+            f"measuring {', '.join(t.config for t in targets)} x {', '.join(workloads).upper()}: "
+            f"{args.runs} run(s) of {args.duration}s (+{args.warmup}s warm-up), c={args.connections}, "
+            f"wrk+backends on core {args.client_core}, proxy on core {args.proxy_core}",
+            flush=True,
+        )
+        measurements: list[Measurement] = []
+        for n in range(args.runs):
+            for workload in workloads:
+                for target in targets:
+                    m = measure(target, workload, n, args)
+                    measurements.append(m)
+                    print(
+                        f"  run {n + 1} {workload.upper():4} {target.config:12} "
+                        f"{m.wrk.requests_per_s:>10,.0f} req/s  p99 {m.wrk.p99_ms:6.2f} ms  "
+                        f"errors {m.wrk.errors}",
+                        flush=True,
+                    )
+        if gw is not None:
+            if not gw.alive():
+                print("GATEWAY DIED during the benchmark", file=sys.stderr)
+                status = EXIT_NO_GATEWAY
+            counted = gateway.metrics_requests_total(gw_port)
+            lines = gateway.count_lines(gw.stdout)
+            info["gateway_metrics_requests_total"] = counted
+            info["gateway_stdout_lines"] = lines
+            where = f"file {gw.stdout}" if args.gateway_log == "file" else "/dev/null"
+            print(
+                f"gateway: metrics on (gateway_requests_total={counted}), "
+                f"access log to {where}" + (f" ({lines:,} lines)" if args.gateway_log == "file" else "")
+            )
+    summaries = summarize(measurements)
+    print()
+    print(format_table(summaries))
+    found = ratios(summaries)
+    for name, value in found.items():
+        line = f"{name} = {value:.3f}"
+        if name.endswith("/nginx-proxy") and args.min_ratio > 0:
+            ok = value >= args.min_ratio
+            line += f"  (target >= {args.min_ratio}: {'PASS' if ok else 'MISS'})"
+            if not ok and status == 0:
+                status = EXIT_RATIO
+        print(line)
+    bad = [s for s in summaries if s.errors]
+    for s in bad:
+        print(
+            f"ERRORS: {s.workload.upper()} {s.config}: {s.socket_errors} socket errors, "
+            f"{s.non_2xx_3xx} non-2xx/3xx responses",
+            file=sys.stderr,
+        )
+    if bad:
+        status = EXIT_ERRORS
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(to_json(info, measurements, summaries), indent=2) + "\n")
+        print(f"results written to {args.json}")
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark in a temp dir; return the exit status."""
+    args = parse_args(argv)
+    if (os.cpu_count() or 1) < 2:
+        print("warning: fewer than 2 cores: the proxy shares a core with wrk; ratios are not comparable")
+        args.proxy_core = args.client_core
+    if args.keep:
+        workdir = Path(tempfile.mkdtemp(prefix="msa-bench-"))
+        print(f"configs and logs in {workdir}")
+        return run(args, workdir)
+    with tempfile.TemporaryDirectory(prefix="msa-bench-") as tmp:
+        return run(args, Path(tmp))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
