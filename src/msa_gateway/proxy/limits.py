@@ -1,0 +1,172 @@
+"""Concurrency caps (circuit breaker): bound the requests in flight and waiting, per instance and service.
+
+Pure counters, no I/O and no waiting: a request that does not fit is refused at once so the
+caller answers 503 with ``Retry-After`` (``errors.Overloaded``) instead of queueing without
+bound. One ``ConcurrencyLimits`` per service. Two counts per scope:
+
+* **requests** (in flight): admitted by ``try_acquire``, given back by ``release``. A request
+  counts from admission until its response is finished, including any time it waits for a
+  connection. Envoy's ``max_requests`` (1024 per cluster).
+* **pending**: the subset that waits for a pooled connection (the instance's pool is at its
+  connection limit). Taken by ``try_acquire_pending`` just before waiting, given back by
+  ``release_pending`` once a connection is obtained (or the wait fails). Envoy's
+  ``max_pending_requests`` (1024 per cluster).
+
+When a call returns False, ``last_overflow`` says which cap refused (``"instance"`` or
+``"service"``) and ``overflow_total`` grew by one (``gateway_overflow_total{service}``). An
+instance-scope refusal may be retried on another instance (``FailureKind.POOL_OVERFLOW``);
+a service-scope refusal should be answered 503 straight away.
+
+Envoy's fourth breaker, ``max_retries`` (3 concurrent retries), is the ``RetryBudget`` here,
+as in Envoy where a retry budget replaces it. Every call is a dict lookup and a few integer
+operations on a ``__slots__`` object (~0.2-0.4 µs); nothing is allocated except the first
+time an instance is seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+OverflowScope = Literal["instance", "service"]
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Caps of one service (Envoy's circuit breaker defaults per cluster: 1024 each)."""
+
+    max_requests_per_instance: int = 256  # matches ServiceOptions.max_connections_per_instance
+    max_pending_per_instance: int = 256
+    max_requests_per_service: int = 1024  # Envoy max_requests: 1024
+    max_pending_per_service: int = 1024  # Envoy max_pending_requests: 1024
+    retry_after: int = 1  # seconds, in the 503's Retry-After header
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_requests_per_instance",
+            "max_pending_per_instance",
+            "max_requests_per_service",
+            "max_pending_per_service",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.retry_after < 0:
+            raise ValueError("retry_after must be >= 0")
+
+
+class _Counts:
+    __slots__ = ("pending", "requests")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.pending = 0
+
+
+class ConcurrencyLimits:
+    """In-flight and pending counters of one service and each of its instances."""
+
+    __slots__ = (
+        "_cfg",
+        "_instances",
+        "last_overflow",
+        "overflow_total",
+        "pending",
+        "requests",
+    )
+
+    def __init__(self, config: LimitsConfig | None = None) -> None:
+        self._cfg = config if config is not None else LimitsConfig()
+        self._instances: dict[str, _Counts] = {}
+        self.requests = 0
+        self.pending = 0
+        self.overflow_total = 0
+        self.last_overflow: OverflowScope | None = None
+
+    @property
+    def config(self) -> LimitsConfig:
+        """Return the caps this object enforces."""
+        return self._cfg
+
+    def _counts(self, key: str) -> _Counts:
+        counts = self._instances.get(key)
+        if counts is None:
+            counts = self._instances[key] = _Counts()
+        return counts
+
+    def try_acquire(self, instance_key: str) -> bool:
+        """Admit one request to ``instance_key``; return False (and record why) when a cap is full."""
+        if self.requests >= self._cfg.max_requests_per_service:
+            return self._overflow("service")
+        counts = self._counts(instance_key)
+        if counts.requests >= self._cfg.max_requests_per_instance:
+            return self._overflow("instance")
+        counts.requests += 1
+        self.requests += 1
+        return True
+
+    def release(self, instance_key: str) -> None:
+        """Give back the slot ``try_acquire`` granted for ``instance_key``."""
+        counts = self._instances.get(instance_key)
+        if counts is not None and counts.requests > 0:
+            counts.requests -= 1
+        if self.requests > 0:
+            self.requests -= 1
+
+    def try_acquire_pending(self, instance_key: str) -> bool:
+        """Count one admitted request as waiting for a connection; False when the wait queue is full."""
+        if self.pending >= self._cfg.max_pending_per_service:
+            return self._overflow("service")
+        counts = self._counts(instance_key)
+        if counts.pending >= self._cfg.max_pending_per_instance:
+            return self._overflow("instance")
+        counts.pending += 1
+        self.pending += 1
+        return True
+
+    def release_pending(self, instance_key: str) -> None:
+        """The request stopped waiting for a connection (it got one, or gave up)."""
+        counts = self._instances.get(instance_key)
+        if counts is not None and counts.pending > 0:
+            counts.pending -= 1
+        if self.pending > 0:
+            self.pending -= 1
+
+    def _overflow(self, scope: OverflowScope) -> bool:
+        self.last_overflow = scope
+        self.overflow_total += 1
+        return False
+
+    def in_flight(self, instance_key: str) -> int:
+        """Return the requests in flight to ``instance_key``."""
+        counts = self._instances.get(instance_key)
+        return 0 if counts is None else counts.requests
+
+    def pending_for(self, instance_key: str) -> int:
+        """Return the requests waiting for a connection to ``instance_key``."""
+        counts = self._instances.get(instance_key)
+        return 0 if counts is None else counts.pending
+
+    def reconcile(self, keys: Iterable[str]) -> None:
+        """Forget idle instances not in ``keys``; busy ones stay until a later call finds them idle."""
+        keep = set(keys)
+        for key in [
+            k for k, c in self._instances.items() if k not in keep and c.requests == 0 and c.pending == 0
+        ]:
+            del self._instances[key]
+
+    def snapshot(self) -> dict[str, object]:
+        """Return caps and current counts, for ``/services/{name}/info``."""
+        cfg = self._cfg
+        return {
+            "requests": self.requests,
+            "pending": self.pending,
+            "overflow_total": self.overflow_total,
+            "max_requests_per_service": cfg.max_requests_per_service,
+            "max_pending_per_service": cfg.max_pending_per_service,
+            "max_requests_per_instance": cfg.max_requests_per_instance,
+            "max_pending_per_instance": cfg.max_pending_per_instance,
+            "instances": {
+                k: {"requests": c.requests, "pending": c.pending} for k, c in self._instances.items()
+            },
+        }
