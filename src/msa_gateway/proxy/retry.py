@@ -72,24 +72,20 @@ NOT_DELIVERED = frozenset(
 )
 
 _FROM_UPSTREAM_KIND = MappingProxyType(
-    {
-        "connect_refused": FailureKind.CONNECT_REFUSED,
-        "connect_timeout": FailureKind.CONNECT_TIMEOUT,
-        "connect_error": FailureKind.CONNECT_ERROR,
-        "read_timeout": FailureKind.READ_TIMEOUT,
-        "invalid_response": FailureKind.PROTOCOL_ERROR,
-        "overflow": FailureKind.POOL_OVERFLOW,
-    }
+    {**{kind.value: kind for kind in FailureKind}, "invalid_response": FailureKind.PROTOCOL_ERROR}
 )
+_RESETS = frozenset({"reset", "reset_before_send", "disconnected"})
 
 
 def failure_from_kind(kind: str, request_bytes_sent: int) -> FailureKind:
-    """Map an ``UpstreamError.kind`` (``proxy/upstream.translate``) to a ``FailureKind``.
+    """Map an ``UpstreamError.kind`` (a ``FailureKind`` value) to a ``FailureKind``.
 
-    ``reset`` and ``disconnected`` become ``RESET_BEFORE_SEND`` only when no request byte was
-    written; unknown kinds are treated as a protocol error after sending (the safe side).
+    ``request_bytes_sent`` may be a count or ``UpstreamError.request_sent`` (a bool). A reset
+    (``reset``, ``reset_before_send``, ``disconnected``) becomes ``RESET_BEFORE_SEND`` only when
+    no request byte was written, else ``RESET_AFTER_SEND``; unknown kinds are treated as a
+    protocol error after sending (the safe side).
     """
-    if kind in ("reset", "disconnected"):
+    if kind in _RESETS:
         return FailureKind.RESET_BEFORE_SEND if request_bytes_sent == 0 else FailureKind.RESET_AFTER_SEND
     return _FROM_UPSTREAM_KIND.get(kind, FailureKind.PROTOCOL_ERROR)
 

@@ -360,6 +360,13 @@ def test_attempt_timeout_is_bounded_by_the_deadline(
         ("disconnected", 300, K.RESET_AFTER_SEND),
         ("overflow", 0, K.POOL_OVERFLOW),
         ("other", 0, K.PROTOCOL_ERROR),
+        ("protocol_error", 100, K.PROTOCOL_ERROR),
+        ("connect_error", 0, K.CONNECT_ERROR),
+        ("reset_before_send", 0, K.RESET_BEFORE_SEND),
+        ("reset_before_send", 5, K.RESET_AFTER_SEND),
+        ("reset", False, K.RESET_BEFORE_SEND),  # UpstreamError.request_sent is a bool
+        ("reset", True, K.RESET_AFTER_SEND),
+        ("status", 100, K.STATUS),
     ],
 )
 def test_failure_from_upstream_kind(kind: str, sent: int, expected: FailureKind) -> None:
