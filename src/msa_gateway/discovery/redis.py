@@ -1,0 +1,314 @@
+"""Redis provider: watch the layout written by ``redis_registry`` and emit complete snapshots.
+
+``watch()`` subscribes to the events channel first, then re-reads everything (one ``MULTI``
+with the server's ``TIME``) on every event, just after the earliest instance expiry, and every
+``resync_interval`` seconds; the resync also ``SCAN``s for the original ``service:{name}``
+hashes. Bad entries are skipped with one warning naming the key; a connection error raises
+``DiscoveryError`` and the aggregator restarts ``watch()``, whose first read catches up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Self
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from msa_gateway.discovery.redis_registry import (
+    DEFAULT_PREFIX,
+    connect,
+    events_channel,
+    expiry_key,
+    instances_key,
+    services_key,
+    valid_host,
+    valid_port,
+    validate_instance_id,
+)
+from msa_gateway.errors import DiscoveryError
+from msa_gateway.model import Discovered, Instance
+from msa_gateway.settings import GatewayConfig, Settings, validate_service_name
+
+log = logging.getLogger(__name__)
+
+LEGACY_PATTERN = "service:*"
+EXPIRY_SLACK = 0.005  # re-read this long after the earliest expiry, so it has passed on the server
+
+
+# KEYS: the services set, then legacy hashes. ARGV: the per-service key prefix "P:service:".
+# Answers one JSON text: [now_ms, [[name, hash, zset], ...], [[key, hash], ...]] where a hash or
+# zset is a flat [field, value, ...] list ({} when empty or missing, false when of another type).
+READ_LUA = """
+local t = redis.call('TIME')
+local function get(key, kind, ...)
+  local found = redis.call('TYPE', key).ok
+  if found == 'none' then return {} end
+  if found ~= kind then return false end
+  return redis.call(...)
+end
+local services = {}
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local ikey, ekey = ARGV[1] .. name .. ':instances', ARGV[1] .. name .. ':expiry'
+  services[#services + 1] = {
+    name,
+    get(ikey, 'hash', 'HGETALL', ikey),
+    get(ekey, 'zset', 'ZRANGE', ekey, 0, -1, 'WITHSCORES'),
+  }
+end
+local legacy = {}
+for i = 2, #KEYS do
+  legacy[#legacy + 1] = {KEYS[i], get(KEYS[i], 'hash', 'HGETALL', KEYS[i])}
+end
+local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+return cjson.encode({now, services, legacy})
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RawService:
+    """What one read returned for one service of the current layout."""
+
+    name: str
+    instances: Mapping[str, str]
+    expiry: Sequence[tuple[str, float]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reading:
+    """A parsed read: the snapshot, when the next live instance expires, and what was skipped."""
+
+    snapshot: dict[str, tuple[Instance, ...]]
+    now_ms: int
+    next_expiry_ms: float | None
+    problems: tuple[str, ...]
+
+
+def parse_instance(instance_id: str, raw: str | bytes) -> Instance:
+    """Parse one instance JSON document; raise ``ValueError`` saying what is wrong."""
+    try:
+        doc: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"malformed JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ValueError("expected a JSON object")
+    weight = doc.get("weight", 1)
+    if not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= 1000:
+        raise ValueError(f"weight must be an integer 1-1000, not {weight!r}")
+    metadata = doc.get("metadata") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ValueError("metadata must be an object of string values")
+    health_path = doc.get("health_path")
+    if health_path is not None and (not isinstance(health_path, str) or not health_path.startswith("/")):
+        raise ValueError(f"health_path must be null or start with '/', not {health_path!r}")
+    scheme = doc.get("scheme", "http")
+    if scheme != "http":
+        raise ValueError(f"scheme {scheme!r} is not supported (only 'http')")
+    return Instance(
+        id=instance_id,
+        host=valid_host(doc.get("host")),
+        port=valid_port(doc.get("port")),
+        weight=weight,
+        health_path=health_path,
+        metadata=tuple(sorted(metadata.items())),
+        source="redis",
+    )
+
+
+def parse_legacy(instance_id: str, raw: str) -> Instance:
+    """Parse a ``"host:port"`` value of the original layout; raise ``ValueError`` if it is not one."""
+    text = raw.strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected 'host:port', got {text!r}")
+    return Instance(id=instance_id, host=valid_host(host), port=valid_port(int(port)), source="redis")
+
+
+def _name(name: str) -> str:
+    why = validate_service_name(name)
+    if why:
+        raise ValueError(why)
+    return name
+
+
+def _id(instance_id: str) -> str:
+    why = validate_instance_id(instance_id)
+    if why:
+        raise ValueError(f"instance id {instance_id!r}: {why}")
+    return instance_id
+
+
+def build_snapshot(
+    now_ms: int,
+    services: Sequence[RawService],
+    legacy: Mapping[str, Mapping[str, str]] | None = None,
+    prefix: str = DEFAULT_PREFIX,
+) -> Reading:
+    """Turn one read into a snapshot of live instances, skipping (and reporting) bad entries."""
+    found: dict[str, dict[str, Instance]] = {}
+    problems: list[str] = []
+    next_expiry: float | None = None
+    for svc in services:
+        try:
+            name = _name(svc.name)
+        except ValueError as exc:
+            problems.append(f"{services_key(prefix)} member {svc.name!r}: {exc}")
+            continue
+        key = instances_key(prefix, name)
+        scores = dict(svc.expiry)
+        for raw_id, raw in svc.instances.items():
+            score = scores.get(raw_id)
+            if score is not None and score <= now_ms:
+                continue  # expired: not yet purged by a registrar, but gone
+            try:
+                instance_id = _id(raw_id)
+                if score is None:
+                    raise ValueError(f"no expiry entry in {expiry_key(prefix, name)}")
+                instance = parse_instance(instance_id, raw)
+            except ValueError as exc:
+                problems.append(f"{key} field {raw_id!r}: {exc}")
+                continue
+            found.setdefault(name, {})[instance_id] = instance
+            if score != float("inf") and (next_expiry is None or score < next_expiry):
+                next_expiry = score
+    for key, fields in (legacy or {}).items():
+        try:
+            name = _name(key.removeprefix("service:"))
+        except ValueError as exc:
+            problems.append(f"{key}: {exc}")
+            continue
+        current = found.setdefault(name, {})
+        for raw_id, raw in fields.items():
+            try:
+                instance_id = _id(raw_id)
+                instance = parse_legacy(instance_id, raw)
+            except ValueError as exc:
+                problems.append(f"{key} field {raw_id!r}: {exc}")
+                continue
+            if instance_id in current:
+                problems.append(f"{key} field {instance_id!r}: shadowed by {instances_key(prefix, name)}")
+                continue
+            current[instance_id] = instance
+    snapshot = {
+        name: tuple(insts[i] for i in sorted(insts)) for name, insts in sorted(found.items()) if insts
+    }
+    return Reading(snapshot, now_ms, next_expiry, tuple(problems))
+
+
+def _pairs(flat: object) -> list[tuple[str, str]]:
+    """Pair up a flat ``[k1, v1, k2, v2]`` reply (an empty Lua table arrives as ``{}``)."""
+    if not isinstance(flat, list):
+        return []
+    return list(zip(flat[::2], flat[1::2], strict=True))
+
+
+def parse_read(payload: bytes, prefix: str = DEFAULT_PREFIX) -> Reading:
+    """Parse the JSON answer of ``READ_LUA`` (invalid UTF-8 becomes U+FFFD and fails validation)."""
+    now, raw_services, raw_legacy = orjson.loads(payload.decode("utf-8", "replace"))
+    services: list[RawService] = []
+    problems: list[str] = []
+    for name, fields, scores in raw_services:
+        if fields is False or scores is False:
+            key = instances_key(prefix, name) if fields is False else expiry_key(prefix, name)
+            problems.append(f"{key}: wrong type (want a hash and a zset)")
+            continue
+        expiry = [(member, float(score)) for member, score in _pairs(scores)]
+        services.append(RawService(name, dict(_pairs(fields)), expiry))
+    legacy = {key: dict(_pairs(fields)) for key, fields in raw_legacy if fields}
+    reading = build_snapshot(int(now), services, legacy, prefix)
+    if problems:
+        return dataclasses.replace(reading, problems=(*problems, *reading.problems))
+    return reading
+
+
+class RedisProvider:
+    """Instances registered in Redis (see ``redis_registry`` for the layout)."""
+
+    name = "redis"
+
+    def __init__(
+        self,
+        client: Redis,
+        prefix: str = DEFAULT_PREFIX,
+        resync_interval: float = 5.0,
+        legacy: bool = True,
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._resync = resync_interval
+        self._legacy = legacy
+        self._per_service = f"{prefix}:service:"
+        self._read = client.register_script(READ_LUA)
+        kw = client.connection_pool.connection_kwargs
+        self._where = f"{kw.get('host', kw.get('path', '?'))}:{kw.get('port', '')}"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, config: GatewayConfig) -> Self:
+        """Connect with the ``REDIS_*`` settings, without client-side retries (the aggregator retries)."""
+        return cls(connect(settings, retries=0))
+
+    async def read(self, legacy_keys: Sequence[bytes] = ()) -> Reading:
+        """Read every service (and the given legacy hashes) in one atomic script."""
+        payload = await self._read(keys=[services_key(self._prefix), *legacy_keys], args=[self._per_service])
+        return parse_read(payload, self._prefix)
+
+    async def scan_legacy(self) -> list[bytes]:
+        """Return the keys of the original layout's ``service:{name}`` hashes."""
+        if not self._legacy:
+            return []
+        keys = [k async for k in self._redis.scan_iter(match=LEGACY_PATTERN, count=1000, _type="hash")]
+        return sorted(keys)
+
+    async def watch(self) -> AsyncIterator[Discovered]:
+        """Yield the current snapshot, then a new one after every change; raise ``DiscoveryError``."""
+        loop = asyncio.get_running_loop()
+        pubsub = self._redis.pubsub()
+        last: dict[str, tuple[Instance, ...]] | None = None
+        reported: frozenset[str] = frozenset()
+        legacy_keys: list[bytes] = []
+        next_resync = 0.0
+        try:
+            await pubsub.subscribe(events_channel(self._prefix))
+            while True:
+                if loop.time() >= next_resync:
+                    legacy_keys = await self.scan_legacy()
+                    next_resync = loop.time() + self._resync
+                reading = await self.read(legacy_keys)
+                for problem in reading.problems:
+                    if problem not in reported:
+                        log.warning("redis discovery: skipping %s", problem)
+                reported = frozenset(reading.problems)
+                if reading.snapshot != last:
+                    last = reading.snapshot
+                    yield last
+                wake = next_resync
+                if reading.next_expiry_ms is not None:
+                    delay = (reading.next_expiry_ms - reading.now_ms) / 1000 + EXPIRY_SLACK
+                    wake = min(wake, loop.time() + delay)
+                await self._wait(pubsub, wake)
+        except (RedisError, OSError) as exc:
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.connection_pool.disconnect()  # the next watch() starts afresh
+            raise DiscoveryError(f"redis at {self._where}: {str(exc) or type(exc).__name__}") from exc
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _wait(self, pubsub: PubSub, wake: float) -> None:
+        """Return at loop time ``wake`` or as soon as an event arrives (draining any burst)."""
+        loop = asyncio.get_running_loop()
+        while (remaining := wake - loop.time()) > 0:
+            if await pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining) is not None:
+                while await pubsub.get_message(ignore_subscribe_messages=True, timeout=0) is not None:
+                    pass
+                return
+
+    async def aclose(self) -> None:
+        """Close the client and its connection pool."""
+        await self._redis.aclose()

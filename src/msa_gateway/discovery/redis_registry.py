@@ -1,0 +1,373 @@
+"""Register instances in Redis, where the Redis provider finds them.
+
+Key layout (``P`` is the prefix, ``msa-gateway`` by default; one plain Redis, not Cluster)::
+
+    P:services                    SET   of service names
+    P:service:{name}:instances    HASH  field = instance id, value = instance JSON (below)
+    P:service:{name}:expiry       ZSET  member = instance id, score = expiry in Unix ms by Redis TIME
+                                        (+inf: never expires)
+    P:events                      pub/sub channel, message = {"op", "service", "id"} JSON
+
+Instance JSON: ``{"id": str, "host": str, "port": int 1-65535, "weight": int 1-1000 (default 1),
+"metadata": {str: str} (default {}), "health_path": "/..." or null, "scheme": "http"}``; only
+``host`` and ``port`` are required, unknown fields are ignored, the hash field is the id.
+
+An instance is live while its score is greater than the Redis server's ``TIME`` in ms. The hash
+and the zset carry a ``PEXPIREAT`` at their highest score, so a service whose instances all
+crashed leaves nothing behind. Service names match ``[A-Za-z0-9][A-Za-z0-9._~-]{0,127}``.
+
+Every write is one Lua script (``EVAL``), so a client in any language registers by running the
+same steps; ``now`` is ``TIME`` in ms, "purge" removes members with score <= now from both the
+zset and the hash, "settle" sets ``PEXPIREAT`` on hash and zset to the highest score (``PERSIST``
+when it is +inf, ``DEL`` both when the zset is empty):
+
+- register: purge; ``HSET instances id json``; ``ZADD expiry now+ttl_ms id``; ``SADD services name``;
+  settle; ``PUBLISH P:events {"op":"register",...}``.
+- heartbeat (every ttl/3): purge; if the id is still in both keys ``ZADD expiry XX now+ttl_ms id``
+  and settle, else answer 0 and the client registers again.
+- deregister: purge; ``HDEL``, ``ZREM``; if the zset is now empty ``DEL`` both and ``SREM services
+  name``, else settle; ``PUBLISH P:events {"op":"deregister",...}`` when the id was there.
+
+Gateways re-read everything on any event, at the next expiry, and every few seconds, so a lost
+message only delays a change. The original layout, ``HSET service:{name} {id} "host:port"``
+(no expiry, no events), is read too, every resync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import math
+import re
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+from msa_gateway.discovery.base import Registrar
+from msa_gateway.errors import DiscoveryError
+from msa_gateway.model import Instance
+from msa_gateway.settings import Settings, validate_service_name
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "msa-gateway"
+MAX_TTL = 366 * 86400.0
+INSTANCE_ID_RE = re.compile(r"^[^\s/\x00-\x1f\x7f]{1,256}$")
+HOST_RE = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,252})$")
+
+_PRELUDE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function purge(hash, zset)
+  local dead = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
+  for _, id in ipairs(dead) do redis.call('HDEL', hash, id) end
+  if #dead > 0 then redis.call('ZREMRANGEBYSCORE', zset, '-inf', now) end
+end
+local function settle(hash, zset)
+  local top = redis.call('ZRANGE', zset, -1, -1, 'WITHSCORES')
+  if #top == 0 then
+    redis.call('DEL', hash, zset)
+  elseif top[2] == 'inf' then
+    redis.call('PERSIST', hash)
+    redis.call('PERSIST', zset)
+  else
+    local at = string.format('%d', math.ceil(tonumber(top[2])))
+    redis.call('PEXPIREAT', hash, at)
+    redis.call('PEXPIREAT', zset, at)
+  end
+end
+local function expiry(ttl_ms)
+  if ttl_ms == 0 then return '+inf' end
+  return string.format('%d', now + ttl_ms)
+end
+"""
+
+# KEYS: services, instances, expiry. ARGV: service, id, json, ttl_ms (0 = never), channel, key prefix.
+REGISTER_LUA = (
+    _PRELUDE
+    + """
+purge(KEYS[2], KEYS[3])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[3], expiry(tonumber(ARGV[4])), ARGV[2])
+redis.call('SADD', KEYS[1], ARGV[1])
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[6] .. name .. ':instances') == 0 then redis.call('SREM', KEYS[1], name) end
+end
+settle(KEYS[2], KEYS[3])
+redis.call('PUBLISH', ARGV[5], cjson.encode({op = 'register', service = ARGV[1], id = ARGV[2]}))
+return 1
+"""
+)
+
+# KEYS: instances, expiry. ARGV: id, ttl_ms (0 = never).
+HEARTBEAT_LUA = (
+    _PRELUDE
+    + """
+purge(KEYS[1], KEYS[2])
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 or not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  settle(KEYS[1], KEYS[2])
+  return 0
+end
+redis.call('ZADD', KEYS[2], 'XX', expiry(tonumber(ARGV[2])), ARGV[1])
+settle(KEYS[1], KEYS[2])
+return 1
+"""
+)
+
+# KEYS: services, instances, expiry. ARGV: service, id, channel.
+DEREGISTER_LUA = (
+    _PRELUDE
+    + """
+purge(KEYS[2], KEYS[3])
+local existed = redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+if redis.call('ZCARD', KEYS[3]) == 0 then
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('SREM', KEYS[1], ARGV[1])
+else
+  settle(KEYS[2], KEYS[3])
+end
+if existed == 1 then
+  redis.call('PUBLISH', ARGV[3], cjson.encode({op = 'deregister', service = ARGV[1], id = ARGV[2]}))
+end
+return existed
+"""
+)
+
+
+def services_key(prefix: str) -> str:
+    """Return the key of the set of service names."""
+    return f"{prefix}:services"
+
+
+def instances_key(prefix: str, service: str) -> str:
+    """Return the key of the hash of ``service``'s instances."""
+    return f"{prefix}:service:{service}:instances"
+
+
+def expiry_key(prefix: str, service: str) -> str:
+    """Return the key of the zset of ``service``'s instance expiry times."""
+    return f"{prefix}:service:{service}:expiry"
+
+
+def events_channel(prefix: str) -> str:
+    """Return the pub/sub channel change events go to."""
+    return f"{prefix}:events"
+
+
+def connect(settings: Settings, retries: int = 0) -> Redis:
+    """Build an asyncio Redis client from ``REDIS_URL`` or ``REDIS_HOST``/``PORT``/``PASSWORD``/``DB``."""
+    options: dict[str, Any] = {
+        "socket_connect_timeout": 2.0,
+        "socket_timeout": 5.0,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
+        "decode_responses": False,
+    }
+    if settings.redis_password is not None:
+        options["password"] = settings.redis_password
+    if settings.redis_url:
+        return Redis.from_url(settings.redis_url, db=settings.redis_db, **options)
+    return Redis(host=settings.redis_host, port=settings.redis_port, db=settings.redis_db, **options)
+
+
+def ttl_ms(ttl: float) -> int:
+    """Return ``ttl`` seconds as whole milliseconds, 0 for ``math.inf`` (never expires)."""
+    if math.isinf(ttl) and ttl > 0:
+        return 0
+    if not (0.001 <= ttl <= MAX_TTL):
+        raise ValueError(f"ttl must be between 0.001 and {MAX_TTL:.0f} seconds (or inf), not {ttl}")
+    return max(1, round(ttl * 1000))
+
+
+def validate_instance_id(instance_id: str) -> str | None:
+    """Return why ``instance_id`` cannot be an instance id, or None when it can."""
+    if not INSTANCE_ID_RE.match(instance_id):
+        return "instance ids are 1-256 characters without whitespace, control characters or '/'"
+    return None
+
+
+def valid_host(value: object) -> str:
+    """Return ``value`` as a bare host name or IP (brackets dropped); raise ``ValueError`` if it is not."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("host must be a non-empty string")
+    if HOST_RE.match(value):
+        return value
+    host = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    if ":" in host:
+        with contextlib.suppress(ValueError):
+            ipaddress.IPv6Address(host)
+            return host
+    raise ValueError(f"host {value!r} is not a bare host name or IP address")
+
+
+def valid_port(value: object) -> int:
+    """Return ``value`` if it is an integer port 1-65535; raise ``ValueError`` saying why not."""
+    if value is None:
+        raise ValueError("missing port")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"port must be an integer, not {value!r}")
+    if not 1 <= value <= 65535:
+        raise ValueError(f"port {value} out of range 1-65535")
+    return value
+
+
+def check_instance(instance: Instance) -> None:
+    """Raise ``ValueError`` unless the provider would read ``instance`` back unchanged."""
+    why = validate_instance_id(instance.id)
+    if why:
+        raise ValueError(why)
+    if valid_host(instance.host) != instance.host:
+        raise ValueError(f"host {instance.host!r} must be given without brackets")
+    valid_port(instance.port)
+    if not 1 <= instance.weight <= 1000:
+        raise ValueError(f"weight must be 1-1000, not {instance.weight}")
+    if instance.health_path is not None and not instance.health_path.startswith("/"):
+        raise ValueError(f"health_path must start with '/', not {instance.health_path!r}")
+    if instance.scheme != "http":
+        raise ValueError(f"scheme {instance.scheme!r} is not supported (only 'http')")
+
+
+def instance_json(instance: Instance) -> bytes:
+    """Return the JSON document the provider reads back as ``instance``."""
+    return orjson.dumps(
+        {
+            "id": instance.id,
+            "host": instance.host,
+            "port": instance.port,
+            "weight": instance.weight,
+            "metadata": dict(instance.metadata),
+            "health_path": instance.health_path,
+            "scheme": instance.scheme,
+        }
+    )
+
+
+def _check(service: str, instance_id: str) -> None:
+    why = validate_service_name(service) or validate_instance_id(instance_id)
+    if why:
+        raise ValueError(why)
+
+
+class RedisRegistrar:
+    """Write instances with a TTL into Redis, atomically, and announce every change."""
+
+    def __init__(self, client: Redis, prefix: str = DEFAULT_PREFIX) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._register = client.register_script(REGISTER_LUA)
+        self._heartbeat = client.register_script(HEARTBEAT_LUA)
+        self._deregister = client.register_script(DEREGISTER_LUA)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """Connect with the ``REDIS_*`` settings."""
+        return cls(connect(settings, retries=2))
+
+    async def register(self, service: str, instance: Instance, ttl: float) -> None:
+        """Add or replace ``instance``; it expires ``ttl`` seconds (Redis clock) after its last heartbeat."""
+        _check(service, instance.id)
+        check_instance(instance)
+        keys = [services_key(self._prefix), *self._keys(service)]
+        args: list[str | bytes | int] = [
+            service,
+            instance.id,
+            instance_json(instance),
+            ttl_ms(ttl),
+            events_channel(self._prefix),
+            f"{self._prefix}:service:",
+        ]
+        await self._run("register", self._register(keys=keys, args=args))
+
+    async def heartbeat(self, service: str, instance_id: str, ttl: float) -> bool:
+        """Extend the instance's lifetime; return False when it expired or was removed."""
+        _check(service, instance_id)
+        args: list[str | int] = [instance_id, ttl_ms(ttl)]
+        return bool(await self._run("heartbeat", self._heartbeat(keys=self._keys(service), args=args)))
+
+    async def deregister(self, service: str, instance_id: str) -> bool:
+        """Remove the instance; return False when it was not registered (or had expired)."""
+        _check(service, instance_id)
+        keys = [services_key(self._prefix), *self._keys(service)]
+        args = [service, instance_id, events_channel(self._prefix)]
+        return bool(await self._run("deregister", self._deregister(keys=keys, args=args)))
+
+    async def aclose(self) -> None:
+        """Close the client and its connection pool."""
+        await self._redis.aclose()
+
+    def _keys(self, service: str) -> list[str]:
+        return [instances_key(self._prefix, service), expiry_key(self._prefix, service)]
+
+    async def _run(self, what: str, call: Any) -> Any:
+        try:
+            return await call
+        except RedisError as exc:
+            raise DiscoveryError(f"redis {what} failed: {exc}") from exc
+
+
+class ServiceRegistration:
+    """Keep one instance registered while the block runs: ``async with ServiceRegistration(...)``.
+
+    Registers on entry (failing loudly), heartbeats every ``ttl / 3`` seconds in a named task
+    (re-registering when the entry expired, logging and retrying when Redis is unreachable), and
+    deregisters on exit.
+    """
+
+    def __init__(
+        self,
+        registrar: Registrar,
+        service: str,
+        instance: Instance,
+        ttl: float = 10.0,
+        interval: float | None = None,
+    ) -> None:
+        ttl_ms(ttl)  # validate early
+        self.registrar, self.service, self.instance, self.ttl = registrar, service, instance, ttl
+        if interval is None:
+            interval = min(ttl / 3, 60.0) if math.isfinite(ttl) else 60.0
+        self.interval = interval
+        self.heartbeats = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        await self.registrar.register(self.service, self.instance, self.ttl)
+        self._task = asyncio.create_task(
+            self._beat(), name=f"redis-heartbeat:{self.service}/{self.instance.id}"
+        )
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop(deregister=True)
+
+    async def stop(self, deregister: bool = True) -> None:
+        """Stop heartbeating and (by default) deregister; a registry outage is logged, not raised."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if deregister:
+            try:
+                await self.registrar.deregister(self.service, self.instance.id)
+            except DiscoveryError as exc:
+                log.warning("could not deregister %s/%s: %s", self.service, self.instance.id, exc)
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                if not await self.registrar.heartbeat(self.service, self.instance.id, self.ttl):
+                    log.info("%s/%s had expired: registering again", self.service, self.instance.id)
+                    await self.registrar.register(self.service, self.instance, self.ttl)
+                self.heartbeats += 1
+            except DiscoveryError as exc:
+                log.warning("heartbeat for %s/%s failed: %s", self.service, self.instance.id, exc)
