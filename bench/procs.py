@@ -89,10 +89,10 @@ def cpu_seconds(pid: int) -> float:
     return ticks / CLOCK_TICKS
 
 
-def rss_bytes(pid: int) -> int:
-    """Return the resident set size of ``pid`` and its living descendants in bytes."""
+def rss_bytes(pids: Sequence[int]) -> int:
+    """Return the summed resident set size of ``pids`` in bytes (see ``process_tree``)."""
     total = 0
-    for p in process_tree(pid):
+    for p in pids:
         status = _read(f"/proc/{p}/status")
         if status is not None:
             total += parse_vmrss_kib(status) * 1024

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,8 @@ from bench import nginx
 from bench.procs import find_binary, parse_stat_cpu, parse_stat_ppid, parse_vmrss_kib
 from bench.report import Measurement, format_table, ratio, ratios, summarize
 from bench.run import POST_BODY
+from bench.stream import RSS_LIMIT, RssSampler, percentile
+from bench.stream_backend import CHUNK, chunks, stream_sha256
 from bench.wrk import POST_SCRIPT, WrkParseError, WrkResult, parse_time_ms, parse_wrk_output, wrk_command
 
 CLEAN = """\
@@ -234,3 +239,32 @@ def test_generated_nginx_configs_pass_nginx_t(tmp_path: Path, which: str) -> Non
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_percentile_uses_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([3.0, 1.0, 2.0], 99) == 3.0
+    assert percentile([], 50) == float("inf")
+
+
+def test_stream_chunks_add_up_to_the_size_and_differ_from_each_other() -> None:
+    size = 3 * CHUNK + 100
+    parts = list(chunks(size))
+    assert [len(p) for p in parts] == [CHUNK, CHUNK, CHUNK, 100]
+    assert len({p[:8] for p in parts}) == 4
+    assert stream_sha256(size) == hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+def test_rss_sampler_sees_a_process_grow_by_more_than_the_limit() -> None:
+    with RssSampler(os.getpid(), interval=0.01) as sampler:
+        before = sampler.current()
+        block = bytearray(RSS_LIMIT + 16 * 1024 * 1024)  # zero-filled: the kernel commits it on write
+        block[::4096] = b"\x01" * len(block[::4096])
+        deadline = time.monotonic() + 5
+        while sampler.peak - before < RSS_LIMIT and time.monotonic() < deadline:
+            time.sleep(0.01)
+        del block
+    assert sampler.samples >= 1
+    assert sampler.peak - before >= RSS_LIMIT
