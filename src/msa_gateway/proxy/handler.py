@@ -52,7 +52,7 @@ class ClientGone(Exception):
 class _Exchange:
     """Mutable per-request facts the handler and the access line share."""
 
-    __slots__ = ("body_done", "client_gone", "nbytes", "started_response", "status")
+    __slots__ = ("body_done", "client_gone", "error", "nbytes", "started_response", "status")
 
     def __init__(self) -> None:
         self.status = 500
@@ -60,6 +60,7 @@ class _Exchange:
         self.started_response = False
         self.body_done = True
         self.client_gone = False
+        self.error: str | None = None
 
 
 class ProxyApp:
@@ -160,7 +161,7 @@ class ProxyApp:
                 instance=instance.address if instance is not None else "-",
                 nbytes=ex.nbytes,
                 client=peer or "-",
-                error=error,
+                error=error or ex.error,
             )
 
     async def _forward(
@@ -232,6 +233,7 @@ class ProxyApp:
                 try:
                     chunk = await resp.read()
                 except UpstreamError as exc:
+                    ex.error = exc.kind
                     if not ex.client_gone:
                         log.warning(
                             "upstream failed mid-response; closing the client connection",
