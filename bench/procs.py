@@ -54,6 +54,35 @@ def parse_vmrss_kib(status: str) -> int:
     return 0
 
 
+def parse_cpu_line(stat: str) -> tuple[int, int]:
+    """Return (busy, total) jiffies from the aggregate ``cpu`` line of ``/proc/stat``."""
+    for line in stat.splitlines():
+        if line.startswith("cpu "):
+            values = [int(v) for v in line.split()[1:]]
+            idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+            return sum(values[:8]) - idle, sum(values[:8])
+    raise ValueError("no aggregate cpu line in /proc/stat")
+
+
+def system_busy(seconds: float = 1.0) -> float:
+    """Return the share of all cores that was busy over the next ``seconds`` (0.0 to 1.0)."""
+    with open("/proc/stat") as f:
+        b0, t0 = parse_cpu_line(f.read())
+    time.sleep(seconds)
+    with open("/proc/stat") as f:
+        b1, t1 = parse_cpu_line(f.read())
+    return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def wait_until_quiet(limit: float, timeout: float) -> float:
+    """Sample CPU use each second until it is at most ``limit`` or ``timeout`` passes; return the last."""
+    deadline = time.monotonic() + timeout
+    busy = system_busy()
+    while busy > limit and time.monotonic() < deadline:
+        busy = system_busy()
+    return busy
+
+
 def _read(path: str) -> str | None:
     try:
         with open(path) as f:

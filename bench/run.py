@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import gateway, nginx
-from bench.procs import Proc, StartError, cpu_seconds, free_port, http_request
+from bench.procs import Proc, StartError, cpu_seconds, free_port, http_request, wait_until_quiet
 from bench.report import CONFIGS, Measurement, format_table, ratios, summarize, to_json
 from bench.wrk import POST_BODY_SIZE, run_wrk
 
 PATH = "/bench/anything"
 POST_BODY = b'{"data":"' + b"x" * (POST_BODY_SIZE - 11) + b'"}'
 EXIT_ERRORS, EXIT_RATIO, EXIT_NO_GATEWAY = 1, 2, 3
+QUIET = 0.05  # share of all CPUs busy before start above which the run warns
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--gateway-cmd", help="command starting the gateway (default: .venv/bin/msa-gateway run)")
     p.add_argument("--client-core", type=int, default=0, help="core for wrk and the backends (0)")
     p.add_argument("--proxy-core", type=int, default=1, help="core for the proxy under test (1)")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        help="wait up to this many seconds for other CPU use to drop below 5%% before starting (0)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir with configs and logs")
     args = p.parse_args(argv)
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -131,11 +138,15 @@ def meta(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, workdir: Path) -> int:
     """Start everything, measure, print the table; return the exit status."""
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"warning: load average {load:.2f} before start: something else is running, numbers are noisy")
+    busy = wait_until_quiet(QUIET, args.wait_quiet)
+    if busy > QUIET:
+        print(
+            f"warning: {busy:.0%} of the CPUs busy before start (load average {os.getloadavg()[0]:.2f}): "
+            "something else is running, numbers are noisy"
+        )
     workloads = [args.only] if args.only else ["get", "post"]
     info = meta(args, workdir)
+    info["cpu_busy_before"] = busy
     p1, p2 = free_port(), free_port()
     status = 0
     with contextlib.ExitStack() as stack:

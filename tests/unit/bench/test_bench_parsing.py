@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from bench import nginx
-from bench.procs import find_binary, parse_stat_cpu, parse_stat_ppid, parse_vmrss_kib
+from bench.procs import find_binary, parse_cpu_line, parse_stat_cpu, parse_stat_ppid, parse_vmrss_kib
 from bench.report import Measurement, format_table, ratio, ratios, summarize
 from bench.run import POST_BODY
 from bench.stream import RSS_LIMIT, RssSampler, percentile
@@ -268,3 +268,10 @@ def test_rss_sampler_sees_a_process_grow_by_more_than_the_limit() -> None:
         del block
     assert sampler.samples >= 1
     assert sampler.peak - before >= RSS_LIMIT
+
+
+def test_parse_cpu_line_counts_idle_and_iowait_as_not_busy() -> None:
+    stat = "cpu  100 5 50 800 20 3 2 10 0 0\ncpu0 50 2 25 400 10 1 1 5 0 0\nintr 1\n"
+    assert parse_cpu_line(stat) == (100 + 5 + 50 + 3 + 2 + 10, 990)
+    with pytest.raises(ValueError):
+        parse_cpu_line("intr 1\n")
