@@ -15,7 +15,12 @@ import sys
 
 import orjson
 
-from msa_gateway.discovery.redis_registry import RedisRegistrar, ServiceRegistration, check_instance
+from msa_gateway.discovery.redis_registry import (
+    RedisRegistrar,
+    ServiceRegistration,
+    check_instance,
+    default_id,
+)
 from msa_gateway.errors import DiscoveryError
 from msa_gateway.model import Instance
 from msa_gateway.settings import Settings, validate_service_name
@@ -70,7 +75,7 @@ def _instance(args: argparse.Namespace) -> tuple[Instance, float]:
             raise ValueError(f"--meta expects KEY=VALUE, got {pair!r}")
         metadata[key] = value
     instance = Instance(
-        id=args.instance_id or f"{args.host}:{args.port}",
+        id=args.instance_id or default_id(args.host, args.port),
         host=args.host,
         port=args.port,
         weight=args.weight,

@@ -218,14 +218,19 @@ def valid_port(value: object) -> int:
     return value
 
 
+def default_id(host: str, port: int) -> str:
+    """Return the id an instance gets when none is given: ``host:port`` (``[v6]:port``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def check_instance(instance: Instance) -> None:
     """Raise ``ValueError`` unless the provider would read ``instance`` back unchanged."""
-    why = validate_instance_id(instance.id)
-    if why:
-        raise ValueError(why)
     if valid_host(instance.host) != instance.host:
         raise ValueError(f"host {instance.host!r} must be given without brackets")
     valid_port(instance.port)
+    why = validate_instance_id(instance.id)
+    if why:
+        raise ValueError(why)
     if not 1 <= instance.weight <= 1000:
         raise ValueError(f"weight must be 1-1000, not {instance.weight}")
     if instance.health_path is not None and not instance.health_path.startswith("/"):
