@@ -39,9 +39,10 @@ MAX_ID_LENGTH = 256
 class EtcdApiError(DiscoveryError):
     """etcd answered with an error (``code`` is the gRPC status code, e.g. 5 = not found)."""
 
-    def __init__(self, message: str, code: int) -> None:
+    def __init__(self, message: str, code: int, status: int) -> None:
         super().__init__(message)
         self.code = code
+        self.status = status
 
 
 # --- pure helpers: keys, values, the instance table ----------------------------------------
@@ -214,7 +215,7 @@ def _answer_error(path: str, status: int, body: bytes) -> EtcdApiError:
         message, code = str(data.get("message") or data.get("error")), int(data.get("code", 2))
     except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
         message, code = body[:200].decode("utf-8", "replace"), 2
-    return EtcdApiError(f"etcd {path}: HTTP {status}: {message}", code)
+    return EtcdApiError(f"etcd {path}: HTTP {status}: {message}", code, status)
 
 
 class EtcdClient:
@@ -265,13 +266,16 @@ class EtcdClient:
         return data
 
     async def call(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """POST to the first endpoint that answers; an etcd error answer is raised at once."""
+        """POST to the first endpoint that answers; a 4xx error answer is raised at once."""
         errors: list[str] = []
         for i in self._order():
             try:
                 data = await self.call_at(self.endpoints[i], path, body)
-            except EtcdApiError:
-                raise
+            except EtcdApiError as exc:
+                if exc.status < 500:
+                    raise
+                errors.append(str(exc))
+                continue
             except DiscoveryError as exc:
                 errors.append(str(exc))
                 continue

@@ -16,7 +16,7 @@ endpoint name (``health``, ``metrics``, ``services``, ...); ``instance_id`` is 1
 characters without ``/``. Unknown JSON fields are ignored; a bad key or value is skipped by the
 gateway with a warning naming the key. Any change is seen by every gateway within a second.
 
-From any language, with ``etcdctl`` (API v3; ``--endpoints=http://127.0.0.1:2379``)::
+From any language, with ``etcdctl`` 3.4+ (older: ``export ETCDCTL_API=3``; add ``--endpoints=URL``)::
 
     # register with a 10 s lease, then keep it alive (keep-alive runs until interrupted)
     LEASE=$(etcdctl lease grant 10 | awk '{print $2}')

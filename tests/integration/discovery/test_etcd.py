@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import statistics
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,7 +22,7 @@ from msa_gateway.errors import DiscoveryError
 from msa_gateway.model import Discovered, Instance
 from msa_gateway.settings import GatewayConfig, Settings
 from tests.support.etcd_server import EtcdServer, etcd_server
-from tests.support.procs import free_port
+from tests.support.procs import find_binary, free_port
 
 LOGGER = "msa_gateway.discovery.etcd"
 
@@ -264,6 +266,57 @@ async def test_bad_data_is_skipped_with_a_log_line_naming_the_key(
         assert w.error is None
     finally:
         await w.close()
+
+
+async def test_a_transaction_is_one_snapshot(watcher: Watcher, client: EtcdClient, prefix: str) -> None:
+    ops = [
+        {
+            "request_put": {
+                "key": b64(f"{prefix}batch/b{i:02}"),
+                "value": b64(orjson.dumps({"host": "h", "port": i + 1})),
+            }
+        }
+        for i in range(50)
+    ]
+    before = len(watcher.snapshots)
+    await client.call("/kv/txn", {"success": ops})
+    _, snap = await watcher.wait_for(lambda s: "batch" in s, since=before)
+    assert len(snap["batch"]) == 50
+    assert len(watcher.snapshots) == before + 1, "one watch batch, one snapshot"
+
+
+async def test_etcdctl_registration_as_documented(etcd: EtcdServer, watcher: Watcher, prefix: str) -> None:
+    registrar = EtcdRegistrar(EtcdClient([etcd.url]), prefix)
+    etcdctl = [find_binary("etcdctl"), f"--endpoints={etcd.url}"]
+    env = {**os.environ, "ETCDCTL_API": "3"}
+
+    def run(*args: str) -> str:
+        return subprocess.run([*etcdctl, *args], env=env, check=True, capture_output=True, text=True).stdout
+
+    try:
+        lease = run("lease", "grant", "10").split()[1]
+        value = '{"host":"10.0.0.5","port":8001,"weight":2,"metadata":{"version":"1.4"}}'
+        run("put", f"--lease={lease}", f"{prefix}orders/orders-1", value)
+        _, snap = await watcher.wait_for(lambda s: "orders" in s)
+        assert snap["orders"] == (
+            Instance(
+                id="orders-1",
+                host="10.0.0.5",
+                port=8001,
+                weight=2,
+                metadata=(("version", "1.4"),),
+                source="etcd",
+            ),
+        )
+        assert await registrar.heartbeat("orders", "orders-1", 10), (
+            "the registrar finds the lease from the key"
+        )
+        assert "keepalived" in run("lease", "keep-alive", "--once", lease)
+        run("del", f"{prefix}orders/orders-1")
+        await watcher.wait_for(lambda s: "orders" not in s)
+        run("lease", "revoke", lease)
+    finally:
+        await registrar.aclose()
 
 
 async def test_endpoints_are_tried_in_order(etcd: EtcdServer, prefix: str, client: EtcdClient) -> None:
