@@ -226,8 +226,9 @@ class ProxyApp:
         await send({"type": "http.response.body", "body": first, "more_body": True})
         watcher = None
         if ex.body_done:
-            watcher = asyncio.ensure_future(receive())
-            watcher.add_done_callback(lambda t: _on_disconnect(t, ex, resp))
+            watcher = asyncio.get_running_loop().create_task(
+                _watch_disconnect(receive, ex, resp), name="proxy:watch"
+            )
         try:
             while True:
                 try:
@@ -271,9 +272,11 @@ class ProxyApp:
         ex.body_done = True
 
 
-def _on_disconnect(task: asyncio.Future[Any], ex: _Exchange, resp: UpstreamResponse) -> None:
-    if task.cancelled() or task.exception() is not None:
-        return
-    if task.result().get("type") == "http.disconnect":
-        ex.client_gone = True
-        resp.close()
+async def _watch_disconnect(receive: Any, ex: _Exchange, resp: UpstreamResponse) -> None:
+    """Wait for the client to go away during a streamed response; then abort the upstream exchange."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            ex.client_gone = True
+            resp.close()
+            return
