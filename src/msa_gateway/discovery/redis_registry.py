@@ -1,6 +1,7 @@
 """Register instances in Redis, where the Redis provider finds them.
 
-Key layout (``P`` is the prefix, ``msa-gateway`` by default; one plain Redis, not Cluster)::
+Key layout (``P`` is the prefix, ``msa-gateway`` by default; Redis 6.0+, one plain Redis or a
+primary, not Cluster)::
 
     P:services                    SET   of service names
     P:service:{name}:instances    HASH  field = instance id, value = instance JSON (below)
@@ -14,15 +15,18 @@ Instance JSON: ``{"id": str, "host": str, "port": int 1-65535, "weight": int 1-1
 
 An instance is live while its score is greater than the Redis server's ``TIME`` in ms. The hash
 and the zset carry a ``PEXPIREAT`` at their highest score, so a service whose instances all
-crashed leaves nothing behind. Service names match ``[A-Za-z0-9][A-Za-z0-9._~-]{0,127}``.
+crashed leaves nothing behind. Service names match ``[A-Za-z0-9][A-Za-z0-9._~-]{0,127}`` (and are
+not a gateway endpoint such as ``health``); instance ids are 1-256 characters without whitespace,
+control characters or ``/`` (default ``host:port``, ``[v6]:port``).
 
 Every write is one Lua script (``EVAL``), so a client in any language registers by running the
 same steps; ``now`` is ``TIME`` in ms, "purge" removes members with score <= now from both the
 zset and the hash, "settle" sets ``PEXPIREAT`` on hash and zset to the highest score (``PERSIST``
 when it is +inf, ``DEL`` both when the zset is empty):
 
-- register: purge; ``HSET instances id json``; ``ZADD expiry now+ttl_ms id``; ``SADD services name``;
-  settle; ``PUBLISH P:events {"op":"register",...}``.
+- register: purge; ``HSET instances id json``; ``ZADD expiry now+ttl_ms id`` (``+inf`` for no TTL);
+  ``SADD services name`` (and ``SREM`` names whose instances hash is gone); settle;
+  ``PUBLISH P:events {"op":"register",...}``.
 - heartbeat (every ttl/3): purge; if the id is still in both keys ``ZADD expiry XX now+ttl_ms id``
   and settle, else answer 0 and the client registers again.
 - deregister: purge; ``HDEL``, ``ZREM``; if the zset is now empty ``DEL`` both and ``SREM services
