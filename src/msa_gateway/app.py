@@ -57,8 +57,7 @@ def build_api(settings: Settings) -> FastAPI:
     api.include_router(health.router)
     api.include_router(metrics.router)
     api.include_router(services.router)
-    if admin_router is not None:
-        api.include_router(admin_router)
+    api.include_router(admin_router)
 
     @api.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -85,8 +85,15 @@ async def serve_gateway(
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host="127.0.0.1", port=port, lifespan="on", log_config=None, access_log=False,
-            server_header=False, date_header=False, proxy_headers=False,
+            app,
+            host="127.0.0.1",
+            port=port,
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            date_header=False,
+            proxy_headers=False,
         )
     )
     task = asyncio.create_task(server.serve(), name="test-gateway")
@@ -113,8 +120,10 @@ class GatewayProcess:
         if config is not None:
             self.config_path.write_text(yaml.safe_dump(config))
         self.env = python_env(
-            HOST="127.0.0.1", PORT=str(self.port),
-            **({"GATEWAY_CONFIG": str(self.config_path)} if config is not None else {}), **env,
+            HOST="127.0.0.1",
+            PORT=str(self.port),
+            **({"GATEWAY_CONFIG": str(self.config_path)} if config is not None else {}),
+            **env,
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -127,7 +136,11 @@ class GatewayProcess:
         """Start the process (and wait until it listens)."""
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [PY, "-m", "msa_gateway.cli", "run"], env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+                [PY, "-m", "msa_gateway.cli", "run"],
+                env=self.env,
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         if wait:
             try:
@@ -240,5 +253,12 @@ def parse_response(data: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     return status, headers, body
 
 
-__all__ = ["GatewayProcess", "InProcessGateway", "gateway_process", "parse_response", "raw_request",
-           "serve_gateway", "service_yaml"]
+__all__ = [
+    "GatewayProcess",
+    "InProcessGateway",
+    "gateway_process",
+    "parse_response",
+    "raw_request",
+    "serve_gateway",
+    "service_yaml",
+]

@@ -24,7 +24,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_port(
+    port: int, host: str = "127.0.0.1", timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Block until something accepts on ``host:port``; fail early if ``proc`` dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -79,7 +81,9 @@ def running(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``argv`` for the duration of the block; wait for ``port``; kill it afterwards."""
     out = open(log, "wb") if log is not None else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(list(argv), env=env or python_env(), stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    proc = subprocess.Popen(
+        list(argv), env=env or python_env(), stdout=out, stderr=subprocess.STDOUT, cwd=REPO
+    )
     try:
         if port is not None:
             wait_port(port, timeout=timeout, proc=proc)

@@ -2,4 +2,6 @@
 
 from fastapi import APIRouter
 
-admin_router: APIRouter | None = None
+from msa_gateway.routers.admin import router as admin_router
+
+__all__ = ["APIRouter", "admin_router"]

@@ -19,7 +19,10 @@ async def _spread(weights: list[int], n: int) -> list[int]:
         config = {
             "services": {
                 "svc": {
-                    "instances": [{"host": "127.0.0.1", "port": r.port, "weight": w} for r, w in zip(recs, weights)],
+                    "instances": [
+                        {"host": "127.0.0.1", "port": r.port, "weight": w}
+                        for r, w in zip(recs, weights, strict=True)
+                    ],
                     "health_check": {"path": None},
                 }
             }

@@ -44,7 +44,9 @@ async def test_refused_connection_is_502() -> None:
         _assert_clean(body, port, "bad_gateway")
 
 
-@pytest.mark.parametrize("reply", [Reply.resetting(), Reply.closing(), Reply.garbage()], ids=["reset", "close", "garbage"])
+@pytest.mark.parametrize(
+    "reply", [Reply.resetting(), Reply.closing(), Reply.garbage()], ids=["reset", "close", "garbage"]
+)
 async def test_reset_closed_or_garbage_answer_is_502(reply: Reply) -> None:
     async with Recorder(reply) as rec, serve_gateway(service_yaml({"svc": [rec.port]})) as gw:
         status, _, body = await _get(f"{gw.url}/svc/x")
@@ -54,7 +56,9 @@ async def test_reset_closed_or_garbage_answer_is_502(reply: Reply) -> None:
 
 async def test_slow_instance_is_504_after_read_timeout() -> None:
     async with Recorder(Reply.hanging()) as rec:
-        async with serve_gateway(service_yaml({"svc": [rec.port]}, timeouts={"connect": 1, "read": 0.3})) as gw:
+        async with serve_gateway(
+            service_yaml({"svc": [rec.port]}, timeouts={"connect": 1, "read": 0.3})
+        ) as gw:
             status, _, body = await _get(f"{gw.url}/svc/slow")
             assert status == 504
             _assert_clean(body, rec.port, "gateway_timeout")
@@ -74,6 +78,8 @@ async def test_truncated_response_closes_client_connection_without_stack_trace()
             data = await raw_request(gw.port, b"GET /svc/t HTTP/1.1\r\nHost: gw\r\n\r\n", read_timeout=5)
             head, _, body = data.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200")
-            assert len(body) < 10000  # the client sees a short body and a closed connection, never a fake success
+            assert (
+                len(body) < 10000
+            )  # the client sees a short body and a closed connection, never a fake success
             assert b"Traceback" not in data
             assert '"error":"protocol_error"' in gw.access_lines()[-1]

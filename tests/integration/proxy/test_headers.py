@@ -31,12 +31,23 @@ REQUEST = (
 
 
 async def test_hop_by_hop_and_connection_listed_headers_are_dropped() -> None:
-    async with Recorder(Reply(200, body=b"ok")) as rec, serve_gateway(service_yaml({"svc": [rec.port]})) as gw:
+    async with (
+        Recorder(Reply(200, body=b"ok")) as rec,
+        serve_gateway(service_yaml({"svc": [rec.port]})) as gw,
+    ):
         assert parse_response(await raw_request(gw.port, REQUEST))[0] == 200
         req = await rec.next_request()
         names = {n.lower() for n in req.header_names()}
-        for hop in (b"keep-alive", b"x-secret-hop", b"te", b"trailer", b"upgrade", b"proxy-authorization",
-                    b"proxy-connection", b"forwarded"):
+        for hop in (
+            b"keep-alive",
+            b"x-secret-hop",
+            b"te",
+            b"trailer",
+            b"upgrade",
+            b"proxy-authorization",
+            b"proxy-connection",
+            b"forwarded",
+        ):
             assert hop not in names, hop
         assert req.header_values("connection") in ([], [b"keep-alive"])
         # end-to-end headers pass, repeated ones stay repeated and in order
@@ -46,7 +57,10 @@ async def test_hop_by_hop_and_connection_listed_headers_are_dropped() -> None:
 
 
 async def test_forwarded_headers_from_untrusted_peer_are_replaced() -> None:
-    async with Recorder(Reply(200, body=b"ok")) as rec, serve_gateway(service_yaml({"svc": [rec.port]})) as gw:
+    async with (
+        Recorder(Reply(200, body=b"ok")) as rec,
+        serve_gateway(service_yaml({"svc": [rec.port]})) as gw,
+    ):
         await raw_request(gw.port, REQUEST)
         req = await rec.next_request()
         assert req.header_values("x-forwarded-for") == [b"127.0.0.1"]
@@ -78,7 +92,10 @@ async def test_pass_host_header_option_keeps_client_host() -> None:
 
 
 async def test_request_id_is_kept_or_minted_and_returned() -> None:
-    async with Recorder(Reply(200, body=b"ok")) as rec, serve_gateway(service_yaml({"svc": [rec.port]})) as gw:
+    async with (
+        Recorder(Reply(200, body=b"ok")) as rec,
+        serve_gateway(service_yaml({"svc": [rec.port]})) as gw,
+    ):
         async with aiohttp.ClientSession() as client:
             async with client.get(f"{gw.url}/svc/x", headers={"X-Request-ID": "abc-123"}) as r:
                 assert r.headers.getall("x-request-id") == ["abc-123"]
@@ -92,7 +109,10 @@ async def test_request_id_is_kept_or_minted_and_returned() -> None:
 
 
 async def test_client_framing_headers_are_not_copied() -> None:
-    async with Recorder(Reply(200, body=b"ok")) as rec, serve_gateway(service_yaml({"svc": [rec.port]})) as gw:
+    async with (
+        Recorder(Reply(200, body=b"ok")) as rec,
+        serve_gateway(service_yaml({"svc": [rec.port]})) as gw,
+    ):
         data = (
             b"POST /svc/p HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
             b"5\r\nhello\r\n0\r\n\r\n"
@@ -107,9 +127,15 @@ async def test_client_framing_headers_are_not_copied() -> None:
 async def test_response_keeps_repeated_set_cookie_and_drops_hop_headers() -> None:
     reply = Reply(
         200,
-        headers=[("Set-Cookie", "a=1; Path=/"), ("Set-Cookie", "b=2; HttpOnly"), ("Connection", "X-Up-Hop"),
-                 ("X-Up-Hop", "secret"), ("Keep-Alive", "timeout=3"), ("X-Request-ID", "upstream-id"),
-                 ("Cache-Control", "no-cache")],
+        headers=[
+            ("Set-Cookie", "a=1; Path=/"),
+            ("Set-Cookie", "b=2; HttpOnly"),
+            ("Connection", "X-Up-Hop"),
+            ("X-Up-Hop", "secret"),
+            ("Keep-Alive", "timeout=3"),
+            ("X-Request-ID", "upstream-id"),
+            ("Cache-Control", "no-cache"),
+        ],
         body=b"ok",
     )
     async with Recorder(reply) as rec, serve_gateway(service_yaml({"svc": [rec.port]})) as gw:
@@ -129,5 +155,5 @@ async def test_cookies_are_never_shared_between_clients() -> None:
     async with Recorder(reply) as rec, serve_gateway(service_yaml({"svc": [rec.port]})) as gw:
         await raw_request(gw.port, b"GET /svc/login HTTP/1.1\r\nHost: gw\r\n\r\n")
         await raw_request(gw.port, b"GET /svc/other HTTP/1.1\r\nHost: gw\r\n\r\n")
-        first, second = await rec.wait_requests(2)
+        _, second = await rec.wait_requests(2)
         assert second.header("cookie") is None

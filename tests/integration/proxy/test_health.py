@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import aiohttp
 import orjson
 import pytest
 
+from msa_gateway.registry.snapshot import ServiceRoute
 from tests.support.gateway import serve_gateway
 from tests.support.recorder import RecordedRequest, Recorder, Reply
 
@@ -27,7 +29,7 @@ class Switch:
         return Reply(200, body=self.name.encode())
 
 
-async def _until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
@@ -41,14 +43,25 @@ async def test_unhealthy_instance_leaves_rotation_and_returns(caplog: pytest.Log
         config = {
             "services": {
                 "svc": {
-                    "instances": [{"host": "127.0.0.1", "port": ra.port}, {"host": "127.0.0.1", "port": rb.port}],
-                    "health_check": {"path": "/health", "interval": 0.05, "timeout": 1,
-                                     "unhealthy_threshold": 2, "healthy_threshold": 2},
+                    "instances": [
+                        {"host": "127.0.0.1", "port": ra.port},
+                        {"host": "127.0.0.1", "port": rb.port},
+                    ],
+                    "health_check": {
+                        "path": "/health",
+                        "interval": 0.05,
+                        "timeout": 1,
+                        "unhealthy_threshold": 2,
+                        "healthy_threshold": 2,
+                    },
                 }
             }
         }
         async with serve_gateway(config) as gw, aiohttp.ClientSession() as client:
-            route = lambda: gw.runtime.snapshot.services["svc"]  # noqa: E731
+
+            def route() -> ServiceRoute:
+                return gw.runtime.snapshot.services["svc"]
+
             await _until(lambda: all(gw.runtime.health.get(k).status == "healthy" for k in route().keys))
             b.health = 503
             await _until(lambda: len(route().eligible) == 1)
@@ -72,7 +85,10 @@ async def test_unhealthy_instance_leaves_rotation_and_returns(caplog: pytest.Log
                     seen.add(await r.read())
             assert seen == {b"a", b"b"}
         changes = [r for r in caplog.records if r.getMessage() == "instance health changed"]
-        assert [(r.__dict__["from"], r.__dict__["to"]) for r in changes] == [("healthy", "unhealthy"), ("unhealthy", "healthy")]
+        assert [(r.__dict__["from"], r.__dict__["to"]) for r in changes] == [
+            ("healthy", "unhealthy"),
+            ("unhealthy", "healthy"),
+        ]
 
 
 async def test_all_unhealthy_gives_503() -> None:

@@ -20,8 +20,11 @@ async def _events(n: int, gap: float) -> AsyncIterator[bytes]:
 
 
 async def test_sse_events_reach_the_client_one_by_one() -> None:
-    reply = Reply(200, headers=[("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")],
-                  body=_events(5, 0.2))
+    reply = Reply(
+        200,
+        headers=[("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")],
+        body=_events(5, 0.2),
+    )
     async with Recorder(reply) as rec, serve_gateway(service_yaml({"svc": [rec.port]})) as gw:
         latencies = []
         async with aiohttp.ClientSession() as client, client.get(f"{gw.url}/svc/events") as r:

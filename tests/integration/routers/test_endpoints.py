@@ -23,20 +23,32 @@ async def _json(client: aiohttp.ClientSession, url: str, status: int = 200) -> d
 
 
 async def test_root_health_and_services_endpoints() -> None:
-    async with Recorder(Reply(200, body=b"ok")) as rec, serve_gateway(service_yaml({"svc": [rec.port]})) as gw:
+    async with (
+        Recorder(Reply(200, body=b"ok")) as rec,
+        serve_gateway(service_yaml({"svc": [rec.port]})) as gw,
+    ):
         async with aiohttp.ClientSession() as c:
             root = await _json(c, f"{gw.url}/")
             assert root["name"] == "msa-gateway" and root["services"] == 1 and root["discovery"] == "static"
             assert root["uptime_seconds"] >= 0 and root["version"]
             health = await _json(c, f"{gw.url}/health/")
             assert health["status"] == "healthy"
-            assert health["services"]["svc"] == {"status": "healthy", "healthy_instances": 1, "total_instances": 1}
+            assert health["services"]["svc"] == {
+                "status": "healthy",
+                "healthy_instances": 1,
+                "total_instances": 1,
+            }
             assert (await _json(c, f"{gw.url}/health"))["status"] == "healthy"
             assert (await _json(c, f"{gw.url}/health/live"))["status"] == "alive"
             assert (await _json(c, f"{gw.url}/health/ready"))["status"] == "ready"
             services = await _json(c, f"{gw.url}/services")
             inst = services["services"]["svc"]["instances"][0]
-            assert (inst["host"], inst["port"], inst["weight"], inst["source"]) == ("127.0.0.1", rec.port, 1, "static")
+            assert (inst["host"], inst["port"], inst["weight"], inst["source"]) == (
+                "127.0.0.1",
+                rec.port,
+                1,
+                "static",
+            )
             assert inst["last_seen"] is not None
             info = await _json(c, f"{gw.url}/services/svc/info")
             assert info["balancer"] == "round_robin"
@@ -53,8 +65,16 @@ async def test_openapi_lists_only_gateway_endpoints() -> None:
     async with serve_gateway(service_yaml({"svc": [1]})) as gw, aiohttp.ClientSession() as c:
         spec = await _json(c, f"{gw.url}/openapi.json")
         assert set(spec["paths"]) == {
-            "/", "/health/", "/health/live", "/health/ready", "/metrics/", "/services",
-            "/services/{name}/health", "/services/{name}/info",
+            "/",
+            "/health/",
+            "/health/live",
+            "/health/ready",
+            "/metrics/",
+            "/services",
+            "/services/{name}/health",
+            "/services/{name}/info",
+            "/services/{name}/instances",
+            "/services/{name}/instances/{instance_id}",
         }
         async with c.get(f"{gw.url}/docs") as r:
             assert r.status == 200
@@ -70,7 +90,10 @@ async def test_service_cannot_shadow_gateway_endpoints() -> None:
 
 
 async def test_metrics_count_traffic_with_bounded_labels() -> None:
-    async with Recorder(Reply(201, body=b"ok")) as rec, serve_gateway(service_yaml({"svc": [rec.port]})) as gw:
+    async with (
+        Recorder(Reply(201, body=b"ok")) as rec,
+        serve_gateway(service_yaml({"svc": [rec.port]})) as gw,
+    ):
         async with aiohttp.ClientSession() as c:
             for _ in range(3):
                 async with c.post(f"{gw.url}/svc/a?secret=1", data=b"x") as r:
@@ -84,10 +107,21 @@ async def test_metrics_count_traffic_with_bounded_labels() -> None:
                 assert r.headers["Content-Type"].startswith("text/plain")
                 text = (await r.read()).decode()
         families = {f.name: f for f in text_string_to_metric_families(text)}
-        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
-        assert samples[("gateway_requests_total", (("code", "201"), ("method", "POST"), ("service", "svc")))] == 3
-        assert samples[("gateway_requests_total", (("code", "404"), ("method", "GET"), ("service", "unknown")))] == 2
-        assert samples[("gateway_requests_total", (("code", "201"), ("method", "OTHER"), ("service", "svc")))] == 1
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples
+        }
+        assert (
+            samples[("gateway_requests_total", (("code", "201"), ("method", "POST"), ("service", "svc")))]
+            == 3
+        )
+        assert (
+            samples[("gateway_requests_total", (("code", "404"), ("method", "GET"), ("service", "unknown")))]
+            == 2
+        )
+        assert (
+            samples[("gateway_requests_total", (("code", "201"), ("method", "OTHER"), ("service", "svc")))]
+            == 1
+        )
         assert samples[("gateway_request_duration_seconds_count", (("service", "svc"),))] == 4
         assert samples[("gateway_requests_in_flight", ())] == 0
         assert ("gateway_instance_up", (("instance", f"127.0.0.1:{rec.port}"), ("service", "svc"))) in samples
