@@ -106,6 +106,23 @@ def ratios(summaries: Sequence[Summary]) -> dict[str, float]:
     return out
 
 
+def cpu_ratios(summaries: Sequence[Summary]) -> dict[str, float]:
+    """Return nginx-proxy's CPU per request over the gateway's, per workload.
+
+    On one saturated core this predicts the req/s ratio without depending on how busy the other
+    core was, so it cross-checks a ratio that a noisy neighbour may have skewed.
+    """
+    by = {(s.workload, s.config): s for s in summaries}
+    out: dict[str, float] = {}
+    for w in WORKLOADS:
+        gw, ng = by.get((w, "gateway")), by.get((w, "nginx-proxy"))
+        if gw and ng and gw.cpu_us_per_request and ng.cpu_us_per_request:
+            out[f"{w}: nginx-proxy CPU/req over gateway CPU/req"] = (
+                ng.cpu_us_per_request / gw.cpu_us_per_request
+            )
+    return out
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -158,6 +175,7 @@ def to_json(
         "meta": meta,
         "summaries": [{**asdict(s), "errors": s.errors} for s in summaries],
         "ratios": ratios(summaries),
+        "cpu_ratios": cpu_ratios(summaries),
         "runs": [
             {
                 "config": m.config,

@@ -25,7 +25,7 @@ from typing import Any
 
 from bench import gateway, nginx
 from bench.procs import Proc, StartError, cpu_seconds, free_port, http_request, wait_until_quiet
-from bench.report import CONFIGS, Measurement, format_table, ratios, summarize, to_json
+from bench.report import CONFIGS, Measurement, cpu_ratios, format_table, ratios, summarize, to_json
 from bench.wrk import POST_BODY_SIZE, run_wrk
 
 PATH = "/bench/anything"
@@ -224,6 +224,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             if not ok and status == 0:
                 status = EXIT_RATIO
         print(line)
+    for name, value in cpu_ratios(summaries).items():
+        print(f"{name} = {value:.3f}  (cross-check, independent of load on core 0)")
     bad = [s for s in summaries if s.errors]
     for s in bad:
         print(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from bench import nginx
 from bench.procs import find_binary, parse_cpu_line, parse_stat_cpu, parse_stat_ppid, parse_vmrss_kib
-from bench.report import Measurement, format_table, ratio, ratios, summarize
+from bench.report import Measurement, cpu_ratios, format_table, ratio, ratios, summarize
 from bench.run import POST_BODY
 from bench.stream import RSS_LIMIT, RssSampler, percentile
 from bench.stream_backend import CHUNK, chunks, stream_sha256
@@ -275,3 +275,12 @@ def test_parse_cpu_line_counts_idle_and_iowait_as_not_busy() -> None:
     assert parse_cpu_line(stat) == (100 + 5 + 50 + 3 + 2 + 10, 990)
     with pytest.raises(ValueError):
         parse_cpu_line("intr 1\n")
+
+
+def test_cpu_ratio_divides_nginx_cpu_per_request_by_the_gateways() -> None:
+    ms = [
+        Measurement("nginx-proxy", "get", 0, _result(50000, requests=100_000), cpu_s=2.0),  # 20 us/req
+        Measurement("gateway", "get", 0, _result(5000, requests=10_000), cpu_s=2.0),  # 200 us/req
+        Measurement("gateway", "post", 0, _result(5000, requests=10_000), cpu_s=None),
+    ]
+    assert cpu_ratios(summarize(ms)) == {"get: nginx-proxy CPU/req over gateway CPU/req": pytest.approx(0.1)}
