@@ -38,6 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from msa_gateway.app import GatewayApp
     from msa_gateway.observability.logging import configure_logging, uvicorn_log_config
+    from msa_gateway.server import GatewayServer
 
     settings = _settings(args)
     config = _config(settings.gateway_config)
@@ -58,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         timeout_keep_alive=75,
         backlog=2048,
     )
-    server = uvicorn.Server(server_config)
+    server = GatewayServer(server_config, app)
     server.run()
     return 0 if server.started else 1
 
