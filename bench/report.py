@@ -109,8 +109,9 @@ def ratios(summaries: Sequence[Summary]) -> dict[str, float]:
 def cpu_ratios(summaries: Sequence[Summary]) -> dict[str, float]:
     """Return nginx-proxy's CPU per request over the gateway's, per workload.
 
-    On one saturated core this predicts the req/s ratio without depending on how busy the other
-    core was, so it cross-checks a ratio that a noisy neighbour may have skewed.
+    This is the req/s ratio both would reach if each saturated its core. nginx usually does not
+    (wrk and the backends on core 0 limit it first), so this is the stricter number; it moves
+    less than the req/s ratio when a neighbour slows core 0 down.
     """
     by = {(s.workload, s.config): s for s in summaries}
     out: dict[str, float] = {}

@@ -225,7 +225,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                 status = EXIT_RATIO
         print(line)
     for name, value in cpu_ratios(summaries).items():
-        print(f"{name} = {value:.3f}  (cross-check, less sensitive to other load)")
+        print(f"{name} = {value:.3f}  (per-core efficiency, stricter cross-check)")
     bad = [s for s in summaries if s.errors]
     for s in bad:
         print(
