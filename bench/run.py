@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -149,6 +150,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     info["cpu_busy_before"] = busy
     p1, p2 = free_port(), free_port()
     status = 0
+    gateway_failure = ""
     with contextlib.ExitStack() as stack:
         backend = nginx.start_backend(workdir / "backend", p1, p2, core=args.client_core)
         stack.callback(backend.stop)
@@ -163,7 +165,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         gw: Proc | None = None
         gw_port = free_port()
         if "gateway" in args.configs:
-            command = tuple(args.gateway_cmd.split()) if args.gateway_cmd else gateway.gateway_command()
+            command = tuple(shlex.split(args.gateway_cmd)) if args.gateway_cmd else gateway.gateway_command()
             launch = gateway.GatewayLaunch(command=command, log_to_file=args.gateway_log == "file")
             config = gateway.write_config(workdir / "gateway", gateway.gateway_config([p1, p2]))
             try:
@@ -171,7 +173,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                     workdir / "gateway", config, gw_port, args.proxy_core, launch, ready_path=PATH
                 )
             except StartError as exc:
-                print(f"GATEWAY DID NOT START: {' '.join(command)}\n{exc}", file=sys.stderr)
+                gateway_failure = f"GATEWAY DID NOT START: {shlex.join(command)}\n{exc}"
+                print(gateway_failure, file=sys.stderr, flush=True)
                 status = EXIT_NO_GATEWAY
             else:
                 stack.callback(gw.stop)
@@ -235,6 +238,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         )
     if bad:
         status = EXIT_ERRORS
+    if gateway_failure:
+        print(f"\n{gateway_failure}", file=sys.stderr)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(to_json(info, measurements, summaries), indent=2) + "\n")

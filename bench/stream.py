@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -284,7 +285,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         )
         stack.callback(backend.stop)
         backend.wait_port(backend_port)
-        command = tuple(args.gateway_cmd.split()) if args.gateway_cmd else gateway.gateway_command()
+        command = tuple(shlex.split(args.gateway_cmd)) if args.gateway_cmd else gateway.gateway_command()
         doc = gateway.gateway_config([backend_port], service=SERVICE, read_timeout=300.0)
         config = gateway.write_config(workdir / "gateway", doc)
         try:
