@@ -47,12 +47,15 @@ _BAD_STATUS = "critical"
 def next_index(previous: int, returned: int) -> int:
     """Return the index for the next blocking query, per Consul's "Blocking Queries" rules.
 
-    An index lower than the previous one resets the loop to 0 (one non-blocking read); otherwise the
-    index is kept at least 1 so that the next request really blocks.
+    An answer's index is never validly 0, so anything below 1 becomes 1 (always safe to block on,
+    and the next request really blocks). Otherwise an index lower than the previous one resets the
+    loop to 0: one non-blocking read, then blocking from the index that read returns.
     """
+    if returned < 1:
+        return 1
     if returned < previous:
         return 0
-    return max(returned, 1)
+    return returned
 
 
 def read_timeout(wait: float, margin: float) -> float:
@@ -224,7 +227,7 @@ class ConsulProvider:
         self.base_url = f"{scheme}://{host}:{port}"
         self.token, self.datacenter, self.allow_warning = token, datacenter, allow_warning
         self.wait, self.rate, self.burst, self.max_connections = wait, rate, burst, max_connections
-        self._connect_timeout = connect_timeout
+        self._warned_filtered = False
         self._short = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=request_timeout)
         self._long = aiohttp.ClientTimeout(
             sock_connect=connect_timeout, sock_read=read_timeout(wait, read_timeout_margin)
@@ -289,6 +292,8 @@ class ConsulProvider:
                     raise DiscoveryError(f"Consul {self.base_url} answered {resp.status} to {path}: {text}")
                 body = orjson.loads(await resp.read())
                 raw_index = resp.headers.get("X-Consul-Index", "0")
+                if resp.headers.get("X-Consul-Results-Filtered-By-Acls") == "true":
+                    self._warn_filtered(path)
         except DiscoveryError:
             raise
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -299,6 +304,11 @@ class ConsulProvider:
             return body, int(raw_index)
         except ValueError:
             raise DiscoveryError(f"Consul answered X-Consul-Index {raw_index!r} to {path}") from None
+
+    def _warn_filtered(self, path: str) -> None:
+        if not self._warned_filtered:
+            self._warned_filtered = True
+            log.warning("consul: ACLs hid part of %s; CONSUL_TOKEN may lack service:read or node:read", path)
 
     def _forbidden(self, path: str, text: str) -> str:
         if self.token:

@@ -278,6 +278,18 @@ async def test_token_is_sent_on_every_request() -> None:
         assert consul.requests and all(r.token == "s3cret" for r in consul.requests)
 
 
+async def test_token_without_read_permission_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with ConsulDouble(acl_tokens={"blind": AclPolicy(service_read=False)}) as consul:
+        consul.register("web", "web-1", port=8001)
+        with caplog.at_level(logging.WARNING, logger="msa_gateway.discovery.consul"):
+            c = Collector(ConsulProvider("127.0.0.1", consul.port, token="blind"))
+            try:
+                assert await c.until(lambda s: True) == {}
+            finally:
+                await c.close()
+    assert "ACLs hid part of /v1/catalog/services" in caplog.text
+
+
 async def test_rejected_token_is_reported_as_403_without_leaking_it() -> None:
     with ConsulDouble(acl_tokens={"s3cret": AclPolicy()}) as consul:
         c = Collector(ConsulProvider("127.0.0.1", consul.port, token="wrong-token"))

@@ -225,7 +225,8 @@ def test_service_names_skip_consul_itself() -> None:
         (50, 7, 0),  # went backwards: reset, next read does not block
         (0, 7, 7),  # after the reset
         (0, 0, 1),  # a zero index must never make the next request non-blocking
-        (42, 0, 0),  # backwards to zero: reset first ...
+        (42, 0, 1),  # ... not even when it is also lower than the previous one
+        (1, 0, 1),  # blocking on 1 and answered 0 (the bug): keep blocking on 1, no busy loop
     ],
 )
 def test_next_index_follows_the_blocking_query_rules(previous: int, returned: int, expected: int) -> None:
