@@ -3,8 +3,10 @@
 Starts user-service on 127.0.0.1:8001/8002 and order-service on 127.0.0.1:8011/8012 (the registry
 of ``examples/gateway.yaml``), waits until each listens, then starts ``msa_gateway.cli run`` with
 ``GATEWAY_CONFIG=examples/gateway.yaml`` on ``HOST``/``PORT`` (default 0.0.0.0:8000) and prints curl
-examples. Ctrl-C or SIGTERM stops the gateway first, then the services; a child that dies on its own
-stops the rest. A port already in use is reported before anything starts, with exit status 1.
+examples. Ctrl-C or SIGTERM stops the gateway first, then the services. A demo instance that exits is
+reported and the rest keep running (the gateway's health checks take it out of rotation); if the gateway
+exits, everything stops with status 1. A port already in use is reported before anything starts, with
+exit status 1.
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ class Demo:
         self._stop = stop
         self._procs: list[tuple[Child, subprocess.Popen[bytes]]] = []
         self._ready: set[int] = set()
+        self._reported: set[int] = set()
 
     def launch(self, child: Child) -> None:
         """Start ``child`` in its own session, to be stopped by ``stop`` (or by our death)."""
@@ -151,13 +154,15 @@ class Demo:
             self._ready.add(proc.pid)
             print(f"  {child.name:<16} listening on {child.host}:{child.port} (pid {proc.pid})", flush=True)
 
-    def exited(self) -> tuple[Child, int] | None:
-        """Return the first child that has exited and its status, or None while all run."""
+    def newly_exited(self) -> list[tuple[Child, int]]:
+        """Return the children that exited since the last call, with their status."""
+        dead = []
         for child, proc in self._procs:
             code = proc.poll()
-            if code is not None:
-                return child, code
-        return None
+            if code is not None and proc.pid not in self._reported:
+                self._reported.add(proc.pid)
+                dead.append((child, code))
+        return dead
 
     def stop(self) -> None:
         """SIGTERM every child, newest first; SIGKILL whatever is still alive after the grace period."""
@@ -276,9 +281,10 @@ def main() -> int:
         print(f"\nThe gateway is up. Try:\n{usage(f'http://localhost:{port}')}\n", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         while not stop.wait(0.2):
-            dead = demo.exited()
-            if dead is not None:
-                print(f"run_demo: {dead[0].name} exited with status {dead[1]}; stopping", file=sys.stderr)
+            dead = demo.newly_exited()
+            for child, code in dead:
+                print(f"run_demo: {child.name} exited with status {code}", file=sys.stderr, flush=True)
+            if any(child is gw for child, _ in dead):
                 status = 1
                 break
     except InterruptedError:
