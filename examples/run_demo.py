@@ -274,11 +274,13 @@ def main() -> int:
         )
         demo.launch(gw)
         demo.wait_listening()
-        if not wait_ready(local_url(host, port), stop):
-            print(
-                f"  (the gateway is not ready after {READY_TIMEOUT:.0f}s: see GET /health/ready)", flush=True
+        if wait_ready(local_url(host, port), stop):
+            state = "The gateway is ready."
+        else:
+            state = (
+                f"The gateway listens but is not ready after {READY_TIMEOUT:.0f}s (see GET /health/ready)."
             )
-        print(f"\nThe gateway is up. Try:\n{usage(f'http://localhost:{port}')}\n", flush=True)
+        print(f"\n{state} Try:\n{usage(f'http://localhost:{port}')}\n", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         while not stop.wait(0.2):
             dead = demo.newly_exited()
