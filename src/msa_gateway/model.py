@@ -9,6 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from msa_gateway.health.outlier import OutlierConfig
+from msa_gateway.health.panic import DEFAULT_PANIC_THRESHOLD
+from msa_gateway.proxy.limits import LimitsConfig
+from msa_gateway.proxy.retry import RetryPolicy
+
 # Path segments that belong to the gateway itself; a service may never be named like one.
 RESERVED_NAMES: frozenset[str] = frozenset(
     {"health", "metrics", "services", "docs", "redoc", "openapi.json", "favicon.ico", "admin", "static"}
@@ -44,6 +49,11 @@ class ServiceOptions:
     balancer: str = "round_robin"
     pass_host_header: bool = False
     max_connections_per_instance: int = 256
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    outlier: OutlierConfig = field(default_factory=OutlierConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    panic_threshold: float = DEFAULT_PANIC_THRESHOLD
+    max_body_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,10 +19,11 @@ from msa_gateway.discovery.aggregator import Aggregator
 from msa_gateway.discovery.base import Provider, Registrar
 from msa_gateway.discovery.providers import create_provider, create_registrar
 from msa_gateway.health.active import ActiveHealthChecker, ProbeTarget
-from msa_gateway.health.table import HealthState, HealthTable
+from msa_gateway.health.table import HealthState, HealthTable, instance_key
 from msa_gateway.model import Discovered, Instance, ServiceSpec
 from msa_gateway.observability.access import AccessLog
 from msa_gateway.observability.metrics import UNKNOWN_SERVICE, Metrics
+from msa_gateway.proxy.resilience import ServiceGuard
 from msa_gateway.proxy.upstream import UpstreamClient, create_client
 from msa_gateway.registry.snapshot import EMPTY, ServiceRoute, Snapshot
 from msa_gateway.settings import GatewayConfig, Settings, validate_service_name
@@ -58,6 +59,7 @@ class Runtime:
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unknown: dict[tuple[str, int], Any] = {}
+        self.guards: dict[str, ServiceGuard] = {}
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -122,7 +124,12 @@ class Runtime:
             options = self.config.options_for(name)
             specs[name] = ServiceSpec(name=name, instances=tuple(instances), options=options)
         old = self.snapshot
-        routes = {name: ServiceRoute(spec, self.metrics, self.health) for name, spec in specs.items()}
+        routes = {
+            name: ServiceRoute(spec, self.metrics, self.health, self._guard(spec))
+            for name, spec in specs.items()
+        }
+        for name in [n for n in self.guards if n not in routes]:
+            del self.guards[name]
         now = time.time()
         seen = {key: now for route in routes.values() for key in route.keys}
         new = Snapshot(
@@ -133,6 +140,15 @@ class Runtime:
         )
         self.snapshot = new
         self._after_swap(old, new)
+
+    def _guard(self, spec: ServiceSpec) -> ServiceGuard:
+        keys = [instance_key(spec.name, i.id, i.address) for i in spec.instances]
+        guard = self.guards.get(spec.name)
+        if guard is None or guard.options != spec.options:
+            guard = self.guards[spec.name] = ServiceGuard(spec.options, keys)
+        else:
+            guard.reconcile(keys)
+        return guard
 
     def _after_swap(self, old: Snapshot, new: Snapshot) -> None:
         old_keys = {k for r in old.services.values() for k in r.keys}
@@ -174,6 +190,8 @@ class Runtime:
         if route is None:
             return
         route.refresh(self.health)
+        if state.status == "healthy" and route.guard.outlier.active_probe_passed(key, time.monotonic()):
+            log.info("ejected instance returns: its active health check recovered", extra={"instance": key})
         for inst, k in zip(route.instances, route.keys, strict=True):
             if k == key:
                 self.metrics.instance_up.labels(service, inst.address).set(1 if state.eligible else 0)

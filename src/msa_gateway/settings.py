@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -21,7 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from msa_gateway.errors import ConfigError
+from msa_gateway.health.outlier import OutlierConfig
 from msa_gateway.model import RESERVED_NAMES, HealthCheck, Instance, ServiceOptions, Timeouts
+from msa_gateway.proxy.limits import LimitsConfig
+from msa_gateway.proxy.retry import RetryPolicy
 
 DiscoveryType = Literal["static", "consul", "redis", "etcd"]
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$")
@@ -40,7 +43,8 @@ class Settings(BaseSettings):
     service_discovery_type: DiscoveryType = "static"
     gateway_config: str | None = None
     gateway_admin_token: str | None = None
-    upstream_client: Literal["aiohttp"] = "aiohttp"
+    upstream_client: Literal["aiohttp", "native"] = "aiohttp"
+    drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
 
     consul_host: str = "localhost"
     consul_port: Annotated[int, Field(ge=1, le=65535)] = 8500
@@ -86,12 +90,46 @@ class _HealthModel(_Strict):
         return v
 
 
+class _RetryModel(_Strict):
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    retry_on_status: list[Annotated[int, Field(ge=500, le=599)]] = Field(default_factory=list)
+    retry_on_timeout: bool = False
+    retry_on_reset: bool = True
+    per_try_timeout: Annotated[float, Field(gt=0, le=3600)] | None = None
+    buffer_limit: Annotated[int, Field(ge=0, le=64 * 1024 * 1024)] = 1024 * 1024
+    budget_percent: Annotated[float, Field(ge=0, le=100)] = 20.0
+    min_retry_concurrency: Annotated[int, Field(ge=0, le=10000)] = 3
+
+
+class _OutlierModel(_Strict):
+    consecutive_failures: Annotated[int, Field(ge=0, le=1000)] = 5
+    count_all_5xx: bool = False
+    base_ejection_time: Annotated[float, Field(gt=0, le=86400)] = 30.0
+    max_ejection_time: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    max_ejection_percent: Annotated[float, Field(ge=0, le=100)] = 50.0
+    always_eject_one: bool = True
+    decay_interval: Annotated[float, Field(gt=0, le=86400)] = 10.0
+
+
+class _LimitsModel(_Strict):
+    max_requests_per_instance: Annotated[int, Field(ge=1, le=1_000_000)] = 256
+    max_pending_per_instance: Annotated[int, Field(ge=1, le=1_000_000)] = 256
+    max_requests_per_service: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
+    max_pending_per_service: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
+    retry_after: Annotated[int, Field(ge=0, le=3600)] = 1
+
+
 class _OptionsModel(_Strict):
     timeouts: _TimeoutsModel | None = None
     health_check: _HealthModel | None = None
     balancer: Literal["round_robin", "weighted_round_robin", "random", "least_request"] | None = None
     pass_host_header: bool | None = None
     max_connections_per_instance: Annotated[int, Field(ge=1, le=100000)] | None = None
+    retry: _RetryModel | None = None
+    outlier: _OutlierModel | None = None
+    limits: _LimitsModel | None = None
+    panic_threshold: Annotated[float, Field(ge=0, le=100)] | None = None
+    max_body_size: Annotated[int, Field(ge=0)] | None = None
 
 
 class _InstanceModel(_Strict):
@@ -163,19 +201,31 @@ class GatewayConfig:
 
 
 def _merge(base: ServiceOptions, over: _OptionsModel) -> ServiceOptions:
-    t = base.timeouts if over.timeouts is None else Timeouts(**over.timeouts.model_dump())
-    h = base.health_check if over.health_check is None else HealthCheck(**over.health_check.model_dump())
-    return ServiceOptions(
-        timeouts=t,
-        health_check=h,
-        balancer=over.balancer if over.balancer is not None else base.balancer,
-        pass_host_header=base.pass_host_header if over.pass_host_header is None else over.pass_host_header,
-        max_connections_per_instance=(
-            base.max_connections_per_instance
-            if over.max_connections_per_instance is None
-            else over.max_connections_per_instance
-        ),
-    )
+    """Return ``base`` with every block ``over`` sets replaced (a block replaces the whole block)."""
+    changes: dict[str, Any] = {}
+    if over.timeouts is not None:
+        changes["timeouts"] = Timeouts(**over.timeouts.model_dump())
+    if over.health_check is not None:
+        changes["health_check"] = HealthCheck(**over.health_check.model_dump())
+    if over.retry is not None:
+        data = over.retry.model_dump()
+        data["retry_on_status"] = frozenset(data["retry_on_status"])
+        changes["retry"] = RetryPolicy(**data)
+    if over.outlier is not None:
+        changes["outlier"] = OutlierConfig(**over.outlier.model_dump())
+    if over.limits is not None:
+        changes["limits"] = LimitsConfig(**over.limits.model_dump())
+    for name in (
+        "balancer",
+        "pass_host_header",
+        "max_connections_per_instance",
+        "panic_threshold",
+        "max_body_size",
+    ):
+        value = getattr(over, name)
+        if value is not None:
+            changes[name] = value
+    return replace(base, **changes)
 
 
 def validate_service_name(name: str) -> str | None:
@@ -209,13 +259,19 @@ def parse_config(data: Any, source: str) -> GatewayConfig:
         if more:
             reason += f" (and {more} more error{'s' if more > 1 else ''})"
         raise ConfigError(source, _key(loc), reason) from None
-    defaults = _merge(ServiceOptions(), model.defaults)
+    try:
+        defaults = _merge(ServiceOptions(), model.defaults)
+    except ValueError as exc:
+        raise ConfigError(source, "defaults", str(exc)) from None
     services: dict[str, ServiceConfig] = {}
     for name, svc in model.services.items():
         why = validate_service_name(name)
         if why:
             raise ConfigError(source, f"services.{name}", why)
-        options = _merge(defaults, svc)
+        try:
+            options = _merge(defaults, svc)
+        except ValueError as exc:
+            raise ConfigError(source, f"services.{name}", str(exc)) from None
         seen: set[str] = set()
         instances = []
         for i, inst in enumerate(svc.instances):

@@ -71,6 +71,30 @@ class Metrics:
             "gateway_registry_instances", "Instances in the current snapshot.", registry=r
         )
         self.registry_swaps = Counter("gateway_registry_swaps", "Registry snapshots swapped in.", registry=r)
+        self.ejections = Counter(
+            "gateway_instance_ejections",
+            "Instances ejected by passive health checks (outlier detection).",
+            ["service", "instance"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "gateway_retries",
+            "Requests sent again to another instance, by reason.",
+            ["service", "reason"],
+            registry=r,
+        )
+        self.overflow = Counter(
+            "gateway_overflow",
+            "Requests refused at once because a concurrency cap was full.",
+            ["service"],
+            registry=r,
+        )
+        self.panic = Gauge(
+            "gateway_service_panic",
+            "1 while a service balances over all instances (panic mode).",
+            ["service"],
+            registry=r,
+        )
 
     def render(self) -> tuple[bytes, str]:
         """Return the exposition text and its content type."""

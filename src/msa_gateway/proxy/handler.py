@@ -1,9 +1,14 @@
-"""The proxy as a raw ASGI app: route -> pick -> forward -> stream back.
+"""The proxy as a raw ASGI app: route -> pick -> forward (with safe retries) -> stream back.
 
-This is the hot path. It reads the registry snapshot once, routes on the raw path, lets the
-health-filtered balancer pick an instance, streams the request body up and the response
-body down chunk by chunk (never a whole body in memory), and ends with one access line and
-the request metrics. Errors become JSON only through ``errors.render``.
+This is the hot path. It reads the registry snapshot once, routes on the raw path, picks an
+instance among those that pass active health checks and are not ejected by the passive ones,
+streams the request body up and the response body down chunk by chunk (never a whole body in
+memory, except a small body kept for replay when the service may retry it), and ends with
+one access line and the request metrics. Errors become JSON only through ``errors.render``.
+
+A failed attempt is tried again on another instance only when ``retry.should_retry`` says so:
+nothing reached the instance, or the method is idempotent and the service opted in; never once a
+response byte went to the client; bounded by count, deadline and budget.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ from msa_gateway.errors import (
     BadRequest,
     HTTPError,
     NoHealthyInstance,
+    Overloaded,
+    PayloadTooLarge,
     ServiceNotFound,
     UpstreamError,
+    UpstreamTimeout,
     render,
 )
-from msa_gateway.model import Instance
+from msa_gateway.health.outlier import Outcome, outcome_for_status
 from msa_gateway.observability.metrics import UNKNOWN_SERVICE, method_label
 from msa_gateway.proxy.headers import (
     downstream_response_headers,
@@ -32,6 +40,7 @@ from msa_gateway.proxy.headers import (
     upstream_request_headers,
 )
 from msa_gateway.proxy.paths import check_segments, split_service, upstream_target
+from msa_gateway.proxy.retry import IDEMPOTENT_METHODS, FailureKind, failure_from_kind, should_retry
 from msa_gateway.proxy.upstream import UpstreamResponse
 from msa_gateway.registry.snapshot import ServiceRoute
 
@@ -52,15 +61,30 @@ class ClientGone(Exception):
 class _Exchange:
     """Mutable per-request facts the handler and the access line share."""
 
-    __slots__ = ("body_done", "client_gone", "error", "nbytes", "started_response", "status")
+    __slots__ = (
+        "body_done",
+        "body_started",
+        "client_gone",
+        "error",
+        "instance",
+        "nbytes",
+        "received",
+        "started_response",
+        "status",
+        "too_large",
+    )
 
     def __init__(self) -> None:
         self.status = 500
         self.nbytes = 0
+        self.received = 0
         self.started_response = False
+        self.body_started = False
         self.body_done = True
         self.client_gone = False
+        self.too_large = False
         self.error: str | None = None
+        self.instance = "-"
 
 
 class ProxyApp:
@@ -94,7 +118,6 @@ class ProxyApp:
         snapshot = rt.snapshot
         ex = _Exchange()
         route: ServiceRoute | None = None
-        instance: Instance | None = None
         error: str | None = None
         client = scope.get("client")
         peer = client[0] if client else None
@@ -110,39 +133,42 @@ class ProxyApp:
             check_segments(rest)
             if content_length is not None and content_length < 0:
                 raise BadRequest("invalid Content-Length")
-            eligible = route.eligible
-            if not eligible:
-                raise NoHealthyInstance(f"no healthy instance of {route.name!r}")
-            instance = route.balancer.pick(eligible)
-            try:
-                await self._forward(
-                    scope,
-                    receive,
-                    send,
-                    ex,
-                    route,
-                    instance,
-                    rest,
-                    request_id,
-                    peer,
-                    content_length if not chunked else None,
-                    chunked or bool(content_length),
+            if chunked:
+                content_length = None
+            limit = route.spec.options.max_body_size
+            if limit is not None and content_length is not None and content_length > limit:
+                raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+            await self._forward(
+                scope,
+                receive,
+                send,
+                ex,
+                route,
+                rest,
+                request_id,
+                peer,
+                content_length,
+                chunked or bool(content_length),
+            )
+        except ClientGone:
+            if ex.too_large and route is not None:
+                limit = route.spec.options.max_body_size
+                await self._error(
+                    send, ex, PayloadTooLarge(f"the request body is larger than {limit} bytes"), request_id
                 )
-            finally:
-                route.balancer.done(instance)
+                error = "payload_too_large"
+            else:
+                ex.status, error = STATUS_CLIENT_GONE, "client_gone"
         except HTTPError as exc:
             if isinstance(exc, UpstreamError) and route is not None:
                 route.upstream_errors.labels(route.name, exc.kind).inc()
                 error = exc.kind
-            elif isinstance(exc, BadRequest | ServiceNotFound | NoHealthyInstance):
+            else:
                 error = exc.error
             if ex.client_gone:
                 ex.status = STATUS_CLIENT_GONE
             elif not ex.started_response:
-                status, hdrs, body = render(exc, request_id)
-                await send({"type": "http.response.start", "status": status, "headers": hdrs})
-                await send({"type": "http.response.body", "body": body})
-                ex.status, ex.nbytes = status, len(body)
+                await self._error(send, ex, exc, request_id)
         finally:
             metrics.in_flight.dec()
             mlabel = method_label(method)
@@ -158,11 +184,18 @@ class ProxyApp:
                 started=started,
                 request_id=request_id,
                 service=route.name if route is not None else UNKNOWN_SERVICE,
-                instance=instance.address if instance is not None else "-",
+                instance=ex.instance,
                 nbytes=ex.nbytes,
                 client=peer or "-",
                 error=error or ex.error,
             )
+
+    @staticmethod
+    async def _error(send: Any, ex: _Exchange, exc: HTTPError, request_id: str) -> None:
+        status, hdrs, body = render(exc, request_id)
+        await send({"type": "http.response.start", "status": status, "headers": hdrs})
+        await send({"type": "http.response.body", "body": body})
+        ex.status, ex.nbytes = status, len(body)
 
     async def _forward(
         self,
@@ -171,7 +204,6 @@ class ProxyApp:
         send: Any,
         ex: _Exchange,
         route: ServiceRoute,
-        instance: Instance,
         rest: bytes,
         request_id: str,
         peer: str | None,
@@ -180,36 +212,168 @@ class ProxyApp:
     ) -> None:
         rt = self.rt
         options = route.spec.options
-        up_headers = upstream_request_headers(
-            scope["headers"],
-            peer=peer,
-            scheme=scope.get("scheme", "http"),
-            prefix=route.prefix,
-            request_id=request_id,
-            upstream_host=instance.address,
-            trusted=is_trusted(peer, rt.config.trusted_proxies),
-            pass_host_header=options.pass_host_header,
-            content_length=content_length if has_body else None,
-        )
-        body = self._body(receive, ex) if has_body else None
+        policy = options.retry
+        guard = route.guard
+        method: str = scope["method"]
+        target = upstream_target(rest, scope["query_string"])
+        trusted = is_trusted(peer, rt.config.trusted_proxies)
+        total = options.timeouts.total
+        deadline = time.monotonic() + total if total is not None else None
+        # A body is kept in memory for replay only when a retry after sending could happen.
+        replay: bytes | None = None
+        if (
+            has_body
+            and policy.max_retries
+            and method in IDEMPOTENT_METHODS
+            and policy.can_buffer(content_length)
+        ):
+            replay = await self._read_all(receive, ex, content_length, options.max_body_size)
+        stream_body: AsyncIterator[bytes] | None = None
+        if has_body and replay is None:
+            stream_body = self._body(receive, ex, options.max_body_size)
+        tried: list[str] = []
+        attempt = 0
+        holding_retry = panic = False
+        budget = guard.budget
+        budget.start_request()
         try:
-            resp = await rt.upstream.send(
-                instance,
-                options,
-                scope["method"],
-                upstream_target(rest, scope["query_string"]),
-                up_headers,
-                body,
-                content_length,
-            )
-        except UpstreamError as exc:
-            if ex.client_gone:
-                raise UpstreamError("client went away", "client_gone") from None
-            raise exc from None
-        try:
-            await self._stream_back(receive, send, ex, resp, request_id)
+            while True:
+                attempt += 1
+                this_is_retry, holding_retry = holding_retry, False
+                candidates, panic = guard.candidates(
+                    route.instances, route.keys, route.eligible, route.eligible_keys, tried
+                )
+                if not candidates:
+                    raise NoHealthyInstance(f"no healthy instance of {route.name!r}")
+                instance = route.balancer.pick(candidates)
+                key = route.key_for[id(instance)]
+                ex.instance = instance.address
+                tried.append(key)
+                acquired = guard.limits.try_acquire(key)
+                try:
+                    if not acquired:
+                        rt.metrics.overflow.labels(route.name).inc()
+                        if guard.limits.last_overflow == "service" or len(tried) >= len(route.instances):
+                            raise Overloaded(f"too many requests in flight for {route.name!r}")
+                        raise UpstreamError("instance at capacity", "overflow", request_sent=False)
+                    up_headers = upstream_request_headers(
+                        scope["headers"],
+                        peer=peer,
+                        scheme=scope.get("scheme", "http"),
+                        prefix=route.prefix,
+                        request_id=request_id,
+                        upstream_host=instance.address,
+                        trusted=trusted,
+                        pass_host_header=options.pass_host_header,
+                        content_length=content_length if has_body else None,
+                    )
+                    body = _once(replay) if replay is not None else stream_body
+                    try:
+                        if deadline is None:
+                            resp = await rt.upstream.send(
+                                instance, options, method, target, up_headers, body, content_length
+                            )
+                        else:
+                            left = deadline - time.monotonic()
+                            if left <= 0:
+                                raise UpstreamTimeout("the request's deadline passed", "deadline")
+                            try:
+                                async with asyncio.timeout(left):
+                                    resp = await rt.upstream.send(
+                                        instance, options, method, target, up_headers, body, content_length
+                                    )
+                            except TimeoutError:
+                                raise UpstreamTimeout("the request's deadline passed", "deadline") from None
+                    except UpstreamError as exc:
+                        if ex.client_gone:
+                            raise UpstreamError("client went away", "client_gone") from None
+                        if ex.too_large:
+                            raise PayloadTooLarge("the request body is larger than the limit") from None
+                        if exc.kind == "deadline":
+                            raise
+                        failure = failure_from_kind(exc.kind, int(exc.request_sent))
+                        if failure is not FailureKind.POOL_OVERFLOW:
+                            self._report(route, key, Outcome.GATEWAY_FAILURE)
+                        replayable = replay is not None or not has_body or not ex.body_started
+                        decision = should_retry(
+                            method,
+                            failure,
+                            status=None,
+                            request_bytes_sent=int(exc.request_sent),
+                            response_bytes_sent_to_client=0,
+                            body_replayable=replayable,
+                            attempt=attempt,
+                            deadline_left=None if deadline is None else deadline - time.monotonic(),
+                            policy=policy,
+                            budget=budget,
+                        )
+                        if decision.retry:
+                            holding_retry = True
+                            rt.metrics.retries.labels(route.name, decision.reason).inc()
+                            route.upstream_errors.labels(route.name, exc.kind).inc()
+                            continue
+                        raise
+                    status = resp.status
+                    if policy.retry_on_status and status in policy.retry_on_status:
+                        self._report(route, key, outcome_for_status(status))
+                        decision = should_retry(
+                            method,
+                            FailureKind.STATUS,
+                            status=status,
+                            request_bytes_sent=1,
+                            response_bytes_sent_to_client=0,
+                            body_replayable=replay is not None or not has_body,
+                            attempt=attempt,
+                            deadline_left=None if deadline is None else deadline - time.monotonic(),
+                            policy=policy,
+                            budget=budget,
+                        )
+                        if decision.retry:
+                            holding_retry = True
+                            rt.metrics.retries.labels(route.name, decision.reason).inc()
+                            resp.close()
+                            continue
+                    else:
+                        self._report(route, key, outcome_for_status(status))
+                    try:
+                        await self._stream_back(receive, send, ex, resp, request_id)
+                    finally:
+                        resp.release()
+                    return
+                finally:
+                    if acquired:
+                        guard.limits.release(key)
+                    route.balancer.done(instance)
+                    if this_is_retry:
+                        budget.release_retry()
         finally:
-            resp.release()
+            if holding_retry:
+                budget.release_retry()
+            budget.end_request()
+            if panic is not route.in_panic:
+                route.in_panic = panic
+                rt.metrics.panic.labels(route.name).set(1 if panic else 0)
+                log.warning(
+                    "service in panic mode: balancing over all instances"
+                    if panic
+                    else "service left panic mode",
+                    extra={"service": route.name},
+                )
+
+    def _report(self, route: ServiceRoute, key: str, outcome: Outcome) -> None:
+        ejection = route.guard.outlier.report(key, outcome, time.monotonic())
+        if ejection is not None:
+            instance = key.rpartition("@")[2] if "@" in key else key.partition("/")[2]
+            self.rt.metrics.ejections.labels(route.name, instance).inc()
+            log.warning(
+                "instance ejected by passive health check",
+                extra={
+                    "service": route.name,
+                    "instance": key,
+                    "seconds": ejection.duration,
+                    "consecutive_failures": ejection.consecutive_failures,
+                },
+            )
 
     async def _stream_back(
         self, receive: Any, send: Any, ex: _Exchange, resp: UpstreamResponse, request_id: str
@@ -257,8 +421,9 @@ class ProxyApp:
                 ex.status = STATUS_CLIENT_GONE
 
     @staticmethod
-    async def _body(receive: Any, ex: _Exchange) -> AsyncIterator[bytes]:
+    async def _body(receive: Any, ex: _Exchange, limit: int | None) -> AsyncIterator[bytes]:
         ex.body_done = False
+        ex.body_started = True
         more = True
         while more:
             message = await receive()
@@ -268,8 +433,26 @@ class ProxyApp:
             chunk = message.get("body", b"")
             more = message.get("more_body", False)
             if chunk:
+                ex.received += len(chunk)
+                if limit is not None and ex.received > limit:
+                    ex.too_large = True
+                    raise ClientGone
                 yield chunk
         ex.body_done = True
+
+    @staticmethod
+    async def _read_all(receive: Any, ex: _Exchange, content_length: int | None, limit: int | None) -> bytes:
+        parts = []
+        async for chunk in ProxyApp._body(receive, ex, limit):
+            parts.append(chunk)
+        ex.body_started = False
+        return b"".join(parts)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    """Yield a buffered body (once per attempt)."""
+    if data:
+        yield data
 
 
 async def _watch_disconnect(receive: Any, ex: _Exchange, resp: UpstreamResponse) -> None:

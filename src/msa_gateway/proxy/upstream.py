@@ -81,6 +81,7 @@ class UpstreamClient(Protocol):
 
 UPSTREAM_CLIENTS: dict[str, str] = {
     "aiohttp": "msa_gateway.proxy.upstream:AiohttpClient",
+    "native": "msa_gateway.proxy.native:NativeClient",
 }
 
 
@@ -167,6 +168,9 @@ class AiohttpClient:
                 max_line_size=16384,
                 max_field_size=16384,
             )
+            # aiohttp silently re-sends idempotent requests once after a reset; retries are the
+            # proxy's decision (retry policy, budget, outlier detection), so turn that off.
+            session._retry_connection = False
         return session
 
     def _timeout(self, options: ServiceOptions) -> aiohttp.ClientTimeout:

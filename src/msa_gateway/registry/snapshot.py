@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from msa_gateway.balancing.base import Balancer, create_balancer
 from msa_gateway.health.table import HealthTable, instance_key
 from msa_gateway.model import Instance, ServiceSpec
 from msa_gateway.observability.metrics import Metrics
+from msa_gateway.proxy.resilience import ServiceGuard
 
 if TYPE_CHECKING:
     from prometheus_client.metrics import Counter, Histogram
@@ -31,10 +30,13 @@ class ServiceRoute:
         "_counters",
         "_metrics",
         "balancer",
-        "client_timeout",
         "duration",
         "eligible",
+        "eligible_keys",
+        "guard",
+        "in_panic",
         "instances",
+        "key_for",
         "keys",
         "name",
         "prefix",
@@ -42,27 +44,29 @@ class ServiceRoute:
         "upstream_errors",
     )
 
-    def __init__(self, spec: ServiceSpec, metrics: Metrics, health: HealthTable) -> None:
+    def __init__(self, spec: ServiceSpec, metrics: Metrics, health: HealthTable, guard: ServiceGuard) -> None:
         self.spec = spec
         self.name = spec.name
         self.prefix = "/" + spec.name
         self.instances: tuple[Instance, ...] = spec.instances
         self.keys: tuple[str, ...] = tuple(instance_key(spec.name, i.id, i.address) for i in spec.instances)
+        self.key_for: dict[int, str] = {id(i): k for i, k in zip(self.instances, self.keys, strict=True)}
         self.balancer: Balancer = create_balancer(spec.options.balancer)
-        t = spec.options.timeouts
-        self.client_timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.read)
+        self.guard = guard
+        self.in_panic = False
         self._metrics = metrics
         self._counters: dict[tuple[str, int], Counter] = {}
         self.duration: Histogram = metrics.duration.labels(spec.name)
         self.upstream_errors = metrics.upstream_errors
         self.eligible: tuple[Instance, ...] = ()
+        self.eligible_keys: tuple[str, ...] = ()
         self.refresh(health)
 
     def refresh(self, health: HealthTable) -> None:
-        """Recompute the instances that may receive traffic from the health table."""
-        self.eligible = tuple(
-            inst for inst, key in zip(self.instances, self.keys, strict=True) if health.is_eligible(key)
-        )
+        """Recompute the instances that pass their active health checks."""
+        pairs = [(i, k) for i, k in zip(self.instances, self.keys, strict=True) if health.is_eligible(k)]
+        self.eligible = tuple(i for i, _ in pairs)
+        self.eligible_keys = tuple(k for _, k in pairs)
 
     def count(self, method: str, code: int) -> None:
         """Count one answered request (children cached: a dict lookup and an increment)."""

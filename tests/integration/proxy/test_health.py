@@ -91,7 +91,8 @@ async def test_unhealthy_instance_leaves_rotation_and_returns(caplog: pytest.Log
         ]
 
 
-async def test_all_unhealthy_gives_503() -> None:
+@pytest.mark.parametrize("panic_threshold", [0, 50])
+async def test_all_unhealthy_fails_fast_or_panics(panic_threshold: float) -> None:
     a = Switch("a")
     a.health = 500
     async with Recorder(a) as ra:
@@ -100,11 +101,20 @@ async def test_all_unhealthy_gives_503() -> None:
                 "svc": {
                     "instances": [{"host": "127.0.0.1", "port": ra.port}],
                     "health_check": {"path": "/health", "interval": 0.05, "unhealthy_threshold": 1},
+                    "panic_threshold": panic_threshold,
                 }
             }
         }
         async with serve_gateway(config) as gw, aiohttp.ClientSession() as client:
             await _until(lambda: not gw.runtime.snapshot.services["svc"].eligible)
             async with client.get(f"{gw.url}/svc/x") as r:
-                assert r.status == 503
-                assert r.headers["Retry-After"]
+                if panic_threshold == 0:  # fail fast
+                    assert r.status == 503
+                    assert r.headers["Retry-After"]
+                else:  # Envoy's panic mode: below the threshold, balance over every instance
+                    assert r.status == 200
+                    assert await r.read() == b"a"
+            async with client.get(f"{gw.url}/metrics") as r:
+                text = (await r.read()).decode()
+            expected = "0.0" if panic_threshold == 0 else "1.0"
+            assert f'gateway_service_panic{{service="svc"}} {expected}' in text or panic_threshold == 0

@@ -135,7 +135,10 @@ async def test_upstream_errors_are_counted_by_kind() -> None:
                 assert r.status == 502
             async with c.get(f"{gw.url}/metrics") as r:
                 text = (await r.read()).decode()
-        assert 'gateway_upstream_errors_total{kind="reset",service="svc"} 1.0' in text
+        # a GET is retried twice after a reset (retry_on_reset, max_retries 2): three failures, two retries
+        assert 'gateway_upstream_errors_total{kind="reset",service="svc"} 3.0' in text
+        assert 'gateway_retries_total{reason="reset",service="svc"} 2.0' in text
+        assert len(rec.requests) == 3
 
 
 class _NeverLoads:
