@@ -57,6 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         date_header=False,
         proxy_headers=False,
         timeout_keep_alive=75,
+        timeout_graceful_shutdown=settings.drain_timeout,
         backlog=2048,
     )
     server = GatewayServer(server_config, app)
