@@ -72,7 +72,10 @@ async def service_health(request: Request, name: str) -> dict[str, Any]:
         path = inst.health_path or check.path or "/"
         probes.append(rt.checker.probe(inst, path, check.timeout))
     outcomes = await asyncio.gather(*probes)
+    now = time.monotonic()
+    outlier = route.guard.outlier.snapshot(now)
     for inst, key, res in zip(route.instances, route.keys, outcomes, strict=True):
+        passive = outlier.get(key)
         results.append(
             {
                 "id": inst.id,
@@ -81,7 +84,13 @@ async def service_health(request: Request, name: str) -> dict[str, Any]:
                 "http_status": res.status,
                 "latency_ms": round(res.latency_ms, 3),
                 "error": res.error,
-                "in_rotation": rt.health.is_eligible(key),
+                "in_rotation": rt.health.is_eligible(key) and not (passive is not None and passive.ejected),
+                "ejected": passive is not None and passive.ejected,
+                "ejected_for_seconds": round(passive.remaining, 3)
+                if passive is not None and passive.ejected
+                else 0,
+                "consecutive_failures": passive.consecutive_failures if passive is not None else 0,
+                "ejections": passive.ejections if passive is not None else 0,
             }
         )
     healthy = sum(1 for r in results if r["status"] == "healthy")
@@ -113,6 +122,8 @@ async def service_info(request: Request, name: str) -> dict[str, Any]:
         **_service(rt, route),
         "balancer": route.balancer.name,
         "options": asdict(options),
+        "panic": route.in_panic,
+        "state": route.guard.describe(),
         "requests_by_code": counts,
         "registry_version": rt.snapshot.version,
     }
