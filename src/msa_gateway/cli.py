@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -57,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         date_header=False,
         proxy_headers=False,
         timeout_keep_alive=75,
-        timeout_graceful_shutdown=settings.drain_timeout,
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout),
         backlog=2048,
     )
     server = GatewayServer(server_config, app)
