@@ -7,7 +7,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ class GatewayLaunch:
 
     command: tuple[str, ...]
     log_to_file: bool = True
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 def gateway_command() -> tuple[str, ...]:
@@ -72,6 +73,7 @@ def start_gateway(
     env = dict(os.environ)
     for key in ("DEBUG", "LOG_LEVEL", "SERVICE_DISCOVERY_TYPE"):
         env.pop(key, None)
+    env.update(launch.env)
     env.update({"GATEWAY_CONFIG": str(config), "HOST": "127.0.0.1", "PORT": str(port)})
     stdout = workdir / "gateway-stdout.log" if launch.log_to_file else Path(os.devnull)
     # cwd is the temp dir so that a developer's .env in the repository cannot change the settings.

@@ -26,7 +26,7 @@ from typing import Any
 
 from bench import gateway, nginx
 from bench.procs import Proc, StartError, cpu_seconds, free_port, http_request, wait_until_quiet
-from bench.report import CONFIGS, Measurement, cpu_ratios, format_table, ratios, summarize, to_json
+from bench.report import CONFIGS, Measurement, Summary, cpu_ratios, format_table, ratios, summarize, to_json
 from bench.wrk import POST_BODY_SIZE, run_wrk
 
 PATH = "/bench/anything"
@@ -42,6 +42,7 @@ class Target:
     config: str
     url: str
     proc: Proc
+    port: int
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -68,6 +69,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="where the gateway's stdout (its access log) goes: a file in the temp dir or /dev/null",
     )
     p.add_argument("--gateway-cmd", help="command starting the gateway (default: .venv/bin/msa-gateway run)")
+    p.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the gateway, e.g. UPSTREAM_CLIENT=native (repeatable)",
+    )
+    p.add_argument(
+        "--extra-gateway",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="also measure a gateway started with this environment as configuration NAME (repeatable)",
+    )
     p.add_argument("--client-core", type=int, default=0, help="core for wrk and the backends (0)")
     p.add_argument("--proxy-core", type=int, default=1, help="core for the proxy under test (1)")
     p.add_argument(
@@ -131,10 +146,123 @@ def meta(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "runs": args.runs,
         "client_core": args.client_core,
         "proxy_core": args.proxy_core,
-        "gateway_log": str(workdir / "gateway" / "gateway-stdout.log")
+        "gateway_log": str(workdir / "<configuration>" / "gateway-stdout.log")
         if args.gateway_log == "file"
         else os.devnull,
     }
+
+
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    """Turn ``KEY=VALUE`` strings into a mapping; fail on one without ``=``."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"expected KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def gateway_variants(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
+    """Return (configuration name, extra environment) for every gateway to measure."""
+    variants: list[tuple[str, dict[str, str]]] = []
+    base = parse_env(args.gateway_env)
+    if "gateway" in args.configs:
+        variants.append(("gateway", base))
+    for spec in args.extra_gateway:
+        name, _, env = spec.partition(":")
+        if not name or name in CONFIGS or name in (v[0] for v in variants):
+            raise SystemExit(f"--extra-gateway needs a new NAME:KEY=VALUE[,KEY=VALUE], got {spec!r}")
+        variants.append((name, {**base, **parse_env([e for e in env.split(",") if e])}))
+    return variants
+
+
+def start_gateways(
+    args: argparse.Namespace, workdir: Path, ports: Sequence[int], stack: contextlib.ExitStack
+) -> tuple[list[Target], list[str]]:
+    """Start every gateway variant on the proxy core; return the ones up and the failure messages."""
+    command = tuple(shlex.split(args.gateway_cmd)) if args.gateway_cmd else gateway.gateway_command()
+    targets, failures = [], []
+    for name, env in gateway_variants(args):
+        port = free_port()
+        launch = gateway.GatewayLaunch(command=command, log_to_file=args.gateway_log == "file", env=env)
+        config = gateway.write_config(workdir / name, gateway.gateway_config(ports))
+        try:
+            proc = gateway.start_gateway(
+                workdir / name, config, port, args.proxy_core, launch, ready_path=PATH
+            )
+        except StartError as exc:
+            envs = " ".join(f"{k}={v}" for k, v in env.items())
+            failures.append(f"GATEWAY DID NOT START ({name}): {envs} {shlex.join(command)}\n{exc}")
+            print(failures[-1], file=sys.stderr, flush=True)
+            continue
+        stack.callback(proc.stop)
+        targets.append(Target(name, f"http://127.0.0.1:{port}{PATH}", proc, port))
+    return targets, failures
+
+
+def gateway_after(target: Target, args: argparse.Namespace, info: dict[str, Any]) -> bool:
+    """Print and record that the gateway kept metrics and access log on; return whether it is alive."""
+    counted = gateway.metrics_requests_total(target.port)
+    lines = gateway.count_lines(target.proc.stdout)
+    info[f"{target.config}_metrics_requests_total"] = counted
+    info[f"{target.config}_stdout_lines"] = lines
+    where = f"file {target.proc.stdout} ({lines:,} lines)" if args.gateway_log == "file" else "/dev/null"
+    print(f"{target.config}: metrics on (gateway_requests_total={counted}), access log to {where}")
+    if not target.proc.alive():
+        print(f"GATEWAY DIED during the benchmark ({target.config})", file=sys.stderr)
+        return False
+    return True
+
+
+def measure_all(
+    targets: Sequence[Target], workloads: Sequence[str], args: argparse.Namespace
+) -> list[Measurement]:
+    """Measure every target and workload, interleaved, ``args.runs`` times."""
+    print(
+        f"measuring {', '.join(t.config for t in targets)} x {', '.join(workloads).upper()}: "
+        f"{args.runs} run(s) of {args.duration}s (+{args.warmup}s warm-up), c={args.connections}, "
+        f"wrk+backends on core {args.client_core}, proxy on core {args.proxy_core}",
+        flush=True,
+    )
+    measurements: list[Measurement] = []
+    for n in range(args.runs):
+        for workload in workloads:
+            for target in targets:
+                m = measure(target, workload, n, args)
+                measurements.append(m)
+                print(
+                    f"  run {n + 1} {workload.upper():4} {target.config:12} "
+                    f"{m.wrk.requests_per_s:>10,.0f} req/s  p99 {m.wrk.p99_ms:6.2f} ms  "
+                    f"errors {m.wrk.errors}",
+                    flush=True,
+                )
+    return measurements
+
+
+def verdict(summaries: Sequence[Summary], args: argparse.Namespace) -> int:
+    """Print the ratios and any errors; return 0, ``EXIT_ERRORS`` or ``EXIT_RATIO``."""
+    status = 0
+    print()
+    print(format_table(summaries))
+    for name, value in ratios(summaries).items():
+        line = f"{name} = {value:.3f}"
+        if name.endswith("/nginx-proxy") and args.min_ratio > 0:
+            ok = value >= args.min_ratio
+            line += f"  (target >= {args.min_ratio}: {'PASS' if ok else 'MISS'})"
+            status = status or (0 if ok else EXIT_RATIO)
+        print(line)
+    for name, value in cpu_ratios(summaries).items():
+        print(f"{name} = {value:.3f}  (per-core efficiency, stricter cross-check)")
+    for s in summaries:
+        if s.errors:
+            print(
+                f"ERRORS: {s.workload.upper()} {s.config}: {s.socket_errors} socket errors, "
+                f"{s.non_2xx_3xx} non-2xx/3xx responses",
+                file=sys.stderr,
+            )
+            status = EXIT_ERRORS
+    return status
 
 
 def run(args: argparse.Namespace, workdir: Path) -> int:
@@ -149,97 +277,34 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     info = meta(args, workdir)
     info["cpu_busy_before"] = busy
     p1, p2 = free_port(), free_port()
-    status = 0
-    gateway_failure = ""
+    alive = True
     with contextlib.ExitStack() as stack:
         backend = nginx.start_backend(workdir / "backend", p1, p2, core=args.client_core)
         stack.callback(backend.stop)
         targets: list[Target] = []
         if "direct" in args.configs:
-            targets.append(Target("direct", f"http://127.0.0.1:{p1}{PATH}", backend))
+            targets.append(Target("direct", f"http://127.0.0.1:{p1}{PATH}", backend, p1))
         if "nginx-proxy" in args.configs:
             port = free_port()
             proxy = nginx.start_proxy(workdir / "proxy", port, p1, p2, core=args.proxy_core)
             stack.callback(proxy.stop)
-            targets.append(Target("nginx-proxy", f"http://127.0.0.1:{port}{PATH}", proxy))
-        gw: Proc | None = None
-        gw_port = free_port()
-        if "gateway" in args.configs:
-            command = tuple(shlex.split(args.gateway_cmd)) if args.gateway_cmd else gateway.gateway_command()
-            launch = gateway.GatewayLaunch(command=command, log_to_file=args.gateway_log == "file")
-            config = gateway.write_config(workdir / "gateway", gateway.gateway_config([p1, p2]))
-            try:
-                gw = gateway.start_gateway(
-                    workdir / "gateway", config, gw_port, args.proxy_core, launch, ready_path=PATH
-                )
-            except StartError as exc:
-                gateway_failure = f"GATEWAY DID NOT START: {shlex.join(command)}\n{exc}"
-                print(gateway_failure, file=sys.stderr, flush=True)
-                status = EXIT_NO_GATEWAY
-            else:
-                stack.callback(gw.stop)
-                targets.append(Target("gateway", f"http://127.0.0.1:{gw_port}{PATH}", gw))
+            targets.append(Target("nginx-proxy", f"http://127.0.0.1:{port}{PATH}", proxy, port))
+        gateways, failures = start_gateways(args, workdir, (p1, p2), stack)
+        targets += gateways
         for target in targets:
             problem = check_answer(target)
             if problem:
                 print(f"WRONG ANSWER: {problem}", file=sys.stderr)
                 return EXIT_ERRORS
-        print(
-            f"measuring {', '.join(t.config for t in targets)} x {', '.join(workloads).upper()}: "
-            f"{args.runs} run(s) of {args.duration}s (+{args.warmup}s warm-up), c={args.connections}, "
-            f"wrk+backends on core {args.client_core}, proxy on core {args.proxy_core}",
-            flush=True,
-        )
-        measurements: list[Measurement] = []
-        for n in range(args.runs):
-            for workload in workloads:
-                for target in targets:
-                    m = measure(target, workload, n, args)
-                    measurements.append(m)
-                    print(
-                        f"  run {n + 1} {workload.upper():4} {target.config:12} "
-                        f"{m.wrk.requests_per_s:>10,.0f} req/s  p99 {m.wrk.p99_ms:6.2f} ms  "
-                        f"errors {m.wrk.errors}",
-                        flush=True,
-                    )
-        if gw is not None:
-            if not gw.alive():
-                print("GATEWAY DIED during the benchmark", file=sys.stderr)
-                status = EXIT_NO_GATEWAY
-            counted = gateway.metrics_requests_total(gw_port)
-            lines = gateway.count_lines(gw.stdout)
-            info["gateway_metrics_requests_total"] = counted
-            info["gateway_stdout_lines"] = lines
-            where = f"file {gw.stdout}" if args.gateway_log == "file" else "/dev/null"
-            print(
-                f"gateway: metrics on (gateway_requests_total={counted}), "
-                f"access log to {where}" + (f" ({lines:,} lines)" if args.gateway_log == "file" else "")
-            )
+        measurements = measure_all(targets, workloads, args)
+        for target in gateways:
+            alive = gateway_after(target, args, info) and alive
     summaries = summarize(measurements)
-    print()
-    print(format_table(summaries))
-    found = ratios(summaries)
-    for name, value in found.items():
-        line = f"{name} = {value:.3f}"
-        if name.endswith("/nginx-proxy") and args.min_ratio > 0:
-            ok = value >= args.min_ratio
-            line += f"  (target >= {args.min_ratio}: {'PASS' if ok else 'MISS'})"
-            if not ok and status == 0:
-                status = EXIT_RATIO
-        print(line)
-    for name, value in cpu_ratios(summaries).items():
-        print(f"{name} = {value:.3f}  (per-core efficiency, stricter cross-check)")
-    bad = [s for s in summaries if s.errors]
-    for s in bad:
-        print(
-            f"ERRORS: {s.workload.upper()} {s.config}: {s.socket_errors} socket errors, "
-            f"{s.non_2xx_3xx} non-2xx/3xx responses",
-            file=sys.stderr,
-        )
-    if bad:
-        status = EXIT_ERRORS
-    if gateway_failure:
-        print(f"\n{gateway_failure}", file=sys.stderr)
+    status = verdict(summaries, args)
+    for failure in failures:
+        print(f"\n{failure}", file=sys.stderr)
+    if failures or not alive:
+        status = status if status == EXIT_ERRORS else EXIT_NO_GATEWAY
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(to_json(info, measurements, summaries), indent=2) + "\n")
