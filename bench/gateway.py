@@ -27,6 +27,17 @@ class GatewayLaunch:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    """Turn ``KEY=VALUE`` strings into a mapping; fail on one without ``=``."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"expected KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
 def gateway_command() -> tuple[str, ...]:
     """Return ``<repo>/.venv/bin/msa-gateway run`` (or the one on PATH) as the default command."""
     venv = REPO / ".venv" / "bin" / "msa-gateway"

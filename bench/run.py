@@ -152,28 +152,17 @@ def meta(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
 
 
-def parse_env(pairs: Sequence[str]) -> dict[str, str]:
-    """Turn ``KEY=VALUE`` strings into a mapping; fail on one without ``=``."""
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"expected KEY=VALUE, got {pair!r}")
-        out[key] = value
-    return out
-
-
 def gateway_variants(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
     """Return (configuration name, extra environment) for every gateway to measure."""
     variants: list[tuple[str, dict[str, str]]] = []
-    base = parse_env(args.gateway_env)
+    base = gateway.parse_env(args.gateway_env)
     if "gateway" in args.configs:
         variants.append(("gateway", base))
     for spec in args.extra_gateway:
         name, _, env = spec.partition(":")
         if not name or name in CONFIGS or name in (v[0] for v in variants):
             raise SystemExit(f"--extra-gateway needs a new NAME:KEY=VALUE[,KEY=VALUE], got {spec!r}")
-        variants.append((name, {**base, **parse_env([e for e in env.split(",") if e])}))
+        variants.append((name, {**base, **gateway.parse_env([e for e in env.split(",") if e])}))
     return variants
 
 

@@ -266,6 +266,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sse-interval", type=float, default=0.1, help="seconds between events (0.1)")
     p.add_argument("--direct", action="store_true", help="also measure the backend without the gateway")
     p.add_argument("--gateway-cmd", help="command starting the gateway (default: .venv/bin/msa-gateway run)")
+    p.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the gateway, e.g. UPSTREAM_CLIENT=native (repeatable)",
+    )
     p.add_argument("--client-core", type=int, default=0, help="core for this client and the backend (0)")
     p.add_argument("--proxy-core", type=int, default=1, help="core for the gateway (1)")
     p.add_argument("--json", type=Path, help="write the results to this file")
@@ -294,7 +301,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                 config,
                 gw_port,
                 args.proxy_core,
-                gateway.GatewayLaunch(command=command),
+                gateway.GatewayLaunch(command=command, env=gateway.parse_env(args.gateway_env)),
                 ready_path=f"/{SERVICE}/health",
             )
         except StartError as exc:

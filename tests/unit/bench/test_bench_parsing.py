@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from bench import nginx
+from bench import gateway, nginx
 from bench.procs import find_binary, parse_cpu_line, parse_stat_cpu, parse_stat_ppid, parse_vmrss_kib
 from bench.report import Measurement, cpu_ratios, format_table, ratio, ratios, summarize
-from bench.run import POST_BODY
+from bench.run import POST_BODY, gateway_variants, parse_args
 from bench.stream import RSS_LIMIT, RssSampler, percentile
 from bench.stream_backend import CHUNK, chunks, stream_sha256
 from bench.wrk import POST_SCRIPT, WrkParseError, WrkResult, parse_time_ms, parse_wrk_output, wrk_command
@@ -284,3 +284,30 @@ def test_cpu_ratio_divides_nginx_cpu_per_request_by_the_gateways() -> None:
         Measurement("gateway", "post", 0, _result(5000, requests=10_000), cpu_s=None),
     ]
     assert cpu_ratios(summarize(ms)) == {"get: nginx-proxy CPU/req over gateway CPU/req": pytest.approx(0.1)}
+
+
+def test_parse_env_splits_on_the_first_equals_and_rejects_a_bare_word() -> None:
+    assert gateway.parse_env(["A=1", "B=x=y", "C="]) == {"A": "1", "B": "x=y", "C": ""}
+    with pytest.raises(SystemExit):
+        gateway.parse_env(["NOEQUALS"])
+
+
+def test_generated_gateway_config_is_valid_for_the_gateway_settings() -> None:
+    from msa_gateway.settings import parse_config
+
+    doc = gateway.gateway_config([40101, 40102], read_timeout=300.0)
+    cfg = parse_config(doc, "bench")
+    svc = cfg.services["bench"]
+    assert [(i.host, i.port) for i in svc.instances] == [("127.0.0.1", 40101), ("127.0.0.1", 40102)]
+    assert svc.options.health_check.path == "/health"
+    assert svc.options.timeouts.read == 300.0
+
+
+def test_gateway_variants_add_named_extras_on_top_of_the_shared_environment() -> None:
+    args = parse_args(["--gateway-env", "A=1", "--extra-gateway", "native:UPSTREAM_CLIENT=native,A=2"])
+    assert gateway_variants(args) == [
+        ("gateway", {"A": "1"}),
+        ("native", {"A": "2", "UPSTREAM_CLIENT": "native"}),
+    ]
+    with pytest.raises(SystemExit):
+        gateway_variants(parse_args(["--extra-gateway", "direct:X=1"]))
