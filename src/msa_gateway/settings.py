@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     consul_scheme: Literal["http", "https"] = "http"
     consul_token: str | None = None
     consul_datacenter: str | None = None
+    consul_allow_warning: bool = False
+    consul_wait: Annotated[float, Field(gt=0, le=600)] = 55.0
 
     redis_host: str = "localhost"
     redis_port: Annotated[int, Field(ge=1, le=65535)] = 6379

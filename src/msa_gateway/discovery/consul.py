@@ -243,8 +243,8 @@ class ConsulProvider:
             scheme=settings.consul_scheme,
             token=settings.consul_token,
             datacenter=settings.consul_datacenter,
-            allow_warning=bool(getattr(settings, "consul_allow_warning", False)),
-            wait=float(getattr(settings, "consul_wait", 55.0)),
+            allow_warning=settings.consul_allow_warning,
+            wait=settings.consul_wait,
         )
 
     async def watch(self) -> AsyncIterator[Discovered]:
