@@ -1,0 +1,343 @@
+"""uvicorn's httptools protocol with client-side limits: request line, head size, header count, head deadline.
+
+uvicorn accepts a request head of any size and waits for it forever, so a slowloris client (one
+byte every few seconds) holds a connection as long as it likes and a 1 MB header is buffered.
+``GatewayHttpProtocol`` adds, per connection:
+
+* a request target longer than ``max_request_line`` -> **414**;
+* a head larger than ``max_header_bytes`` or with more than ``max_headers`` headers -> **431**;
+* a head not complete ``head_timeout`` seconds after its first byte -> **408**;
+* a request httptools cannot parse -> **400** (uvicorn answers it in plain text; here JSON).
+
+Each answer is the gateway's JSON error body with ``Connection: close``, logged once on
+``msa_gateway.server`` (client address and reason, never a header value). The connection is
+then closed gracefully: the write side is shut, and what the client still sends is read and
+dropped until it has been quiet for ``LINGER_IDLE`` or for ``LINGER`` seconds at most (so the
+answer is not lost to a reset when the client is still sending), then it closes.
+
+How it is measured, cheaply (this is the hot path):
+
+* ``data_received`` keeps the length of the current chunk and, while a head is incomplete, adds
+  it to a counter. ``_head_first`` (the chunk in which the head began) + ``_head_rest`` (the
+  chunks since) bound the head from above, ``_head_rest`` from below.
+* ``on_headers_complete`` compares the URL length, the header count and that upper bound with
+  the limits; only when the bound is over does it sum the parsed head exactly (URL + header
+  names and values + 4 bytes a line). An incomplete head is checked after each chunk once the
+  upper bound passes the smaller limit: URL length, header count, and the lower bound.
+  So an incomplete head buffers at most ``max_header_bytes`` plus one read chunk.
+* One timer per connection: the head's deadline is a float set on ``on_message_begin``; the
+  timer is armed only when none is pending, and when it fires it re-arms for a later head or
+  answers 408. While the connection still owes earlier (pipelined) responses or uvicorn has
+  paused reading, the deadline moves on: the client is not the one keeping it waiting.
+
+Idle connections: uvicorn's keep-alive timeout applies. It is also armed when a connection is
+accepted (uvicorn never closes a connection that sends nothing), and cancelled when a request
+begins rather than on any byte, so bare CRLFs (which httptools skips) do not keep an idle
+connection open either. The keep-alive timer no longer stops when the client keeps sending a
+body nobody reads after its response: the connection is closed at the keep-alive timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from msa_gateway.errors import error_body
+from msa_gateway.proxy.headers import request_id_from
+
+log = logging.getLogger("msa_gateway.server")
+
+LINGER = 2.0  # at most this long, a rejected client's data is read and dropped before closing
+LINGER_IDLE = 0.25  # ... and not longer than this after its last byte (nginx: lingering_time/_timeout)
+_EARLY = 0.005  # a timer may fire this much before its deadline
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """Limits on what a client may send before its request reaches the application."""
+
+    max_request_line: int = 8 * 1024  # bytes of the request target (nginx large_client_header_buffers 8k)
+    max_header_bytes: int = 32 * 1024  # bytes of the whole head (nginx: 4 x 8k)
+    max_headers: int = 100  # header lines (Envoy, Go, h2o: 100)
+    head_timeout: float = 10.0  # seconds from the first byte of a request to the end of its head
+
+    def __post_init__(self) -> None:
+        for name in ("max_request_line", "max_header_bytes", "max_headers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if not self.head_timeout > 0:
+            raise ValueError("head_timeout must be > 0")
+
+
+class _Rejected(Exception):
+    """Raised from a parser callback to stop parsing; the reason is on the protocol."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejection:
+    status: int
+    error: str
+    detail: str
+    reason: str
+
+
+def _too_long_url(limit: int) -> _Rejection:
+    return _Rejection(414, "uri_too_long", f"the request target is longer than {limit} bytes", "request_line")
+
+
+def _too_many_headers(limit: int) -> _Rejection:
+    return _Rejection(431, "headers_too_large", f"the request has more than {limit} headers", "header_count")
+
+
+def _too_large_head(limit: int) -> _Rejection:
+    return _Rejection(
+        431, "headers_too_large", f"the request head is larger than {limit} bytes", "header_bytes"
+    )
+
+
+def head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    """Return the size of a parsed head: the URL, and each header line with ``: `` and CRLF."""
+    return len(url) + sum(len(name) + len(value) + 4 for name, value in headers)
+
+
+def response_bytes(
+    status: int, error: str, detail: str, request_id: str, extra: list[tuple[bytes, bytes]]
+) -> bytes:
+    """Return a complete ``Connection: close`` JSON error response."""
+    body = error_body(status, error, detail, request_id)
+    phrase = http.HTTPStatus(status).phrase.encode()
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, phrase)]
+    headers = [
+        *extra,
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+        (b"cache-control", b"no-store"),
+        (b"connection", b"close"),
+    ]
+    lines.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
+    lines.append(b"\r\n")
+    lines.append(body)
+    return b"".join(lines)
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with ``limits`` (a class attribute: uvicorn builds the instances)."""
+
+    limits: ClassVar[ServerLimits] = ServerLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        limits = self.limits
+        self._max_url = limits.max_request_line
+        self._max_bytes = limits.max_header_bytes
+        self._max_headers = limits.max_headers
+        self._head_timeout = limits.head_timeout
+        self._gate = min(limits.max_request_line, limits.max_header_bytes)
+        self._chunk = 0  # length of the chunk being parsed
+        self._head_first = 0  # length of the chunk in which the current head began
+        self._head_rest = 0  # bytes received since that chunk, while the head is incomplete
+        self._head_deadline = 0.0  # loop time by which the head must be complete; 0.0: no head open
+        self._timer: asyncio.TimerHandle | None = None
+        self._rejection: _Rejection | None = None
+        self._linger_last = 0.0
+
+    # --- connection ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Register the connection; it is idle until its first request begins."""
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Drop the connection's timer too."""
+        super().connection_lost(exc)
+        self._unset_keepalive_if_required()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def data_received(self, data: bytes) -> None:
+        """Count the bytes of an open head, parse, and check an incomplete head against the limits."""
+        if self._rejection is not None:
+            self._linger_last = self.loop.time()
+            return  # answered already: drop whatever the client still sends
+        self._chunk = n = len(data)
+        if self._head_deadline:
+            self._head_rest += n
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            if self._rejection is None:
+                self._reject(_Rejection(400, "bad_request", "invalid HTTP request", "invalid_http"))
+            else:
+                self._answer()
+            return
+        except httptools.HttpParserError:
+            self._reject(_Rejection(400, "bad_request", "invalid HTTP request", "invalid_http"))
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self._head_deadline and self._head_first + self._head_rest > self._gate:
+            self._check_incomplete_head()
+
+    # --- parser callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        """Start the head's deadline (and the connection's timer, if none is pending)."""
+        super().on_message_begin()
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+        self._head_first = self._chunk
+        self._head_rest = 0
+        self._head_deadline = deadline = self.loop.time() + self._head_timeout
+        if self._timer is None:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def on_headers_complete(self) -> None:
+        """Check the complete head against the limits, then hand the request to uvicorn."""
+        self._head_deadline = 0.0
+        if self.timeout_keep_alive_task is not None:  # armed while this head was arriving
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+        if (
+            len(self.url) > self._max_url
+            or len(self.headers) > self._max_headers
+            or self._head_first + self._head_rest > self._max_bytes
+        ):
+            self._check_complete_head()
+        super().on_headers_complete()
+
+    # --- checks -------------------------------------------------------------------------
+
+    def _check_complete_head(self) -> None:
+        if len(self.url) > self._max_url:
+            self._rejection = _too_long_url(self._max_url)
+        elif len(self.headers) > self._max_headers:
+            self._rejection = _too_many_headers(self._max_headers)
+        elif head_size(self.url, self.headers) > self._max_bytes:
+            self._rejection = _too_large_head(self._max_bytes)
+        if self._rejection is not None:
+            raise _Rejected  # stops the parser; data_received answers
+
+    def _check_incomplete_head(self) -> None:
+        if len(self.url) > self._max_url:
+            self._reject(_too_long_url(self._max_url))
+        elif len(self.headers) > self._max_headers:
+            self._reject(_too_many_headers(self._max_headers))
+        elif self._head_rest > self._max_bytes:
+            self._reject(_too_large_head(self._max_bytes))
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline = self._head_deadline
+        if not deadline or self.transport.is_closing():
+            return  # no head open: the next one arms a new timer
+        now = self.loop.time()
+        if now < deadline - _EARLY:  # a later head opened since the timer was armed
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+        elif self._owes_response() or self.flow.read_paused:
+            self._head_deadline = deadline = now + self._head_timeout
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+        else:
+            detail = f"the request head was not received within {self._head_timeout:g} s"
+            self._reject(_Rejection(408, "request_timeout", detail, "head_timeout"))
+
+    # --- answering ----------------------------------------------------------------------
+
+    def _owes_response(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _reject(self, rejection: _Rejection) -> None:
+        self._rejection = rejection
+        self._answer()
+
+    def _answer(self) -> None:
+        """Log the rejection, answer it (or close after the responses still owed), and linger."""
+        rejection = self._rejection
+        assert rejection is not None
+        self._head_deadline = 0.0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._unset_keepalive_if_required()
+        headers: list[tuple[bytes, bytes]] = getattr(self, "headers", None) or []
+        rid = request_id_from(next((v for k, v in headers if k == b"x-request-id"), None))
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else ""
+        busy = self._owes_response()
+        log.warning(
+            "client_rejected",
+            extra={
+                "status": rejection.status,
+                "reason": rejection.reason,
+                "client": client,
+                "request_id": rid,
+                "head_bytes": self._head_first + self._head_rest,
+                "headers": len(headers),
+                "answered": not busy,
+            },
+        )
+        if self.transport.is_closing():
+            return
+        if busy:  # earlier pipelined responses come first; the connection closes after the last
+            self.cycle.keep_alive = False
+            return
+        self.transport.write(
+            response_bytes(
+                rejection.status,
+                rejection.error,
+                rejection.detail,
+                rid,
+                list(self.server_state.default_headers),
+            )
+        )
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self._linger_last = now = self.loop.time()
+            self._timer = self.loop.call_at(now + LINGER_IDLE, self._linger, now + LINGER)
+        else:
+            self.transport.close()
+
+    def _linger(self, until: float) -> None:
+        """Close once the client has been quiet for ``LINGER_IDLE`` or at ``until``."""
+        self._timer = None
+        when = min(self._linger_last + LINGER_IDLE, until)
+        if self.loop.time() >= when - _EARLY:
+            self.transport.close()
+        else:
+            self._timer = self.loop.call_at(when, self._linger, until)
+
+
+def make_protocol(limits: ServerLimits) -> type[GatewayHttpProtocol]:
+    """Return a ``GatewayHttpProtocol`` subclass enforcing ``limits``, for ``uvicorn.Config(http=...)``."""
+
+    class LimitedHttpProtocol(GatewayHttpProtocol):
+        pass
+
+    LimitedHttpProtocol.limits = limits
+    LimitedHttpProtocol.__qualname__ = LimitedHttpProtocol.__name__ = "GatewayHttpProtocol"
+    return LimitedHttpProtocol
+
+
+__all__ = [
+    "LINGER",
+    "LINGER_IDLE",
+    "GatewayHttpProtocol",
+    "ServerLimits",
+    "head_size",
+    "make_protocol",
+    "response_bytes",
+]
