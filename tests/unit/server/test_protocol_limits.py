@@ -1,0 +1,206 @@
+"""``GatewayHttpProtocol`` without sockets: pure helpers, and the byte accounting fed chunk by chunk."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import orjson
+import pytest
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from msa_gateway.protocol import GatewayHttpProtocol, ServerLimits, head_size, make_protocol, response_bytes
+
+
+class FakeTransport(asyncio.Transport):
+    """Collects what the protocol writes; records close and write_eof."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closing = False
+        self.eof = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.out += data
+
+    def close(self) -> None:
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answer 200 with the path and the body length."""
+    size = 0
+    while True:
+        message = await receive()
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = orjson.dumps({"path": scope["path"], "body": size})
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def connect(limits: ServerLimits) -> tuple[GatewayHttpProtocol, FakeTransport]:
+    """Return a protocol enforcing ``limits`` on a fake connection, on the running loop."""
+    config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, date_header=False)
+    proto = make_protocol(limits)(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    return proto, transport
+
+
+async def settle() -> None:
+    """Let the application tasks the protocol started run to completion."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def statuses(out: bytes) -> list[int]:
+    """Return the status codes of the responses in ``out``."""
+    return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", out)]
+
+
+def request(header_value_len: int, path: bytes = b"/p") -> bytes:
+    """Return a GET whose head (as ``head_size`` counts it) is ``len(path) + 5 + 9 + header_value_len``."""
+    return b"GET " + path + b" HTTP/1.1\r\nHost: t\r\nX-V: " + b"v" * header_value_len + b"\r\n\r\n"
+
+
+def parsed_size(header_value_len: int, path: bytes = b"/p") -> int:
+    return head_size(path, [(b"host", b"t"), (b"x-v", b"v" * header_value_len)])
+
+
+# --- pure helpers -----------------------------------------------------------------------
+
+
+def test_limits_defaults_and_validation() -> None:
+    limits = ServerLimits()
+    assert (limits.max_request_line, limits.max_header_bytes, limits.max_headers, limits.head_timeout) == (
+        8192,
+        32768,
+        100,
+        10.0,
+    )
+    for bad in ({"max_request_line": 0}, {"max_header_bytes": 0}, {"max_headers": 0}, {"head_timeout": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ServerLimits(**bad)
+
+
+def test_head_size_counts_url_and_header_lines() -> None:
+    assert head_size(b"/abc", []) == 4
+    assert head_size(b"/", [(b"host", b"example"), (b"a", b"")]) == 1 + (4 + 7 + 4) + (1 + 0 + 4)
+
+
+def test_response_bytes_is_a_complete_close_response() -> None:
+    raw = response_bytes(431, "headers_too_large", "too big", "rid-1", [(b"server", b"x")])
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 431 Request Header Fields Too Large"
+    headers = dict(line.split(b": ", 1) for line in lines[1:])
+    assert headers[b"connection"] == b"close" and headers[b"server"] == b"x"
+    assert int(headers[b"content-length"]) == len(body)
+    assert orjson.loads(body) == {"error": "headers_too_large", "detail": "too big", "request_id": "rid-1"}
+
+
+def test_make_protocol_returns_a_subclass_per_limits() -> None:
+    small = ServerLimits(max_headers=5)
+    cls = make_protocol(small)
+    assert issubclass(cls, HttpToolsProtocol) and issubclass(cls, GatewayHttpProtocol)
+    assert cls.limits is small and cls.__name__ == "GatewayHttpProtocol"
+    assert GatewayHttpProtocol.limits == ServerLimits()
+    assert make_protocol(ServerLimits()).limits is not small
+
+
+# --- the byte accounting, chunk by chunk ------------------------------------------------
+
+LIMIT = 300
+SMALL = ServerLimits(max_request_line=200, max_header_bytes=LIMIT, max_headers=10, head_timeout=30.0)
+
+
+@pytest.mark.parametrize("over", [0, 1])
+async def test_head_at_and_over_the_limit_whatever_the_chunking(over: int) -> None:
+    """A head exactly at the limit is served and one byte over is 431, for every split point."""
+    value_len = LIMIT - parsed_size(0) + over
+    assert parsed_size(value_len) == LIMIT + over
+    data = request(value_len)
+    for cut in range(1, len(data)):
+        proto, transport = connect(SMALL)
+        proto.data_received(data[:cut])
+        proto.data_received(data[cut:])
+        await settle()
+        assert statuses(bytes(transport.out)) == ([431] if over else [200]), cut
+        assert transport.closing is bool(over) or transport.eof is bool(over)
+        proto.connection_lost(None)
+
+
+async def test_body_bytes_before_a_pipelined_head_do_not_count_against_it() -> None:
+    """A chunk holding a large body and then a head at the limit: both requests are served."""
+    proto, transport = connect(SMALL)
+    body = b"b" * (LIMIT * 4)
+    first = b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body)
+    second = request(LIMIT - parsed_size(0))
+    proto.data_received(first + body[:10])
+    proto.data_received(body[10:] + second[:-10])  # the second head stays incomplete here
+    proto.data_received(second[-10:])
+    await settle()
+    assert statuses(bytes(transport.out)) == [200, 200]
+    assert not transport.closing
+    proto.connection_lost(None)
+
+
+async def test_incomplete_head_is_cut_within_one_chunk_of_the_limit() -> None:
+    """A header that never ends is refused once the bytes after its first chunk pass the limit."""
+    proto, transport = connect(SMALL)
+    fed = 0
+    proto.data_received(b"GET / HTTP/1.1\r\nX-Endless: ")
+    while not transport.out:
+        proto.data_received(b"v" * 64)
+        fed += 64
+        assert fed <= LIMIT + 64
+    assert statuses(bytes(transport.out)) == [431]
+    assert transport.eof
+    proto.data_received(b"v" * 1000)  # after the answer: dropped
+    assert statuses(bytes(transport.out)) == [431]
+    proto.connection_lost(None)
+
+
+async def test_too_many_headers_counted_exactly() -> None:
+    for count, want in ((10, 200), (11, 431)):
+        proto, transport = connect(SMALL)
+        lines = b"".join(b"H%d: v\r\n" % i for i in range(count - 1))
+        proto.data_received(b"GET / HTTP/1.1\r\nHost: t\r\n" + lines + b"\r\n")
+        await settle()
+        assert statuses(bytes(transport.out)) == [want]
+        proto.connection_lost(None)
+
+
+async def test_request_id_from_the_client_is_kept_when_safe() -> None:
+    proto, transport = connect(SMALL)
+    proto.data_received(b"GET /" + b"a" * 300 + b" HTTP/1.1\r\nX-Request-ID: abc-123\r\n\r\n")
+    body = bytes(transport.out).partition(b"\r\n\r\n")[2]
+    assert statuses(bytes(transport.out)) == [414]
+    assert orjson.loads(body)["request_id"] == "abc-123"
+    proto.connection_lost(None)
