@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.support.gateway import InProcessGateway
+
 TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 
 
@@ -103,6 +105,39 @@ class Traffic:
         self._arrived.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._arrived.wait(), remaining)
+
+
+class AttemptClock:
+    """Sample the gateway's upstream error count every 2 ms; remember when it last grew.
+
+    The only instance that can fail is the killed one, so each increment is one attempt routed to it.
+    """
+
+    def __init__(self, gw: InProcessGateway, service: str) -> None:
+        self.gw, self.service = gw, service
+        self.last_growth: float | None = None
+        self._task = asyncio.create_task(self._run(), name="test-attempt-clock")
+
+    def count(self) -> float:
+        return sum(
+            s.value
+            for m in self.gw.runtime.metrics.upstream_errors.collect()
+            for s in m.samples
+            if s.name.endswith("_total") and s.labels.get("service") == self.service
+        )
+
+    async def _run(self) -> None:
+        seen = self.count()
+        while True:
+            await asyncio.sleep(0.002)
+            now = self.count()
+            if now > seen:
+                seen, self.last_growth = now, time.perf_counter()
+
+    async def aclose(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 def by(instance: str) -> Callable[[Hit], bool]:

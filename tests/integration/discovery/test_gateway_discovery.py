@@ -24,7 +24,7 @@ from tests.support.etcd_server import EtcdServer, etcd_server
 from tests.support.gateway import InProcessGateway, gateway_process, serve_gateway
 from tests.support.redis_server import RedisServer, redis_server_fixture  # noqa: F401
 from tests.support.registries import ConsulRegistry, EtcdRegistry, RedisRegistry, Registry
-from tests.support.traffic import Traffic, by, eventually, get_json, metric_value, served_by
+from tests.support.traffic import AttemptClock, Traffic, by, eventually, get_json, metric_value, served_by
 
 NO_PROBES = {"defaults": {"health_check": {"path": None}}}  # discovery alone decides who gets traffic
 TRIALS = 5
@@ -136,39 +136,6 @@ DISCOVERY_ONLY = {
         "outlier": {"consecutive_failures": 0},
     }
 }
-
-
-class AttemptClock:
-    """Sample the gateway's upstream error count every 2 ms; remember when it last grew.
-
-    The only instance that can fail is the killed one, so each increment is one attempt routed to it.
-    """
-
-    def __init__(self, gw: InProcessGateway, service: str) -> None:
-        self.gw, self.service = gw, service
-        self.last_growth: float | None = None
-        self._task = asyncio.create_task(self._run(), name="test-attempt-clock")
-
-    def count(self) -> float:
-        return sum(
-            s.value
-            for m in self.gw.runtime.metrics.upstream_errors.collect()
-            for s in m.samples
-            if s.name.endswith("_total") and s.labels.get("service") == self.service
-        )
-
-    async def _run(self) -> None:
-        seen = self.count()
-        while True:
-            await asyncio.sleep(0.002)
-            now = self.count()
-            if now > seen:
-                seen, self.last_growth = now, time.perf_counter()
-
-    async def aclose(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
 
 
 @pytest.mark.parametrize("mode", ["defaults", "discovery-only"])
