@@ -56,11 +56,14 @@ class Aggregator:
         self.last_error: str | None = None
         self.last_success: float | None = None
         self.failures = 0
+        self._up_since = 0.0
+        self._step = 0  # backoff step: grows across flaps, resets once the provider stayed up a while
+        self._outage_logged = False
+        self._recovery_logged = False
         metrics.discovery_up.labels(provider.name).set(0)
 
     async def run(self) -> None:
         """Watch, apply, and restart on failure until cancelled."""
-        name = self.provider.name
         while True:
             try:
                 async for discovered in self.provider.watch():
@@ -74,19 +77,29 @@ class Aggregator:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.failures += 1
-                reason = str(exc) or type(exc).__name__
-                if self.up or self.last_error is None:
-                    log.error(
-                        "discovery provider failed; keeping the last known instances"
-                        if self._last is not None
-                        else "discovery provider failed; not ready until it answers",
-                        extra={"provider": name, "error": reason},
-                    )
-                self.up = False
-                self.last_error = reason
-                self._metrics.discovery_up.labels(name).set(0)
-                await asyncio.sleep(self._backoff.delay(min(self.failures, 30), self._rng))
+                self._mark_down(str(exc) or type(exc).__name__)
+                await asyncio.sleep(self._backoff.delay(min(self._step, 30), self._rng))
+
+    def _mark_down(self, reason: str) -> None:
+        """Count a failure; log it once per outage (a flap shortly after recovering is the same outage)."""
+        name = self.provider.name
+        now = time.monotonic()
+        stable = self.up and now - self._up_since >= self._backoff.maximum
+        if stable or not self._outage_logged:
+            self._step = 0
+            self._outage_logged = True
+            self._recovery_logged = False
+            log.error(
+                "discovery provider failed; keeping the last known instances"
+                if self._last is not None
+                else "discovery provider failed; not ready until it answers",
+                extra={"provider": name, "error": reason},
+            )
+        self.failures += 1
+        self._step += 1
+        self.up = False
+        self.last_error = reason
+        self._metrics.discovery_up.labels(name).set(0)
 
     def _mark_up(self) -> None:
         name = self.provider.name
@@ -94,8 +107,10 @@ class Aggregator:
         self.last_success = now
         self._metrics.discovery_last_success.labels(name).set(now)
         if not self.up:
-            if self.last_error is not None:
+            if self._outage_logged and not self._recovery_logged:
                 log.info("discovery provider recovered", extra={"provider": name, "failures": self.failures})
+                self._recovery_logged = True
             self.up = True
             self.failures = 0
+            self._up_since = time.monotonic()
             self._metrics.discovery_up.labels(name).set(1)

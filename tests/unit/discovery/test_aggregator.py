@@ -30,6 +30,12 @@ LOGGER = "msa_gateway.discovery"
 FAST = Backoff(initial=0.001, maximum=0.004)
 END = object()
 HOLD = object()
+
+
+class Pause(float):
+    """A script step: stay up (yield nothing) for this many seconds."""
+
+
 Step = Discovered | BaseException | object
 
 
@@ -68,6 +74,9 @@ class ScriptedProvider:
                 return
             if step is HOLD:
                 break
+            if isinstance(step, Pause):
+                await asyncio.sleep(step)
+                continue
             if isinstance(step, BaseException):
                 raise step
             yield step  # type: ignore[misc]
@@ -222,7 +231,8 @@ async def test_outage_is_logged_once_and_recovery_once(
 ) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     outage: list[Step] = [DiscoveryError("down") for _ in range(4)]
-    h = harness([A, *outage, B, *outage, A])
+    # B stays up longer than the backoff cap, so the second failure is a new outage, not a flap
+    h = harness([A, *outage, B, Pause(0.02), *outage, A])
     await h.run_until_exhausted()
     assert h.applied == [A, B, A]
     failed = records(caplog, logging.ERROR, "discovery provider failed")
@@ -326,3 +336,19 @@ async def test_rebuild_of_50_services_x_20_instances_is_fast() -> None:
         assert min(timings) < 0.2, timings
     finally:
         await rt.aclose()
+
+
+async def test_a_provider_that_fails_right_after_each_first_snapshot_backs_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="msa_gateway.discovery")
+    steps: list[object] = []
+    for _ in range(6):
+        steps += [A, DiscoveryError("watch refused after the read")]
+    h = Harness(ScriptedProvider(steps), Backoff(initial=0.02, maximum=1.0))
+    await h.run_until_exhausted(timeout=5)
+    await h.stop()
+    gaps = [b - a for a, b in zip(h.provider.watch_times, h.provider.watch_times[1:], strict=False)]
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1  # one outage, logged once
+    assert len([r for r in caplog.records if r.getMessage() == "discovery provider recovered"]) == 1
+    assert gaps[-1] > gaps[0] * 4  # the backoff keeps growing across flaps
