@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 DEB_PACKAGES := nginx-light wrk redis-server etcd-server etcd-client
 
-.PHONY: run test lint unit integration bench deps venv clean check-config
+.PHONY: run test lint unit integration bench bench-stream bench-discovery bench-faults deps venv clean check-config
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,15 @@ integration: deps venv
 
 bench: deps venv
 	$(PY) -m bench.run
+
+bench-stream: deps venv
+	$(PY) -m bench.stream
+
+bench-discovery: deps venv
+	$(PY) -m bench.discovery
+
+bench-faults: deps venv
+	$(PY) -m bench.faults
 
 check-config: venv
 	$(VENV)/bin/msa-gateway check-config $(or $(FILE),examples/gateway.yaml)
