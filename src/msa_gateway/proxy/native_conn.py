@@ -244,8 +244,10 @@ class Conn(asyncio.Protocol):
         if self.head_req:
             self._head_data(data)
             return
-        if not self.head_done:
-            self.head_fed += len(data)
+        if self.head_done:
+            self._feed(data)
+            return
+        self.head_fed += len(data)
         self._feed(data)
         if not self.head_done and self.head_fed > MAX_HEAD:
             self.fail(HEAD_TOO_LARGE)
@@ -289,20 +291,20 @@ class Conn(asyncio.Protocol):
 
     def on_status(self, reason: bytes) -> None:
         """Count the reason phrase towards the head size."""
-        self.head_size += len(reason) + _STATUS_LINE_ALLOWANCE
+        self.head_size += len(reason)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """Keep one header field (trailers are dropped); enforce the head caps."""
-        if self.head_done:
-            return
-        self.head_size += len(name) + len(value) + 4
-        headers = self.headers
-        headers.append((name, value))
-        if len(headers) > MAX_HEADERS or self.head_size > MAX_HEAD:
-            raise _Stop
+        """Keep one header field (trailers are dropped; the caps are checked when the head ends)."""
+        if not self.head_done:
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        """Keep the final head; forget a 1xx interim head."""
+        """Keep the final head within the caps; forget a 1xx interim head."""
+        headers = self.headers
+        # head_fed bounds the head from above (it may count body bytes): add up only when it might be big.
+        if len(headers) > MAX_HEADERS or (self.head_fed > MAX_HEAD and self._head_size() > MAX_HEAD):
+            self.head_size = MAX_HEAD + 1
+            raise _Stop
         status = self.parser.get_status_code()
         if status < 200:
             self.headers = []
@@ -339,7 +341,7 @@ class Conn(asyncio.Protocol):
             if self.done:
                 self.keep = False  # bytes after the final response
                 self.abort()
-            elif self.head_size > MAX_HEAD or len(self.headers) > MAX_HEADERS:
+            elif self.head_size > MAX_HEAD:
                 self.fail(HEAD_TOO_LARGE)
             else:
                 self.fail(BAD_RESPONSE)
@@ -356,6 +358,7 @@ class Conn(asyncio.Protocol):
                 return
             head = bytes(buf[: end + 4])
             del buf[: end + 4]
+            self.head_fed += len(head)
             self._feed(head)
             if self.failure is not None:
                 return
@@ -367,6 +370,10 @@ class Conn(asyncio.Protocol):
         # The parser still waits for the body the head announced: start a fresh one.
         self.parser = HttpResponseParser(self)
         self._wake()
+
+    def _head_size(self) -> int:
+        fields = sum(len(name) + len(value) + 4 for name, value in self.headers)
+        return self.head_size + fields + _STATUS_LINE_ALLOWANCE
 
     def _timed_out(self) -> None:
         self.fail(TIMED_OUT)
