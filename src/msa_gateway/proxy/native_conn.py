@@ -8,7 +8,7 @@ at a time: ``start()`` resets the per-exchange state, the caller writes the requ
   garbage, bad chunk sizes, duplicate or conflicting Content-Length are errors), capped at
   ``MAX_HEAD`` bytes and ``MAX_HEADERS`` fields; 1xx interim responses are skipped;
 - body bytes are queued as they arrive; more than ``HIGH_WATER`` unread bytes pause reading the
-  socket until the reader drains the queue;
+  socket until the reader has taken enough of them;
 - a response to HEAD ends with its head (llhttp cannot be told the request was HEAD through
   httptools, so its head is cut out of the stream and fed alone); 204/304/1xx have no body (llhttp);
 - a response framed neither by Content-Length nor by chunked encoding ends when the peer closes.
@@ -34,6 +34,7 @@ Headers = list[tuple[bytes, bytes]]
 MAX_HEAD = 64 * 1024
 MAX_HEADERS = 100
 HIGH_WATER = 256 * 1024
+COALESCE_BELOW = 64 * 1024  # smaller queued pieces are joined into one read
 LAST_CHUNK = b"0\r\n\r\n"
 CHUNKED_HEADER = b"Transfer-Encoding: chunked\r\n"
 _STATUS_LINE_ALLOWANCE = 16  # "HTTP/1.1 200 " + CRLF around the reason phrase
@@ -191,12 +192,17 @@ class Conn(asyncio.Protocol):
                 timer.cancel()
 
     def take(self) -> bytes:
-        """Return every queued body byte (resume reading the socket if it was paused)."""
+        """Return the oldest queued body bytes: one big piece, or every small piece joined.
+
+        Reading the socket resumes once no more than ``HIGH_WATER`` bytes wait.
+        """
         chunks = self.chunks
-        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self.buffered = 0
-        if self.paused_reading:
+        data = chunks.popleft()
+        if chunks and len(data) < COALESCE_BELOW:
+            data = b"".join([data, *chunks])
+            chunks.clear()
+        self.buffered -= len(data)
+        if self.paused_reading and self.buffered <= HIGH_WATER:
             self.paused_reading = False
             if not self.closed:
                 self.transport.resume_reading()
