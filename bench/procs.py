@@ -4,6 +4,7 @@ and one plain HTTP request for sanity checks."""
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -62,6 +63,18 @@ def parse_cpu_line(stat: str) -> tuple[int, int]:
             idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
             return sum(values[:8]) - idle, sum(values[:8])
     raise ValueError("no aggregate cpu line in /proc/stat")
+
+
+def system_busy_seconds() -> float:
+    """Return the CPU seconds all cores have spent busy since boot (from ``/proc/stat``)."""
+    with open("/proc/stat") as f:
+        return parse_cpu_line(f.read())[0] / CLOCK_TICKS
+
+
+def children_cpu_seconds() -> float:
+    """Return the CPU seconds used by this process's waited-for children (wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def system_busy(seconds: float = 1.0) -> float:

@@ -15,13 +15,17 @@ WORKLOADS = ("get", "post")
 
 @dataclass(frozen=True, slots=True)
 class Measurement:
-    """One measured wrk run of one configuration and workload, with the CPU time its server used."""
+    """One measured wrk run of one configuration and workload, with the CPU time its server used.
+
+    ``other_cores`` is how many cores' worth of CPU the rest of the machine used meanwhile.
+    """
 
     config: str
     workload: str
     run: int
     wrk: WrkResult
     cpu_s: float | None = None
+    other_cores: float | None = None
 
     @property
     def cpu_us_per_request(self) -> float | None:
@@ -33,7 +37,10 @@ class Measurement:
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """The median over runs of one configuration and workload; errors are summed over runs."""
+    """The median over runs of one configuration and workload; errors are summed over runs.
+
+    ``other_cores`` is the worst run's CPU use by processes outside the benchmark, in cores.
+    """
 
     config: str
     workload: str
@@ -42,6 +49,7 @@ class Summary:
     p50_ms: float
     p99_ms: float
     cpu_us_per_request: float | None
+    other_cores: float | None
     socket_errors: int
     non_2xx_3xx: int
 
@@ -70,6 +78,7 @@ def summarize(measurements: Iterable[Measurement]) -> list[Summary]:
     for key in sorted(groups, key=order):
         ms = groups[key]
         cpus = [c for c in (m.cpu_us_per_request for m in ms) if c is not None]
+        others = [m.other_cores for m in ms if m.other_cores is not None]
         out.append(
             Summary(
                 config=key[1],
@@ -79,6 +88,7 @@ def summarize(measurements: Iterable[Measurement]) -> list[Summary]:
                 p50_ms=statistics.median(m.wrk.p50_ms for m in ms),
                 p99_ms=statistics.median(m.wrk.p99_ms for m in ms),
                 cpu_us_per_request=statistics.median(cpus) if cpus else None,
+                other_cores=max(others) if others else None,
                 socket_errors=sum(m.wrk.socket_errors for m in ms),
                 non_2xx_3xx=sum(m.wrk.non_2xx_3xx for m in ms),
             )
@@ -137,6 +147,7 @@ def format_table(summaries: Sequence[Summary]) -> str:
         "p50 ms",
         "p99 ms",
         "CPU us/req",
+        "other cores",
         "sock err",
         "non-2xx",
         "x nginx-proxy",
@@ -152,6 +163,7 @@ def format_table(summaries: Sequence[Summary]) -> str:
                 f"{s.p50_ms:.2f}",
                 f"{s.p99_ms:.2f}",
                 _fmt(s.cpu_us_per_request, ".0f"),
+                _fmt(s.other_cores, ".2f"),
                 str(s.socket_errors),
                 str(s.non_2xx_3xx),
                 _fmt(ratio(summaries, s.workload, s.config, "nginx-proxy"), ".3f"),
@@ -184,6 +196,7 @@ def to_json(
                 "run": m.run,
                 "cpu_s": m.cpu_s,
                 "cpu_us_per_request": m.cpu_us_per_request,
+                "other_cores": m.other_cores,
                 **asdict(m.wrk),
             }
             for m in measurements

@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from bench import gateway, nginx
-from bench.procs import Proc, StartError, cpu_seconds, free_port, http_request, wait_until_quiet
+from bench.procs import (
+    Proc,
+    StartError,
+    children_cpu_seconds,
+    cpu_seconds,
+    free_port,
+    http_request,
+    system_busy_seconds,
+    wait_until_quiet,
+)
 from bench.report import CONFIGS, Measurement, Summary, cpu_ratios, format_table, ratios, summarize, to_json
 from bench.wrk import POST_BODY_SIZE, run_wrk
 
@@ -33,6 +42,7 @@ PATH = "/bench/anything"
 POST_BODY = b'{"data":"' + b"x" * (POST_BODY_SIZE - 11) + b'"}'
 EXIT_ERRORS, EXIT_RATIO, EXIT_NO_GATEWAY = 1, 2, 3
 QUIET = 0.05  # share of all CPUs busy before start above which the run warns
+NOISY_CORES = 0.15  # CPU used by other processes during a measured run above which the run warns
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,15 +120,25 @@ def check_answer(target: Target) -> str | None:
     return None
 
 
-def measure(target: Target, workload: str, run: int, args: argparse.Namespace) -> Measurement:
-    """Warm up, then run wrk once against ``target`` and count the CPU time its process tree used."""
+def measure(target: Target, backend: Proc, workload: str, run: int, args: argparse.Namespace) -> Measurement:
+    """Warm up, then run wrk once against ``target``; count the CPU time its process tree used.
+
+    Also count how much CPU everything else on the machine used meanwhile (all busy time minus
+    wrk, the backend and the process under test), in cores: the noise of this run.
+    """
     post = workload == "post"
     if args.warmup > 0:
         run_wrk(target.url, args.warmup, args.connections, post, args.client_core)
-    before = cpu_seconds(target.proc.pid)
+    pids = {target.proc.pid, backend.pid}
+    before = {pid: cpu_seconds(pid) for pid in pids}
+    system0, wrk0 = system_busy_seconds(), children_cpu_seconds()
     result = run_wrk(target.url, args.duration, args.connections, post, args.client_core)
-    used = cpu_seconds(target.proc.pid) - before
-    return Measurement(config=target.config, workload=workload, run=run, wrk=result, cpu_s=used)
+    system1, wrk1 = system_busy_seconds(), children_cpu_seconds()
+    after = {pid: cpu_seconds(pid) for pid in pids}
+    used = after[target.proc.pid] - before[target.proc.pid]
+    ours = sum(after[p] - before[p] for p in pids) + (wrk1 - wrk0)
+    other = max(0.0, (system1 - system0) - ours) / result.duration_s if result.duration_s > 0 else None
+    return Measurement(target.config, workload, run, result, cpu_s=used, other_cores=other)
 
 
 def tool_version(argv: Sequence[str]) -> str:
@@ -205,7 +225,7 @@ def gateway_after(target: Target, args: argparse.Namespace, info: dict[str, Any]
 
 
 def measure_all(
-    targets: Sequence[Target], workloads: Sequence[str], args: argparse.Namespace
+    targets: Sequence[Target], backend: Proc, workloads: Sequence[str], args: argparse.Namespace
 ) -> list[Measurement]:
     """Measure every target and workload, interleaved, ``args.runs`` times."""
     print(
@@ -218,15 +238,19 @@ def measure_all(
     for n in range(args.runs):
         for workload in workloads:
             for target in targets:
-                m = measure(target, workload, n, args)
+                m = measure(target, backend, workload, n, args)
                 measurements.append(m)
                 print(
                     f"  run {n + 1} {workload.upper():4} {target.config:12} "
                     f"{m.wrk.requests_per_s:>10,.0f} req/s  p99 {m.wrk.p99_ms:6.2f} ms  "
-                    f"errors {m.wrk.errors}",
+                    f"errors {m.wrk.errors}  other {_cores(m.other_cores)}",
                     flush=True,
                 )
     return measurements
+
+
+def _cores(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} cores"
 
 
 def verdict(summaries: Sequence[Summary], args: argparse.Namespace) -> int:
@@ -243,6 +267,14 @@ def verdict(summaries: Sequence[Summary], args: argparse.Namespace) -> int:
         print(line)
     for name, value in cpu_ratios(summaries).items():
         print(f"{name} = {value:.3f}  (per-core efficiency, stricter cross-check)")
+    noisy = [s for s in summaries if s.other_cores is not None and s.other_cores > NOISY_CORES]
+    if noisy:
+        worst = max(s.other_cores or 0.0 for s in noisy)
+        print(
+            f"warning: other processes used up to {worst:.2f} cores during "
+            f"{', '.join(f'{s.workload.upper()} {s.config}' for s in noisy)}: "
+            "these numbers are noisy; rerun on a quiet machine (--wait-quiet) before quoting them"
+        )
     for s in summaries:
         if s.errors:
             print(
@@ -285,7 +317,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             if problem:
                 print(f"WRONG ANSWER: {problem}", file=sys.stderr)
                 return EXIT_ERRORS
-        measurements = measure_all(targets, workloads, args)
+        measurements = measure_all(targets, backend, workloads, args)
         for target in gateways:
             alive = gateway_after(target, args, info) and alive
     summaries = summarize(measurements)

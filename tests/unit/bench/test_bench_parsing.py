@@ -311,3 +311,14 @@ def test_gateway_variants_add_named_extras_on_top_of_the_shared_environment() ->
     ]
     with pytest.raises(SystemExit):
         gateway_variants(parse_args(["--extra-gateway", "direct:X=1"]))
+
+
+def test_summary_reports_the_worst_runs_foreign_cpu_use() -> None:
+    ms = [
+        Measurement("gateway", "get", 0, _result(1000), other_cores=0.05),
+        Measurement("gateway", "get", 1, _result(1000), other_cores=0.60),
+        Measurement("gateway", "get", 2, _result(1000), other_cores=None),
+    ]
+    [s] = summarize(ms)
+    assert s.other_cores == pytest.approx(0.60)
+    assert "0.60" in format_table([s])
