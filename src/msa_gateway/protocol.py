@@ -10,7 +10,7 @@ byte every few seconds) holds a connection as long as it likes and a 1 MB header
 * a request httptools cannot parse -> **400** (uvicorn answers it in plain text; here JSON).
 
 Each answer is the gateway's JSON error body with ``Connection: close``, logged once on
-``msa_gateway.server`` (client address and reason, never a header value). The connection is
+``msa_gateway.server`` at info level (client address and reason, never a header value). The connection is
 then closed gracefully: the write side is shut, and what the client still sends is read and
 dropped until it has been quiet for ``LINGER_IDLE`` or for ``LINGER`` seconds at most (so the
 answer is not lost to a reset when the client is still sending), then it closes.
@@ -18,13 +18,18 @@ answer is not lost to a reset when the client is still sending), then it closes.
 How it is measured, cheaply (this is the hot path):
 
 * ``data_received`` keeps the length of the current chunk and, while a head is incomplete, adds
-  it to a counter. ``_head_first`` (the chunk in which the head began) + ``_head_rest`` (the
-  chunks since) bound the head from above, ``_head_rest`` from below.
-* ``on_headers_complete`` compares the URL length, the header count and that upper bound with
-  the limits; only when the bound is over does it sum the parsed head exactly (URL + header
-  names and values + 4 bytes a line). An incomplete head is checked after each chunk once the
-  upper bound passes the smaller limit: URL length, header count, and the lower bound.
-  So an incomplete head buffers at most ``max_header_bytes`` plus one read chunk.
+  it to a counter. ``_head_first`` (the chunk in which the head began, when it may also hold
+  the end of the previous request) + ``_head_rest`` (the chunks since; the first one too when
+  the connection was idle, as it nearly always is) bound the head from above, ``_head_rest``
+  from below.
+* ``on_headers_complete`` compares the header count with its limit and the upper bound with
+  the smaller of the two byte limits (the URL is part of the head); only when one is over does
+  it check exactly: the URL's length, the count, and the parsed head's size written
+  canonically (``head_size``: its size on the wire unless padded with whitespace).
+* An incomplete head is checked after each chunk once the upper bound passes the smaller
+  limit: URL length, header count, and the lower bound. So an incomplete head buffers at most
+  ``max_header_bytes`` (plus one read chunk when pipelined behind a request whose end shared
+  that chunk).
 * One timer per connection: the head's deadline is a float set on ``on_message_begin``; the
   timer is armed only when none is pending, and when it fires it re-arms for a later head or
   answers 408. While the connection still owes earlier (pipelined) responses or uvicorn has
@@ -101,9 +106,13 @@ def _too_large_head(limit: int) -> _Rejection:
     )
 
 
-def head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
-    """Return the size of a parsed head: the URL, and each header line with ``: `` and CRLF."""
-    return len(url) + sum(len(name) + len(value) + 4 for name, value in headers)
+def head_size(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    """Return the size of a parsed head written canonically (``Name: value`` lines, CRLF ends).
+
+    That is its size on the wire unless the client pads it with extra whitespace.
+    """
+    request_line = len(method) + 1 + len(url) + len(b" HTTP/1.1\r\n")
+    return request_line + sum(len(name) + len(value) + 4 for name, value in headers) + 2
 
 
 def response_bytes(
@@ -197,12 +206,16 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         """Start the head's deadline (and the connection's timer, if none is pending)."""
-        super().on_message_begin()
-        if self.timeout_keep_alive_task is not None:
-            self.timeout_keep_alive_task.cancel()
+        HttpToolsProtocol.on_message_begin(self)  # not super(): ~0.1 µs a request
+        idle = self.timeout_keep_alive_task
+        if idle is not None:
+            idle.cancel()
             self.timeout_keep_alive_task = None
-        self._head_first = self._chunk
-        self._head_rest = 0
+        if idle is not None and (self.cycle is None or not self.cycle.more_body):
+            # Idle (keep-alive armed, previous request fully read) when this chunk came: the head opens it.
+            self._head_first, self._head_rest = 0, self._chunk
+        else:  # the chunk may begin with the end of the previous request
+            self._head_first, self._head_rest = self._chunk, 0
         self._head_deadline = deadline = self.loop.time() + self._head_timeout
         if self._timer is None:
             self._timer = self.loop.call_at(deadline, self._on_timer)
@@ -213,13 +226,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self.timeout_keep_alive_task is not None:  # armed while this head was arriving
             self.timeout_keep_alive_task.cancel()
             self.timeout_keep_alive_task = None
-        if (
-            len(self.url) > self._max_url
-            or len(self.headers) > self._max_headers
-            or self._head_first + self._head_rest > self._max_bytes
-        ):
+        # The URL and the head are no longer than the bytes received since the head began.
+        if self._head_first + self._head_rest > self._gate or len(self.headers) > self._max_headers:
             self._check_complete_head()
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
 
     # --- checks -------------------------------------------------------------------------
 
@@ -228,7 +238,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._rejection = _too_long_url(self._max_url)
         elif len(self.headers) > self._max_headers:
             self._rejection = _too_many_headers(self._max_headers)
-        elif head_size(self.url, self.headers) > self._max_bytes:
+        elif head_size(self.parser.get_method(), self.url, self.headers) > self._max_bytes:
             self._rejection = _too_large_head(self._max_bytes)
         if self._rejection is not None:
             raise _Rejected  # stops the parser; data_received answers
@@ -278,7 +288,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         rid = request_id_from(next((v for k, v in headers if k == b"x-request-id"), None))
         client = f"{self.client[0]}:{self.client[1]}" if self.client else ""
         busy = self._owes_response()
-        log.warning(
+        log.info(
             "client_rejected",
             extra={
                 "status": rejection.status,

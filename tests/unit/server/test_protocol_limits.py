@@ -85,12 +85,12 @@ def statuses(out: bytes) -> list[int]:
 
 
 def request(header_value_len: int, path: bytes = b"/p") -> bytes:
-    """Return a GET whose head (as ``head_size`` counts it) is ``len(path) + 5 + 9 + header_value_len``."""
+    """Return a GET with a header value of ``header_value_len`` bytes."""
     return b"GET " + path + b" HTTP/1.1\r\nHost: t\r\nX-V: " + b"v" * header_value_len + b"\r\n\r\n"
 
 
 def parsed_size(header_value_len: int, path: bytes = b"/p") -> int:
-    return head_size(path, [(b"host", b"t"), (b"x-v", b"v" * header_value_len)])
+    return head_size(b"GET", path, [(b"host", b"t"), (b"x-v", b"v" * header_value_len)])
 
 
 # --- pure helpers -----------------------------------------------------------------------
@@ -109,9 +109,11 @@ def test_limits_defaults_and_validation() -> None:
             ServerLimits(**bad)
 
 
-def test_head_size_counts_url_and_header_lines() -> None:
-    assert head_size(b"/abc", []) == 4
-    assert head_size(b"/", [(b"host", b"example"), (b"a", b"")]) == 1 + (4 + 7 + 4) + (1 + 0 + 4)
+def test_head_size_is_the_canonical_size_on_the_wire() -> None:
+    assert head_size(b"GET", b"/abc", []) == len(b"GET /abc HTTP/1.1\r\n\r\n")
+    wire = b"POST / HTTP/1.1\r\nhost: example\r\na: \r\n\r\n"
+    assert head_size(b"POST", b"/", [(b"host", b"example"), (b"a", b"")]) == len(wire)
+    assert parsed_size(10) == len(request(10))
 
 
 def test_response_bytes_is_a_complete_close_response() -> None:
@@ -184,6 +186,20 @@ async def test_incomplete_head_is_cut_within_one_chunk_of_the_limit() -> None:
     assert transport.eof
     proto.data_received(b"v" * 1000)  # after the answer: dropped
     assert statuses(bytes(transport.out)) == [431]
+    proto.connection_lost(None)
+
+
+async def test_incomplete_head_in_the_first_chunk_of_an_idle_connection_is_cut_at_once() -> None:
+    """On a fresh or idle keep-alive connection the chunk starts the head: no extra chunk allowed."""
+    proto, transport = connect(SMALL)
+    proto.data_received(b"GET / HTTP/1.1\r\nX-Endless: " + b"v" * LIMIT)
+    assert statuses(bytes(transport.out)) == [431]
+    proto.connection_lost(None)
+    proto, transport = connect(SMALL)
+    proto.data_received(request(0))
+    await settle()  # answered: the connection is idle again, keep-alive armed
+    proto.data_received(b"GET / HTTP/1.1\r\nX-Endless: " + b"v" * LIMIT)
+    assert statuses(bytes(transport.out)) == [200, 431]
     proto.connection_lost(None)
 
 
