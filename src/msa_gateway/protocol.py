@@ -69,7 +69,7 @@ class ServerLimits:
 
     max_request_line: int = 8 * 1024  # bytes of the request target (nginx large_client_header_buffers 8k)
     max_header_bytes: int = 32 * 1024  # bytes of the whole head (nginx: 4 x 8k)
-    max_headers: int = 100  # header lines (Envoy, Go, h2o: 100)
+    max_headers: int = 100  # header lines (Envoy max_headers_count: 100)
     head_timeout: float = 10.0  # seconds from the first byte of a request to the end of its head
 
     def __post_init__(self) -> None:
