@@ -182,7 +182,7 @@ class NativeClient:
         try:
             while True:
                 conn.start(is_head, timeouts.read)
-                if conn.closed:
+                if conn.closed or conn.transport.is_closing():
                     conn.failure = LOST
                 else:
                     conn.write(head)

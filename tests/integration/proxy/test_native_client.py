@@ -379,6 +379,28 @@ async def test_aclose_aborts_busy_connections() -> None:
         await eventually(lambda: rec.open_connections == 0)
 
 
+@on_both_loops
+async def test_cancelled_requests_free_their_connection_and_their_place_in_line() -> None:
+    handler = in_order(Reply.hanging(), Reply(body=b"ok"))
+    async with Recorder(handler) as rec:
+        client = NativeClient()
+        opts = options(max_conns=1, connect=5.0)
+        hanging = asyncio.create_task(send(client, rec.port, opts=opts))
+        await rec.wait_requests(1)
+        queued = asyncio.create_task(send(client, rec.port, opts=opts))
+        pool = client._pools[instance(rec.port).address]
+        await eventually(lambda: len(pool.waiters) == 1)  # queued behind the busy connection
+        queued.cancel()
+        hanging.cancel()
+        for task in (queued, hanging):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await eventually(lambda: rec.open_connections == 0)
+        assert client.open_count(instance(rec.port).address) == 0
+        assert await fetch(client, rec.port, opts=opts) == (200, b"ok")
+        await client.aclose()
+
+
 # --- stale keep-alive connections --------------------------------------------------------------
 
 
