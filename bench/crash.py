@@ -25,7 +25,9 @@ from bench.faultkit import (
     Phase,
     check_lines,
     describe_options,
+    failure_notes,
     gateway_config,
+    gateway_warnings,
     merged_counts,
     metric_sum,
     metrics_excerpt,
@@ -61,6 +63,8 @@ class CrashReport:
     gets_delivered_twice: int  # allowed: an idempotent request retried after a reset
     max_lag_ms: float
     metrics: Sequence[str]
+    failure_notes: Sequence[str]  # the first failed requests, as the client and the gateway saw them
+    warnings: Counter[str]  # the gateway's warning log events
 
     @classmethod
     def build(
@@ -75,6 +79,7 @@ class CrashReport:
         delivered: Mapping[str, int],
         blind_window: tuple[float, float],
         metrics: Sequence[str] = (),
+        gateway_log: str = "",
     ) -> CrashReport:
         """Judge ``shots`` against ``delivered`` (request id -> deliveries over every backend).
 
@@ -115,6 +120,8 @@ class CrashReport:
             gets_delivered_twice=sum(1 for s in gets if delivered.get(s.request_id, 0) > 1),
             max_lag_ms=max((s.lag for s in shots), default=0.0) * 1000,
             metrics=tuple(metrics),
+            failure_notes=failure_notes(shots, gateway_log),
+            warnings=gateway_warnings(gateway_log),
         )
 
     @property
@@ -165,8 +172,11 @@ def format_crash(r: CrashReport) -> str:
         f"and its SIGKILL (delivery unknowable): {len(r.failed_posts_unknowable)}",
         f"  info  GETs delivered twice (retried after a reset; allowed for GET): {r.gets_delivered_twice}",
         f"  info  load generator: max lag behind schedule {r.max_lag_ms:.1f} ms",
+        *(f"  failed  {note}" for note in r.failure_notes),
         "gateway metrics at the end:",
         *(f"  {m}" for m in r.metrics),
+        "gateway warnings logged:",
+        *(f"  {n} x {event}" for event, n in r.warnings.most_common()),
     ]
     return "\n".join(lines)
 
@@ -183,10 +193,17 @@ def _count_then_kill(backend: BackendProcess) -> tuple[dict[str, int], tuple[flo
 
 
 async def run_crash(
-    rate: float = 200.0, duration: float = 30.0, kill_at: float = 10.0, restart_at: float = 20.0
+    rate: float = 200.0,
+    duration: float = 30.0,
+    kill_at: float = 10.0,
+    restart_at: float = 20.0,
+    options: Mapping[str, Any] | None = None,
 ) -> CrashReport:
-    """Run scenario 1: GET and POST at ``rate`` each; SIGKILL instance ``a``, restart it later."""
-    options = operator_options()
+    """Run scenario 1: GET and POST at ``rate`` each; SIGKILL instance ``a``, restart it later.
+
+    ``options``: the service's YAML options (default: ``operator_options()``).
+    """
+    options = operator_options() if options is None else options
     streams = [
         Stream("GET", "GET", f"/{SERVICE}/items", rate),
         Stream("POST", "POST", f"/{SERVICE}/orders", rate, POST_BODY),
@@ -202,6 +219,7 @@ async def run_crash(
             shots = await run
         delivered = merged_counts(before_kill, a.counts(), b.counts())
         metrics = await metrics_excerpt(gw)
+        gateway_log = gw.output()
     return CrashReport.build(
         rate=rate,
         duration=duration,
@@ -212,4 +230,5 @@ async def run_crash(
         delivered=delivered,
         blind_window=window,
         metrics=metrics,
+        gateway_log=gateway_log,
     )

@@ -119,6 +119,41 @@ def log_events(output: str, event: str) -> list[dict[str, Any]]:
     return found
 
 
+def log_records(output: str) -> list[dict[str, Any]]:
+    """Return every JSON line the gateway printed (access lines and log records)."""
+    records = []
+    for line in output.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(orjson.JSONDecodeError):
+                records.append(orjson.loads(line))
+    return records
+
+
+def failure_notes(shots: Sequence[Shot], output: str, limit: int = 10) -> list[str]:
+    """Return, for the first ``limit`` failed requests, what the client and the gateway logged."""
+    access = {r.get("request_id"): r for r in log_records(output) if r.get("logger") == "msa_gateway.access"}
+    notes = []
+    for shot in [s for s in shots if not s.ok][:limit]:
+        line = access.get(shot.request_id)
+        seen = (
+            f"gateway: {line.get('status')} error={line.get('error')} instance={line.get('instance')} "
+            f"after {line.get('duration_ms')} ms"
+            if line is not None
+            else "gateway: no access line"
+        )
+        notes.append(f"{shot.request_id} due {shot.due:.3f} s: client got {shot.outcome}; {seen}")
+    return notes
+
+
+def gateway_warnings(output: str) -> Counter[str]:
+    """Return how often the gateway logged each warning or error (access lines excluded)."""
+    return Counter(
+        str(r.get("event"))
+        for r in log_records(output)
+        if r.get("level") in ("warning", "error", "critical") and r.get("logger") != "msa_gateway.access"
+    )
+
+
 def wall_time(timestamp: str) -> float:
     """Return the Unix time of one of the gateway's ISO 8601 log timestamps."""
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()

@@ -27,7 +27,9 @@ from bench.faultkit import (
     Phase,
     check_lines,
     describe_options,
+    failure_notes,
     gateway_config,
+    gateway_warnings,
     log_events,
     metrics_excerpt,
     operator_options,
@@ -61,6 +63,8 @@ class HangReport:
     hung_after_ejection: Sequence[str]  # ids sent after the ejection that still reached it
     max_lag_ms: float
     metrics: Sequence[str]
+    failure_notes: Sequence[str]  # the first failed requests, as the client and the gateway saw them
+    warnings: Counter[str]  # the gateway's warning log events
 
     @classmethod
     def build(
@@ -77,6 +81,7 @@ class HangReport:
         hang_wall: float,
         ejection: Mapping[str, Any] | None,
         metrics: Sequence[str] = (),
+        gateway_log: str = "",
     ) -> HangReport:
         """Judge ``shots``: ``hung_ids`` reached the hung instance, ``ejection`` is the log record."""
         by_id = {s.request_id: s for s in shots}
@@ -108,6 +113,8 @@ class HangReport:
             hung_after_ejection=after,
             max_lag_ms=max((s.lag for s in shots), default=0.0) * 1000,
             metrics=tuple(metrics),
+            failure_notes=failure_notes(shots, gateway_log),
+            warnings=gateway_warnings(gateway_log),
         )
 
     @property
@@ -153,8 +160,11 @@ def format_hang(r: HangReport) -> str:
         "checks:",
         *check_lines(r.checks()),
         f"  info  load generator: max lag behind schedule {r.max_lag_ms:.1f} ms",
+        *(f"  failed  {note}" for note in r.failure_notes),
         "gateway metrics at the end:",
         *(f"  {m}" for m in r.metrics),
+        "gateway warnings logged:",
+        *(f"  {n} x {event}" for event, n in r.warnings.most_common()),
     ]
     return "\n".join(lines)
 
@@ -165,9 +175,15 @@ async def run_hang(
     hang_at: float = 10.0,
     restore_at: float = 20.0,
     read_timeout: float = 1.0,
+    options: Mapping[str, Any] | None = None,
 ) -> HangReport:
-    """Run scenario 2: GETs at ``rate``; instance ``a`` hangs from ``hang_at`` to ``restore_at``."""
-    options = operator_options(read_timeout=read_timeout, retry_on_timeout=True)
+    """Run scenario 2: GETs at ``rate``; instance ``a`` hangs from ``hang_at`` to ``restore_at``.
+
+    ``options``: the service's YAML options (default: ``operator_options`` with ``read_timeout``
+    and ``retry_on_timeout``).
+    """
+    if options is None:
+        options = operator_options(read_timeout=read_timeout, retry_on_timeout=True)
     streams = [Stream("GET", "GET", f"/{SERVICE}/items", rate)]
     with running_backends("a", "b") as (a, b), gateway_process(gateway_config([a, b], options)) as gw:
         await wait_serving(gw, healthy=2)
@@ -182,8 +198,9 @@ async def run_hang(
         hung_ids = list(a.counts())
         a_key = f"{SERVICE}/{a.name}@"
         metrics = await metrics_excerpt(gw)
+        gateway_log = gw.output()
         ejections = [
-            e for e in log_events(gw.output(), EJECTED_EVENT) if str(e.get("instance")).startswith(a_key)
+            e for e in log_events(gateway_log, EJECTED_EVENT) if str(e.get("instance")).startswith(a_key)
         ]
     return HangReport.build(
         rate=rate,
@@ -197,4 +214,5 @@ async def run_hang(
         hang_wall=hang_wall,
         ejection=ejections[0] if ejections else None,
         metrics=metrics,
+        gateway_log=gateway_log,
     )

@@ -2,9 +2,9 @@
 
 A closed-loop client (wrk, ab) waits for an answer before it sends the next request, so a slow
 server lowers the request rate instead of showing up as latency. Here every request has a due
-time fixed in advance (``i / rate`` seconds after the start), is sent at that time in a task of
-its own and carries a unique ``X-Request-ID``. Its latency runs from the due time to the end of
-the response: a stalled gateway shows up as latency, and a generator that falls behind its
+time fixed in advance (in its own ``1 / rate`` slot, see ``schedule``), is sent at that time
+in a task of its own and carries a unique ``X-Request-ID``. Its latency runs from the due time
+to the end of the response: a stalled gateway shows up as latency, and a generator that falls behind its
 schedule shows up as ``lag`` (reported separately, so the two can be told apart).
 
     async with OpenLoop(url, [Stream("GET", "GET", "/svc/x", rate=200)], duration=30) as load:
@@ -17,6 +17,7 @@ schedule shows up as ``lag`` (reported separately, so the two can be told apart)
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,19 +93,22 @@ def phase_stats(shots: Sequence[Shot], stream: str, start: float, end: float) ->
     )
 
 
-def schedule(streams: Sequence[Stream], duration: float) -> list[tuple[float, int, int]]:
+def schedule(streams: Sequence[Stream], duration: float, seed: int = 0) -> list[tuple[float, int, int]]:
     """Return ``(due, stream index, sequence number)`` for every request, in due order.
 
-    The streams are interleaved: stream ``k`` of ``n`` is offset by ``k / (n * rate)``.
+    Request ``i`` of a stream is due at a random point (seeded, so runs repeat) of its own slot
+    ``[i / rate, (i + 1) / rate)``: exactly ``rate`` per second, but no fixed order between the
+    streams. A strict GET, POST, GET, POST order would meet a round-robin balancer in lockstep
+    and send every GET to one instance and every POST to the other.
     """
+    rng = random.Random(seed)
     plan: list[tuple[float, int, int]] = []
     for k, stream in enumerate(streams):
         if stream.rate <= 0:
             continue
         step = 1.0 / stream.rate
-        offset = k * step / len(streams)
         count = int(duration * stream.rate)
-        plan.extend((offset + i * step, k, i) for i in range(count))
+        plan.extend(((i + rng.random()) * step, k, i) for i in range(count))
     plan.sort()
     return plan
 
