@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from msa_gateway.errors import UpstreamError, UpstreamTimeout
 from msa_gateway.model import Instance, ServiceOptions
@@ -87,7 +87,7 @@ class _Response:
         self._pool = pool
         self._eof = False
         self.status = conn.status
-        self.headers: Headers = conn.headers
+        self.headers: Sequence[tuple[bytes, bytes]] = conn.headers
 
     async def read(self) -> bytes:
         """Return the body bytes that arrived since the last call (waiting for some); ``b""`` at the end."""

@@ -19,6 +19,7 @@ from msa_gateway.errors import UpstreamError, UpstreamTimeout
 from msa_gateway.model import Instance, ServiceOptions, Timeouts
 from msa_gateway.proxy.native import REPLAY_LIMIT, NativeClient, _Response
 from msa_gateway.proxy.native_conn import HIGH_WATER
+from msa_gateway.proxy.upstream import UpstreamClient, UpstreamResponse, create_client
 from tests.support.procs import free_port
 from tests.support.recorder import RecordedRequest, Recorder, Reply, in_order, stream
 
@@ -94,6 +95,20 @@ async def parts(*chunks: bytes) -> AsyncIterator[bytes]:
     for chunk in chunks:
         await asyncio.sleep(0)
         yield chunk
+
+
+def test_native_client_implements_the_seam_and_is_registered() -> None:
+    client: UpstreamClient = NativeClient()  # mypy checks the protocol structurally
+    assert client.name == "native"
+    assert isinstance(create_client("native"), NativeClient)
+
+    async def head_only() -> UpstreamResponse:
+        async with Recorder() as rec:
+            resp: UpstreamResponse = await send(NativeClient(), rec.port, method="HEAD")
+            resp.close()
+            return resp
+
+    assert asyncio.run(head_only()).status == 200
 
 
 # --- the request, byte for byte ----------------------------------------------------------------
