@@ -69,16 +69,14 @@ class Instance:
     source: str = "static"
     scheme: str = "http"
 
-    @property
-    def address(self) -> str:
-        """Return ``host:port`` (brackets around IPv6 literals)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+    address: str = field(init=False, repr=False, compare=False)
+    base_url: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def base_url(self) -> str:
-        """Return the origin the gateway forwards to, e.g. ``http://10.0.0.5:8001``."""
-        return f"{self.scheme}://{self.address}"
+    def __post_init__(self) -> None:
+        # ``host:port`` (brackets around IPv6 literals) and the origin, computed once: the proxy reads them per request.
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        object.__setattr__(self, "address", f"{host}:{self.port}")
+        object.__setattr__(self, "base_url", f"{self.scheme}://{host}:{self.port}")
 
 
 # What a discovery provider emits: every service it knows with all its instances.

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     service_discovery_type: DiscoveryType = "static"
     gateway_config: str | None = None
     gateway_admin_token: str | None = None
-    upstream_client: Literal["aiohttp", "native"] = "aiohttp"
+    upstream_client: Literal["native", "aiohttp"] = "native"
     drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
 
     consul_host: str = "localhost"
