@@ -73,7 +73,7 @@ class Instance:
     base_url: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # ``host:port`` (brackets around IPv6 literals) and the origin, computed once: the proxy reads them per request.
+        # host:port (brackets around IPv6 literals) and the origin, computed once: read per request.
         host = f"[{self.host}]" if ":" in self.host else self.host
         object.__setattr__(self, "address", f"{host}:{self.port}")
         object.__setattr__(self, "base_url", f"{self.scheme}://{host}:{self.port}")
