@@ -43,7 +43,7 @@ integration: deps venv
 	$(VENV)/bin/pytest -q tests/integration
 
 bench: deps venv
-	$(PY) -m bench.run
+	$(PY) -m bench.run --runs 3 --wait-quiet 120
 
 bench-stream: deps venv
 	$(PY) -m bench.stream
