@@ -24,6 +24,7 @@ from bench.faultkit import (
     Check,
     Phase,
     check_lines,
+    client_name,
     describe_options,
     failure_notes,
     gateway_config,
@@ -33,6 +34,7 @@ from bench.faultkit import (
     metrics_excerpt,
     operator_options,
     phase_rows,
+    upstream_env,
     wait_serving,
 )
 from bench.openloop import OpenLoop, Shot, Stream
@@ -50,6 +52,7 @@ class CrashReport:
     kill_at: float
     restart_at: float
     options: Mapping[str, Any]
+    client: str  # the gateway's upstream client (UPSTREAM_CLIENT)
     shots: Sequence[Shot]
     phases: Sequence[Phase]
     failed_gets: Counter[str]  # outcome -> count
@@ -80,6 +83,7 @@ class CrashReport:
         blind_window: tuple[float, float],
         metrics: Sequence[str] = (),
         gateway_log: str = "",
+        client: str | None = None,
     ) -> CrashReport:
         """Judge ``shots`` against ``delivered`` (request id -> deliveries over every backend).
 
@@ -101,6 +105,7 @@ class CrashReport:
             kill_at=kill_at,
             restart_at=restart_at,
             options=options,
+            client=client_name(client),
             shots=shots,
             phases=(
                 Phase("both up", 0, kill_at),
@@ -160,7 +165,7 @@ def format_crash(r: CrashReport) -> str:
         f"== 1. instance crash: 2 instances, {r.rate:g} GET/s + {r.rate:g} POST/s for {r.duration:g} s, "
         f"SIGKILL a at {r.kill_at:g} s, restart at {r.restart_at:g} s",
         f"gateway config (services.{SERVICE}, besides the two instances):",
-        *describe_options(r.options),
+        *describe_options(r.options, r.client),
         "",
         *phase_rows(r.shots, r.phases, ("GET", "POST"), ("a", "b")),
         "",
@@ -198,6 +203,7 @@ async def run_crash(
     kill_at: float = 10.0,
     restart_at: float = 20.0,
     options: Mapping[str, Any] | None = None,
+    client: str | None = None,
 ) -> CrashReport:
     """Run scenario 1: GET and POST at ``rate`` each; SIGKILL instance ``a``, restart it later.
 
@@ -208,7 +214,10 @@ async def run_crash(
         Stream("GET", "GET", f"/{SERVICE}/items", rate),
         Stream("POST", "POST", f"/{SERVICE}/orders", rate, POST_BODY),
     ]
-    with running_backends("a", "b") as (a, b), gateway_process(gateway_config([a, b], options)) as gw:
+    with (
+        running_backends("a", "b") as (a, b),
+        gateway_process(gateway_config([a, b], options), **upstream_env(client)) as gw,
+    ):
         await wait_serving(gw, healthy=2)
         async with OpenLoop(gw.url, streams, duration, id_prefix="crash") as load:
             run = asyncio.create_task(load.run(), name="faults:crash-load")
@@ -231,4 +240,5 @@ async def run_crash(
         blind_window=window,
         metrics=metrics,
         gateway_log=gateway_log,
+        client=client,
     )

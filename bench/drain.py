@@ -20,7 +20,7 @@ import aiohttp
 from tests.support.backend import BackendProcess
 from tests.support.gateway import gateway_process
 
-from bench.faultkit import SERVICE, Check, check_lines
+from bench.faultkit import SERVICE, Check, check_lines, client_name, upstream_env
 
 DEFAULT_DRAIN_TIMEOUT = 30.0  # Settings.drain_timeout
 PROBE_EVERY = 0.01
@@ -42,6 +42,7 @@ class DrainReport:
     exit_code: int | None
     exit_after_term: float | None
     drain_limit: float
+    client: str  # the gateway's upstream client (UPSTREAM_CLIENT)
 
     @property
     def first_refused(self) -> float | None:
@@ -103,7 +104,7 @@ def format_drain(r: DrainReport) -> str:
     lines = [
         f"== 3. graceful shutdown: SIGTERM {r.term_after:g} s into a "
         f"{r.expected_events}-event SSE stream through the gateway",
-        f"  drain limit: DRAIN_TIMEOUT = {r.drain_limit:g} s",
+        f"  drain limit: DRAIN_TIMEOUT = {r.drain_limit:g} s; UPSTREAM_CLIENT={r.client}",
         f"  new connections after SIGTERM (every {PROBE_EVERY * 1000:.0f} ms, GET /health/ready): "
         + summarize_probes(r.probes),
         f"  GET /health/ready on a keep-alive connection opened before SIGTERM: {r.idle_connection}",
@@ -187,10 +188,16 @@ async def _read_stream(
 
 
 async def run_drain(
-    n: int = 20, interval: float = 0.5, term_at: float = 2.0, drain_timeout: float | None = None
+    n: int = 20,
+    interval: float = 0.5,
+    term_at: float = 2.0,
+    drain_timeout: float | None = None,
+    client: str | None = None,
 ) -> DrainReport:
     """Run scenario 3: stream ``n`` events ``interval`` s apart, SIGTERM the gateway at ``term_at`` s."""
-    env = {} if drain_timeout is None else {"DRAIN_TIMEOUT": str(drain_timeout)}
+    env = upstream_env(client)
+    if drain_timeout is not None:
+        env["DRAIN_TIMEOUT"] = str(drain_timeout)
     limit = DEFAULT_DRAIN_TIMEOUT if drain_timeout is None else drain_timeout
     loop = asyncio.get_running_loop()
     with BackendProcess("s") as backend:
@@ -243,4 +250,5 @@ async def run_drain(
         exit_code=exit_code,
         exit_after_term=exit_after,
         drain_limit=limit,
+        client=client_name(client),
     )

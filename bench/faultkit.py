@@ -20,6 +20,7 @@ from tests.support.backend import BackendProcess
 from tests.support.gateway import GatewayProcess
 
 from bench.openloop import Shot, phase_stats
+from msa_gateway.settings import Settings
 
 SERVICE = "svc"
 PASS, FAIL = "PASS", "FAIL"
@@ -54,15 +55,29 @@ def operator_options(*, read_timeout: float = 5.0, retry_on_timeout: bool = Fals
     return options
 
 
+def client_name(client: str | None) -> str:
+    """Return the upstream client the gateway uses for ``client`` (None: the gateway's default)."""
+    if client is not None:
+        return client
+    default: str = Settings.model_fields["upstream_client"].default
+    return default
+
+
+def upstream_env(client: str | None) -> dict[str, str]:
+    """Return the environment that makes ``msa-gateway run`` use ``client`` (None: its default)."""
+    return {} if client is None else {"UPSTREAM_CLIENT": client}
+
+
 def gateway_config(backends: Sequence[BackendProcess], options: Mapping[str, Any]) -> dict[str, Any]:
     """Return a gateway YAML dict with one service ``svc`` over ``backends``."""
     instances = [{"id": b.name, "host": b.host, "port": b.port} for b in backends]
     return {"services": {SERVICE: {"instances": instances, **options}}}
 
 
-def describe_options(options: Mapping[str, Any]) -> list[str]:
+def describe_options(options: Mapping[str, Any], client: str) -> list[str]:
     """Return the options as YAML lines, with the defaults that apply to what is not set."""
-    lines = ["  " + line for line in yaml.safe_dump(dict(options), sort_keys=False).splitlines()]
+    lines = [f"  (environment) UPSTREAM_CLIENT={client}"]
+    lines += ["  " + line for line in yaml.safe_dump(dict(options), sort_keys=False).splitlines()]
     if "retry" not in options:
         lines.append("  retry: defaults (max_retries 2, retry_on_reset true, retry_on_timeout false,")
         lines.append("         budget 20% of requests in flight, at least 3)")

@@ -1,7 +1,7 @@
 """Fault injection against a real gateway process: an instance crashes, an instance hangs, SIGTERM.
 
     python -m bench.faults [--rate 200] [--duration 30] [--kill-at 10] [--restart-at 20]
-                           [--only crash,hang,drain]
+                           [--upstream-client native|aiohttp] [--only crash,hang,drain]
 
 Each scenario starts its own backend processes (``tests.support.backend_app``) and one
 ``msa-gateway run`` process on 127.0.0.1, drives an open-loop load (``bench.openloop``) with a
@@ -39,6 +39,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load (default 30)")
     parser.add_argument("--kill-at", type=float, default=10.0, help="the fault starts (default 10 s)")
     parser.add_argument("--restart-at", type=float, default=20.0, help="the fault ends (default 20 s)")
+    parser.add_argument(
+        "--upstream-client",
+        choices=("native", "aiohttp"),
+        help="the gateway's UPSTREAM_CLIENT (default: the gateway's own default)",
+    )
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios to run")
     args = parser.parse_args(argv)
     if not 0 < args.kill_at < args.restart_at < args.duration:
@@ -53,12 +58,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def run_one(name: str, args: argparse.Namespace) -> tuple[str, list[Check]]:
     """Run scenario ``name``; return its text report and its checks."""
     if name == "crash":
-        crash = await run_crash(args.rate, args.duration, args.kill_at, args.restart_at)
+        crash = await run_crash(
+            args.rate, args.duration, args.kill_at, args.restart_at, client=args.upstream_client
+        )
         return format_crash(crash), crash.checks()
     if name == "hang":
-        hang = await run_hang(args.rate, args.duration, args.kill_at, args.restart_at)
+        hang = await run_hang(
+            args.rate, args.duration, args.kill_at, args.restart_at, client=args.upstream_client
+        )
         return format_hang(hang), hang.checks()
-    drain = await run_drain()
+    drain = await run_drain(client=args.upstream_client)
     return format_drain(drain), drain.checks()
 
 

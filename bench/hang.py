@@ -26,6 +26,7 @@ from bench.faultkit import (
     Check,
     Phase,
     check_lines,
+    client_name,
     describe_options,
     failure_notes,
     gateway_config,
@@ -34,6 +35,7 @@ from bench.faultkit import (
     metrics_excerpt,
     operator_options,
     phase_rows,
+    upstream_env,
     wait_serving,
     wall_time,
 )
@@ -53,6 +55,7 @@ class HangReport:
     restore_at: float
     read_timeout: float
     options: Mapping[str, Any]
+    client: str  # the gateway's upstream client (UPSTREAM_CLIENT)
     shots: Sequence[Shot]
     phases: Sequence[Phase]
     failed_gets: Counter[str]
@@ -82,6 +85,7 @@ class HangReport:
         ejection: Mapping[str, Any] | None,
         metrics: Sequence[str] = (),
         gateway_log: str = "",
+        client: str | None = None,
     ) -> HangReport:
         """Judge ``shots``: ``hung_ids`` reached the hung instance, ``ejection`` is the log record."""
         by_id = {s.request_id: s for s in shots}
@@ -99,6 +103,7 @@ class HangReport:
             restore_at=restore_at,
             read_timeout=read_timeout,
             options=options,
+            client=client_name(client),
             shots=shots,
             phases=(
                 Phase("both up", 0, hang_at),
@@ -153,7 +158,7 @@ def format_hang(r: HangReport) -> str:
         f"== 2. hung instance: 2 instances, {r.rate:g} GET/s for {r.duration:g} s, "
         f"a hangs from {r.hang_at:g} s to {r.restore_at:g} s",
         f"gateway config (services.{SERVICE}, besides the two instances):",
-        *describe_options(r.options),
+        *describe_options(r.options, r.client),
         "",
         *phase_rows(r.shots, r.phases, ("GET",), ("a", "b")),
         "",
@@ -176,6 +181,7 @@ async def run_hang(
     restore_at: float = 20.0,
     read_timeout: float = 1.0,
     options: Mapping[str, Any] | None = None,
+    client: str | None = None,
 ) -> HangReport:
     """Run scenario 2: GETs at ``rate``; instance ``a`` hangs from ``hang_at`` to ``restore_at``.
 
@@ -185,7 +191,10 @@ async def run_hang(
     if options is None:
         options = operator_options(read_timeout=read_timeout, retry_on_timeout=True)
     streams = [Stream("GET", "GET", f"/{SERVICE}/items", rate)]
-    with running_backends("a", "b") as (a, b), gateway_process(gateway_config([a, b], options)) as gw:
+    with (
+        running_backends("a", "b") as (a, b),
+        gateway_process(gateway_config([a, b], options), **upstream_env(client)) as gw,
+    ):
         await wait_serving(gw, healthy=2)
         async with OpenLoop(gw.url, streams, duration, id_prefix="hang") as load:
             run = asyncio.create_task(load.run(), name="faults:hang-load")
@@ -215,4 +224,5 @@ async def run_hang(
         ejection=ejections[0] if ejections else None,
         metrics=metrics,
         gateway_log=gateway_log,
+        client=client,
     )

@@ -110,8 +110,9 @@ def test_hang_judging_flags_traffic_after_the_ejection_and_no_ejection() -> None
     assert not never.checks()[2][1] and not never.checks()[3][1]
 
 
-async def test_instance_crash_fails_no_get_and_delivers_no_post_twice() -> None:
-    report = await run_crash(RATE, DURATION, FAULT_AT, FAULT_ENDS)
+@pytest.mark.parametrize("client", ["native", "aiohttp"])
+async def test_instance_crash_fails_no_get_and_delivers_no_post_twice(client: str) -> None:
+    report = await run_crash(RATE, DURATION, FAULT_AT, FAULT_ENDS, client=client)
     text = format_crash(report)
     for description, ok in report.checks():
         assert ok, f"{description}\n{text}"
