@@ -58,7 +58,6 @@ class Runtime:
         self.aggregator = Aggregator(self.provider, self.apply, self.metrics)
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._unknown: dict[tuple[str, int], Any] = {}
         self.guards: dict[str, ServiceGuard] = {}
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -105,6 +104,7 @@ class Runtime:
                 await self.registrar.aclose()
         await self.checker.aclose()
         await self.upstream.aclose()
+        self.access.flush()
 
     # --- snapshots -------------------------------------------------------------------
 
@@ -200,11 +200,7 @@ class Runtime:
 
     def count_unknown(self, method: str, code: int) -> None:
         """Count a request that matched no service (label ``service="unknown"``)."""
-        key = (method, code)
-        child = self._unknown.get(key)
-        if child is None:
-            child = self._unknown[key] = self.metrics.requests.labels(UNKNOWN_SERVICE, method, str(code))
-        child.inc()
+        self.metrics.requests.count(UNKNOWN_SERVICE, method, code)
 
     def instances_of(self, service: str) -> Mapping[str, Instance]:
         """Return the instances of ``service`` by health key (empty when unknown)."""

@@ -7,8 +7,10 @@ a registered instance. A raw path never becomes a label value.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from msa_gateway.observability.requests import RequestStats
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 UNKNOWN_SERVICE = "unknown"
@@ -26,19 +28,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "gateway_requests",
-            "Requests answered, by service, method and status code.",
-            ["service", "method", "code"],
-            registry=r,
-        )
-        self.duration = Histogram(
-            "gateway_request_duration_seconds",
-            "Time from request to the end of the response, by service.",
-            ["service"],
-            buckets=BUCKETS,
-            registry=r,
-        )
+        self.requests = RequestStats(BUCKETS)
+        r.register(self.requests)
         self.upstream_errors = Counter(
             "gateway_upstream_errors",
             "Failures talking to an instance, by service and kind.",
@@ -51,7 +42,6 @@ class Metrics:
             ["service", "instance"],
             registry=r,
         )
-        self.in_flight = Gauge("gateway_requests_in_flight", "Proxied requests being served now.", registry=r)
         self.discovery_up = Gauge(
             "gateway_discovery_up",
             "1 when the discovery provider's last read succeeded.",

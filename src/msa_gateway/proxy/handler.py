@@ -121,8 +121,8 @@ class ProxyApp:
         error: str | None = None
         client = scope.get("client")
         peer = client[0] if client else None
-        metrics = rt.metrics
-        metrics.in_flight.inc()
+        stats = rt.metrics.requests
+        stats.in_flight += 1
         try:
             name, rest = split_service(raw_path)
             route = snapshot.services.get(name)
@@ -170,7 +170,7 @@ class ProxyApp:
             elif not ex.started_response:
                 await self._error(send, ex, exc, request_id)
         finally:
-            metrics.in_flight.dec()
+            stats.in_flight -= 1
             mlabel = method_label(method)
             if route is not None:
                 route.count(mlabel, ex.status)

@@ -145,16 +145,16 @@ def downstream_response_headers(
     raw_headers: Sequence[tuple[bytes, bytes]], request_id: bytes
 ) -> list[tuple[bytes, bytes]]:
     """Return the upstream's response headers fit to send to the client, plus ``x-request-id``."""
-    drop: frozenset[bytes] = frozenset()
-    for name, _ in raw_headers:
-        if name.lower() == b"connection":
-            drop = connection_tokens(raw_headers)
-            break
     out = []
+    listed = False
     for name, value in raw_headers:
         lname = name.lower()
-        if lname in HOP_BY_HOP or lname in drop or lname in _RESPONSE_OWN:
+        if lname in HOP_BY_HOP or lname in _RESPONSE_OWN:
+            listed = listed or lname == b"connection"
             continue
         out.append((lname, value))
+    if listed:  # drop what the Connection header names (rare: a second pass only then)
+        drop = connection_tokens(raw_headers)
+        out = [(k, v) for k, v in out if k not in drop]
     out.append((b"x-request-id", request_id))
     return out

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from msa_gateway.balancing.base import Balancer, create_balancer
 from msa_gateway.health.table import HealthTable, instance_key
@@ -19,16 +19,12 @@ from msa_gateway.model import Instance, ServiceSpec
 from msa_gateway.observability.metrics import Metrics
 from msa_gateway.proxy.resilience import ServiceGuard
 
-if TYPE_CHECKING:
-    from prometheus_client.metrics import Counter, Histogram
-
 
 class ServiceRoute:
     """One service's data plane within one snapshot."""
 
     __slots__ = (
-        "_counters",
-        "_metrics",
+        "_stats",
         "balancer",
         "duration",
         "eligible",
@@ -54,9 +50,8 @@ class ServiceRoute:
         self.balancer: Balancer = create_balancer(spec.options.balancer)
         self.guard = guard
         self.in_panic = False
-        self._metrics = metrics
-        self._counters: dict[tuple[str, int], Counter] = {}
-        self.duration: Histogram = metrics.duration.labels(spec.name)
+        self._stats = metrics.requests
+        self.duration = metrics.requests.histogram(spec.name)
         self.upstream_errors = metrics.upstream_errors
         self.eligible: tuple[Instance, ...] = ()
         self.eligible_keys: tuple[str, ...] = ()
@@ -69,12 +64,8 @@ class ServiceRoute:
         self.eligible_keys = tuple(k for _, k in pairs)
 
     def count(self, method: str, code: int) -> None:
-        """Count one answered request (children cached: a dict lookup and an increment)."""
-        key = (method, code)
-        child = self._counters.get(key)
-        if child is None:
-            child = self._counters[key] = self._metrics.requests.labels(self.name, method, str(code))
-        child.inc()
+        """Count one answered request."""
+        self._stats.count(self.name, method, code)
 
     def key_of(self, instance: Instance) -> str:
         """Return the health key of ``instance``."""

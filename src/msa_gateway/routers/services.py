@@ -112,12 +112,7 @@ async def service_info(request: Request, name: str) -> dict[str, Any]:
     rt = runtime_of(request)
     route = route_of(request, name)
     options = route.spec.options
-    counts: dict[str, float] = {}
-    for metric in rt.metrics.requests.collect():
-        for sample in metric.samples:
-            if sample.name.endswith("_total") and sample.labels.get("service") == name:
-                code = sample.labels["code"]
-                counts[code] = counts.get(code, 0) + sample.value
+    counts = rt.metrics.requests.by_code(name)
     return {
         **_service(rt, route),
         "balancer": route.balancer.name,
