@@ -40,7 +40,13 @@ from msa_gateway.proxy.headers import (
     upstream_request_headers,
 )
 from msa_gateway.proxy.paths import check_segments, split_service, upstream_target
-from msa_gateway.proxy.retry import IDEMPOTENT_METHODS, FailureKind, failure_from_kind, should_retry
+from msa_gateway.proxy.retry import (
+    IDEMPOTENT_METHODS,
+    NOT_DELIVERED,
+    FailureKind,
+    failure_from_kind,
+    should_retry,
+)
 from msa_gateway.proxy.upstream import UpstreamResponse
 from msa_gateway.registry.snapshot import ServiceRoute
 
@@ -295,6 +301,8 @@ class ProxyApp:
                         if failure is not FailureKind.POOL_OVERFLOW:
                             self._report(route, key, Outcome.GATEWAY_FAILURE)
                         replayable = replay is not None or not has_body or not ex.body_started
+                        # Retrying an attempt that reached nobody adds no load: not charged to the budget.
+                        free = failure in NOT_DELIVERED and not exc.request_sent
                         decision = should_retry(
                             method,
                             failure,
@@ -305,10 +313,10 @@ class ProxyApp:
                             attempt=attempt,
                             deadline_left=None if deadline is None else deadline - time.monotonic(),
                             policy=policy,
-                            budget=budget,
+                            budget=None if free else budget,
                         )
                         if decision.retry:
-                            holding_retry = True
+                            holding_retry = not free
                             rt.metrics.retries.labels(route.name, decision.reason).inc()
                             route.upstream_errors.labels(route.name, exc.kind).inc()
                             continue
