@@ -29,7 +29,7 @@ How it is measured, cheaply (this is the hot path):
 * An incomplete head is checked after each chunk once the upper bound passes the smaller
   limit: URL length, header count, and the lower bound. So an incomplete head is cut by the
   chunk that takes it over ``max_header_bytes`` (by the next one when it began in a chunk that
-  also held the end of the previous request): at most the limit plus one read is buffered.
+  also held the end of the previous request): at most the limit plus one read (two) is buffered.
 * One timer per connection: the head's deadline is a float set on ``on_message_begin``; the
   timer is armed only when none is pending, and when it fires it re-arms for a later head or
   answers 408. While the connection still owes earlier (pipelined) responses or uvicorn has
