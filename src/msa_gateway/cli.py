@@ -39,18 +39,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from msa_gateway.app import GatewayApp
     from msa_gateway.observability.logging import configure_logging, uvicorn_log_config
+    from msa_gateway.protocol import ServerLimits, make_protocol
     from msa_gateway.server import GatewayServer
 
     settings = _settings(args)
     config = _config(settings.gateway_config)
     configure_logging(settings.debug, settings.log_level)
     app = GatewayApp(settings, config)
+    limits = ServerLimits(
+        max_request_line=settings.max_request_line,
+        max_header_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+        head_timeout=settings.header_timeout,
+    )
     server_config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=make_protocol(limits),
         lifespan="on",
         access_log=False,
         log_config=uvicorn_log_config(settings.debug),

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     gateway_admin_token: str | None = None
     upstream_client: Literal["native", "aiohttp"] = "native"
     drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    max_request_line: Annotated[int, Field(ge=64, le=1_048_576)] = 8192
+    max_header_bytes: Annotated[int, Field(ge=1024, le=16_777_216)] = 32768
+    max_headers: Annotated[int, Field(ge=1, le=10_000)] = 100
+    header_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
 
     consul_host: str = "localhost"
     consul_port: Annotated[int, Field(ge=1, le=65535)] = 8500

@@ -18,6 +18,7 @@ import yaml
 from msa_gateway.app import GatewayApp
 from msa_gateway.discovery.base import Provider
 from msa_gateway.observability.access import AccessLog
+from msa_gateway.protocol import ServerLimits, make_protocol
 from msa_gateway.runtime import Runtime
 from msa_gateway.settings import Settings, parse_config
 from tests.support.procs import PY, REPO, free_port, python_env, wait_port
@@ -94,6 +95,7 @@ async def serve_gateway(
             server_header=False,
             date_header=False,
             proxy_headers=False,
+            http=make_protocol(ServerLimits()),
         )
     )
     task = asyncio.create_task(server.serve(), name="test-gateway")
