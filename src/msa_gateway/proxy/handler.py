@@ -3,7 +3,8 @@
 This is the hot path. It reads the registry snapshot once, routes on the raw path, picks an
 instance among those that pass active health checks and are not ejected by the passive ones,
 streams the request body up and the response body down chunk by chunk (never a whole body in
-memory, except a small body kept for replay when the service may retry it), and ends with
+memory, except a small body: up to 64 KiB, or up to the retry buffer limit when the service
+may retry it), and ends with
 one access line and the request metrics. Errors become JSON only through ``errors.render``.
 
 A failed attempt is tried again on another instance only when ``retry.should_retry`` says so:
@@ -58,6 +59,7 @@ Message = dict[str, Any]
 log = logging.getLogger("msa_gateway.proxy")
 
 STATUS_CLIENT_GONE = 499
+SMALL_BODY = 64 * 1024  # bodies up to this size (with a Content-Length) are read whole before sending
 
 
 class ClientGone(Exception):
@@ -225,13 +227,12 @@ class ProxyApp:
         trusted = is_trusted(peer, rt.config.trusted_proxies)
         total = options.timeouts.total
         deadline = time.monotonic() + total if total is not None else None
-        # A body is kept in memory for replay only when a retry after sending could happen.
+        # A small body is read whole first (it then leaves with the head in one write); a larger one
+        # is kept in memory only when a retry after sending could happen, else it streams through.
         replay: bytes | None = None
-        if (
-            has_body
-            and policy.max_retries
-            and method in IDEMPOTENT_METHODS
-            and policy.can_buffer(content_length)
+        if has_body and (
+            (content_length is not None and content_length <= SMALL_BODY)
+            or (policy.max_retries and method in IDEMPOTENT_METHODS and policy.can_buffer(content_length))
         ):
             replay = await self._read_all(receive, ex, content_length, options.max_body_size)
         stream_body: AsyncIterator[bytes] | None = None
@@ -273,7 +274,7 @@ class ProxyApp:
                         pass_host_header=options.pass_host_header,
                         content_length=content_length if has_body else None,
                     )
-                    body = _once(replay) if replay is not None else stream_body
+                    body: bytes | AsyncIterator[bytes] | None = replay if replay is not None else stream_body
                     try:
                         if deadline is None:
                             resp = await rt.upstream.send(
@@ -455,12 +456,6 @@ class ProxyApp:
             parts.append(chunk)
         ex.body_started = False
         return b"".join(parts)
-
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    """Yield a buffered body (once per attempt)."""
-    if data:
-        yield data
 
 
 async def _watch_disconnect(receive: Any, ex: _Exchange, resp: UpstreamResponse) -> None:

@@ -160,10 +160,13 @@ class NativeClient:
         method: str,
         target: str,
         headers: Headers,
-        body: AsyncIterator[bytes] | None,
+        body: bytes | AsyncIterator[bytes] | None,
         content_length: int | None,
     ) -> _Response:
-        """Send the head, stream ``body`` (chunked without ``content_length``); return the response head."""
+        """Send the head, stream ``body`` (chunked without ``content_length``); return the response head.
+
+        A body given as bytes (already read whole) goes out in the same write as the head.
+        """
         pool = self._pools.get(instance.address)
         if pool is None:
             pool = self._new_pool(instance)
@@ -176,6 +179,9 @@ class NativeClient:
         timeouts = options.timeouts
         conn, reused = await self._acquire(pool, options.max_connections_per_instance, timeouts.connect)
         idempotent = method in IDEMPOTENT_METHODS
+        if isinstance(body, bytes):
+            head += body if content_length is not None else (frame_chunk(body) if body else b"") + LAST_CHUNK
+            body = None
         state = None if body is None else _Body(body, content_length, idempotent)
         is_head = method == "HEAD"
         sent = False

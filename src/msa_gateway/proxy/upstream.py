@@ -64,10 +64,13 @@ class UpstreamClient(Protocol):
         method: str,
         target: str,
         headers: Headers,
-        body: AsyncIterator[bytes] | None,
+        body: bytes | AsyncIterator[bytes] | None,
         content_length: int | None,
     ) -> UpstreamResponse:
-        """Send the head, stream ``body`` (chunked without ``content_length``); return the response head."""
+        """Send the head, stream ``body`` (chunked without ``content_length``); return the response head.
+
+        ``body`` may be bytes already read whole (a small body): then it is sent with the head.
+        """
         ...
 
     def retain(self, addresses: set[str]) -> None:
@@ -190,7 +193,7 @@ class AiohttpClient:
         method: str,
         target: str,
         headers: Headers,
-        body: AsyncIterator[bytes] | None,
+        body: bytes | AsyncIterator[bytes] | None,
         content_length: int | None,
     ) -> UpstreamResponse:
         """Send through aiohttp; map its exceptions to gateway errors."""

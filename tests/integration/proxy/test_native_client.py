@@ -60,7 +60,7 @@ async def send(
     method: str = "GET",
     target: str = "/",
     headers: list[tuple[bytes, bytes]] | None = None,
-    body: AsyncIterator[bytes] | None = None,
+    body: bytes | AsyncIterator[bytes] | None = None,
     content_length: int | None = None,
     opts: ServiceOptions | None = None,
 ) -> _Response:
@@ -769,3 +769,25 @@ async def test_close_aborts_a_pending_read() -> None:
         never.set()  # the recorder notices the close when it writes again
         await eventually(lambda: rec.open_connections == 0)
         await client.aclose()
+
+
+@on_both_loops
+async def test_bytes_body_leaves_with_the_head() -> None:
+    """A body given as bytes is sent with the head, framed by Content-Length or chunked, on one connection."""
+    async with Recorder(in_order(Reply(200, body=b"one", close=False), Reply(200, body=b"two"))) as rec:
+        client = NativeClient()
+        try:
+            hdrs = [(b"Host", b"upstream"), (b"Content-Length", b"5")]
+            assert await fetch(
+                client, rec.port, method="PUT", headers=hdrs, body=b"hello", content_length=5
+            ) == (
+                200,
+                b"one",
+            )
+            assert await fetch(client, rec.port, method="POST", body=b"chunky") == (200, b"two")
+            first, second = await rec.wait_requests(2)
+            assert (first.body, first.chunked) == (b"hello", False)
+            assert (second.body, second.chunked) == (b"chunky", True)
+            assert rec.connections == 1
+        finally:
+            await client.aclose()
