@@ -153,8 +153,9 @@ def downstream_response_headers(
             listed = listed or lname == b"connection"
             continue
         out.append((lname, value))
-    if listed:  # drop what the Connection header names (rare: a second pass only then)
-        drop = connection_tokens(raw_headers)
-        out = [(k, v) for k, v in out if k not in drop]
+    if listed:  # drop what the Connection header names (a second pass only when it names more than hop headers)
+        drop = connection_tokens(raw_headers) - HOP_BY_HOP
+        if drop:
+            out = [(k, v) for k, v in out if k not in drop]
     out.append((b"x-request-id", request_id))
     return out
