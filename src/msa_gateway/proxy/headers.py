@@ -153,7 +153,7 @@ def downstream_response_headers(
             listed = listed or lname == b"connection"
             continue
         out.append((lname, value))
-    if listed:  # drop what the Connection header names (a second pass only when it names more than hop headers)
+    if listed:  # drop what the Connection header names, when it names more than hop-by-hop headers
         drop = connection_tokens(raw_headers) - HOP_BY_HOP
         if drop:
             out = [(k, v) for k, v in out if k not in drop]
