@@ -153,6 +153,7 @@ def failure_notes(shots: Sequence[Shot], output: str, limit: int = 10) -> list[s
         seen = (
             f"gateway: {line.get('status')} error={line.get('error')} instance={line.get('instance')} "
             f"after {line.get('duration_ms')} ms"
+            + (f" retry_refused={line['retry_refused']}" if "retry_refused" in line else "")
             if line is not None
             else "gateway: no access line"
         )

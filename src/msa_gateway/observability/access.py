@@ -66,6 +66,7 @@ class AccessLog:
         nbytes: int,
         client: str,
         error: str | None = None,
+        retry_refused: str | None = None,
     ) -> None:
         """Write one line describing a finished request; ``started`` is a ``perf_counter`` value."""
         if not self._enabled:
@@ -87,6 +88,8 @@ class AccessLog:
         }
         if error is not None:
             line["error"] = error
+        if retry_refused is not None:
+            line["retry_refused"] = retry_refused
         if self._console:
             extras = " ".join(
                 f"{k}={v}" for k, v in line.items() if k not in {"timestamp", "level", "logger"}

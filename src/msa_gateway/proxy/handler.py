@@ -77,6 +77,7 @@ class _Exchange:
         "instance",
         "nbytes",
         "received",
+        "retry_refused",
         "started_response",
         "status",
         "too_large",
@@ -93,6 +94,7 @@ class _Exchange:
         self.too_large = False
         self.error: str | None = None
         self.instance = "-"
+        self.retry_refused: str | None = None
 
 
 class ProxyApp:
@@ -196,6 +198,7 @@ class ProxyApp:
                 nbytes=ex.nbytes,
                 client=peer or "-",
                 error=error or ex.error,
+                retry_refused=ex.retry_refused,
             )
 
     @staticmethod
@@ -321,6 +324,7 @@ class ProxyApp:
                             rt.metrics.retries.labels(route.name, decision.reason).inc()
                             route.upstream_errors.labels(route.name, exc.kind).inc()
                             continue
+                        ex.retry_refused = decision.reason
                         raise
                     status = resp.status
                     if policy.retry_on_status and status in policy.retry_on_status:
