@@ -254,6 +254,8 @@ class ProxyApp:
                     route.instances, route.keys, route.eligible, route.eligible_keys, tried
                 )
                 if not candidates:
+                    if this_is_retry:
+                        budget.release_retry()
                     raise NoHealthyInstance(f"no healthy instance of {route.name!r}")
                 instance = route.balancer.pick(candidates)
                 key = route.key_for[id(instance)]
