@@ -6,7 +6,8 @@
     └── HTTPError              answered to the client as JSON with ``status``
         ├── BadRequest               400  e.g. a path that climbs out of its service
         ├── ServiceNotFound          404
-        ├── PayloadTooLarge          413
+        ├── RequestTimeout           408  the request body stalled (Connection: close)
+        ├── PayloadTooLarge          413  (Connection: close)
         ├── NoHealthyInstance        503  + Retry-After
         ├── Overloaded               503  + Retry-After
         ├── UpstreamError            502  refused, reset, invalid response
@@ -42,6 +43,7 @@ class HTTPError(GatewayError):
     status = 500
     error = "internal_error"
     retry_after: int | None = None
+    close = False  # answer with Connection: close (the rest of the request is not read)
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -56,8 +58,12 @@ class ServiceNotFound(HTTPError):
     status, error = 404, "service_not_found"
 
 
+class RequestTimeout(HTTPError):
+    status, error, close = 408, "request_timeout", True
+
+
 class PayloadTooLarge(HTTPError):
-    status, error = 413, "payload_too_large"
+    status, error, close = 413, "payload_too_large", True
 
 
 class NoHealthyInstance(HTTPError):
@@ -102,4 +108,6 @@ def render(exc: HTTPError, request_id: str) -> tuple[int, list[tuple[bytes, byte
     ]
     if exc.retry_after is not None:
         headers.append((b"retry-after", str(exc.retry_after).encode()))
+    if exc.close:
+        headers.append((b"connection", b"close"))
     return exc.status, headers, body

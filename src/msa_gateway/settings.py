@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     max_header_bytes: Annotated[int, Field(ge=1024, le=16_777_216)] = 32768
     max_headers: Annotated[int, Field(ge=1, le=10_000)] = 100
     header_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    body_timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0
 
     consul_host: str = "localhost"
     consul_port: Annotated[int, Field(ge=1, le=65535)] = 8500

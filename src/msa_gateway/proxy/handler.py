@@ -27,6 +27,7 @@ from msa_gateway.errors import (
     NoHealthyInstance,
     Overloaded,
     PayloadTooLarge,
+    RequestTimeout,
     ServiceNotFound,
     UpstreamError,
     UpstreamTimeout,
@@ -81,6 +82,7 @@ class _Exchange:
         "started_response",
         "status",
         "too_large",
+        "too_slow",
     )
 
     def __init__(self) -> None:
@@ -92,6 +94,7 @@ class _Exchange:
         self.body_done = True
         self.client_gone = False
         self.too_large = False
+        self.too_slow = False
         self.error: str | None = None
         self.instance = "-"
         self.retry_refused: str | None = None
@@ -161,7 +164,10 @@ class ProxyApp:
                 chunked or bool(content_length),
             )
         except ClientGone:
-            if ex.too_large and route is not None:
+            if ex.too_slow:
+                await self._error(send, ex, RequestTimeout("the request body stopped arriving"), request_id)
+                error = "request_timeout"
+            elif ex.too_large and route is not None:
                 limit = route.spec.options.max_body_size
                 await self._error(
                     send, ex, PayloadTooLarge(f"the request body is larger than {limit} bytes"), request_id
@@ -237,10 +243,10 @@ class ProxyApp:
             (content_length is not None and content_length <= SMALL_BODY)
             or (policy.max_retries and method in IDEMPOTENT_METHODS and policy.can_buffer(content_length))
         ):
-            replay = await self._read_all(receive, ex, content_length, options.max_body_size)
+            replay = await self._read_all(receive, ex, options.max_body_size, rt.settings.body_timeout)
         stream_body: AsyncIterator[bytes] | None = None
         if has_body and replay is None:
-            stream_body = self._body(receive, ex, options.max_body_size)
+            stream_body = self._body(receive, ex, options.max_body_size, rt.settings.body_timeout)
         tried: list[str] = []
         attempt = 0
         holding_retry = panic = False
@@ -301,6 +307,8 @@ class ProxyApp:
                             raise UpstreamError("client went away", "client_gone") from None
                         if ex.too_large:
                             raise PayloadTooLarge("the request body is larger than the limit") from None
+                        if ex.too_slow:
+                            raise RequestTimeout("the request body stopped arriving") from None
                         if exc.kind == "deadline":
                             raise
                         failure = failure_from_kind(exc.kind, int(exc.request_sent))
@@ -436,12 +444,18 @@ class ProxyApp:
                 ex.status = STATUS_CLIENT_GONE
 
     @staticmethod
-    async def _body(receive: Any, ex: _Exchange, limit: int | None) -> AsyncIterator[bytes]:
+    async def _body(receive: Any, ex: _Exchange, limit: int | None, idle: float) -> AsyncIterator[bytes]:
+        """Yield the request body as it arrives; give up when nothing arrives for ``idle`` seconds."""
         ex.body_done = False
         ex.body_started = True
         more = True
         while more:
-            message = await receive()
+            try:
+                async with asyncio.timeout(idle):
+                    message = await receive()
+            except TimeoutError:
+                ex.too_slow = True
+                raise ClientGone from None
             if message["type"] == "http.disconnect":
                 ex.client_gone = True
                 raise ClientGone
@@ -456,9 +470,9 @@ class ProxyApp:
         ex.body_done = True
 
     @staticmethod
-    async def _read_all(receive: Any, ex: _Exchange, content_length: int | None, limit: int | None) -> bytes:
+    async def _read_all(receive: Any, ex: _Exchange, limit: int | None, idle: float) -> bytes:
         parts = []
-        async for chunk in ProxyApp._body(receive, ex, limit):
+        async for chunk in ProxyApp._body(receive, ex, limit, idle):
             parts.append(chunk)
         ex.body_started = False
         return b"".join(parts)

@@ -10,6 +10,7 @@ import aiohttp
 import orjson
 import pytest
 
+from msa_gateway.settings import Settings
 from tests.support.gateway import serve_gateway
 from tests.support.procs import free_port
 from tests.support.recorder import RecordedRequest, Recorder, Reply
@@ -172,3 +173,26 @@ async def test_body_larger_than_limit_is_413_with_and_without_length() -> None:
             assert status == 413
             assert all(len(r.body) <= 1000 for r in rec.requests)
             assert await _call(c, "POST", f"{gw.url}/svc/x", data=b"x" * 1000) == (200, b"ok")
+
+
+@pytest.mark.parametrize("length", [100, 200_000], ids=["small-read-whole", "large-streamed"])
+async def test_stalled_request_body_gets_408_and_the_connection_closes(length: int) -> None:
+    async with Recorder(Reply(200, body=b"ok")) as rec:
+        settings = Settings(_env_file=None, body_timeout=0.3)  # type: ignore[call-arg]
+        async with serve_gateway(_config([rec.port]), settings=settings) as gw:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            writer.write(
+                f"POST /svc/upload HTTP/1.1\r\nHost: gw\r\nContent-Length: {length}\r\n\r\n".encode()
+                + b"x" * 10
+            )
+            await writer.drain()
+            started = time.monotonic()
+            data = await asyncio.wait_for(reader.read(), 5)  # read until the gateway closes
+            elapsed = time.monotonic() - started
+            writer.close()
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408")
+            assert b"connection: close" in head.lower()
+            assert orjson.loads(body)["error"] == "request_timeout"
+            assert 0.25 < elapsed < 2.0
+            assert all(len(r.body) < length for r in rec.requests)  # never a complete request upstream
