@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
-DEB_PACKAGES := nginx-light wrk redis-server etcd-server etcd-client
+DEB_PACKAGES := nginx-light wrk redis-server etcd-server etcd-client prometheus
 
 .PHONY: run test lint unit integration bench bench-stream bench-discovery bench-faults deps venv clean check-config
 

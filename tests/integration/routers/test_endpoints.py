@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -11,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from msa_gateway.model import Discovered
 from tests.support.gateway import serve_gateway, service_yaml
+from tests.support.procs import find_binary
 from tests.support.recorder import Recorder, Reply
 
 
@@ -157,3 +159,23 @@ async def test_ready_is_503_until_the_registry_loads() -> None:
         doc = await _json(c, f"{gw.url}/health/ready", status=503)
         assert doc["status"] == "not_ready" and "not loaded" in doc["reason"]
         assert (await _json(c, f"{gw.url}/health/live"))["status"] == "alive"
+
+
+async def test_metrics_pass_promtool_check_metrics() -> None:
+    """``promtool check metrics`` (Debian's prometheus package, installed by ``make deps``) accepts the output."""
+    promtool = find_binary("promtool")
+    config = service_yaml({"svc": [0]}, health_check={"path": "/health", "interval": 0.05})
+    async with Recorder(Reply(200, body=b"ok")) as rec:
+        config["services"]["svc"]["instances"][0]["port"] = rec.port
+        async with serve_gateway(config) as gw, aiohttp.ClientSession() as c:
+            for path in ("/svc/a", "/nope/x", "/svc/b"):
+                async with c.get(gw.url + path) as r:
+                    await r.read()
+            async with c.get(f"{gw.url}/metrics") as r:
+                text = await r.read()
+    assert b"gateway_request_duration_seconds_bucket" in text
+    result = await asyncio.to_thread(
+        subprocess.run, [promtool, "check", "metrics"], input=text, capture_output=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == b"" and result.stderr.strip() == b""  # no lint findings either
