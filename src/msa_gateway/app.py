@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,8 +32,12 @@ READY_WAIT_SECONDS = 2.0
 
 
 def _request_id(request: Request) -> str:
-    rid = request.headers.get("x-request-id")
-    return request_id_from(rid.encode("latin-1") if rid else None)
+    """Return this request's id: the client's when safe, else a new one (the same for the whole request)."""
+    rid: str | None = getattr(request.state, "request_id", None)
+    if rid is None:
+        given = request.headers.get("x-request-id")
+        rid = request.state.request_id = request_id_from(given.encode("latin-1") if given else None)
+    return rid
 
 
 def _json_error(status: int, error: str, detail: str, request_id: str) -> JSONResponse:
@@ -79,9 +84,24 @@ def build_api(settings: Settings) -> FastAPI:
         return _json_error(500, "internal_error", "unexpected error", _request_id(request))
 
     @api.middleware("http")
-    async def _request_id_header(request: Request, call_next: Callable[[Request], Any]) -> Any:
+    async def _request_id_and_access_line(request: Request, call_next: Callable[[Request], Any]) -> Any:
+        started = time.perf_counter()
+        rid = _request_id(request)
         response = await call_next(request)
-        response.headers.setdefault("x-request-id", _request_id(request))
+        response.headers.setdefault("x-request-id", rid)
+        runtime = getattr(request.app.state, "runtime", None)
+        if runtime is not None:
+            runtime.access.log(
+                method=request.method,
+                path=request.url.path,
+                status=response.status_code,
+                started=started,
+                request_id=rid,
+                service="-",
+                instance="-",
+                nbytes=int(response.headers.get("content-length", 0)),
+                client=request.client.host if request.client else "-",
+            )
         return response
 
     return api

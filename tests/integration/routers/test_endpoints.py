@@ -179,3 +179,21 @@ async def test_metrics_pass_promtool_check_metrics() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == b"" and result.stderr.strip() == b""  # no lint findings either
+
+
+async def test_gateway_endpoints_get_an_access_line_and_a_request_id() -> None:
+    async with serve_gateway(service_yaml({"svc": [1]})) as gw, aiohttp.ClientSession() as c:
+        async with c.get(f"{gw.url}/health/live", headers={"X-Request-ID": "probe-1"}) as r:
+            assert r.headers["x-request-id"] == "probe-1"
+        async with c.get(f"{gw.url}/services/nope/info") as r:
+            body = orjson.loads(await r.read())
+            assert (
+                r.headers["x-request-id"] == body["request_id"]
+            )  # one id per request, header and body agree
+        await asyncio.sleep(0)
+        lines = [orjson.loads(line) for line in gw.access_lines()]
+    assert [(d["path"], d["status"], d["service"]) for d in lines] == [
+        ("/health/live", 200, "-"),
+        ("/services/nope/info", 404, "-"),
+    ]
+    assert lines[0]["request_id"] == "probe-1" and lines[1]["request_id"] == body["request_id"]
