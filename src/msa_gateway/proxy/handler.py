@@ -15,7 +15,6 @@ response byte went to the client; bounded by count, deadline and budget.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -35,8 +34,15 @@ from msa_gateway.errors import (
 )
 from msa_gateway.health.outlier import Outcome, outcome_for_status
 from msa_gateway.observability.metrics import UNKNOWN_SERVICE, method_label
+from msa_gateway.proxy.exchange import (
+    STATUS_CLIENT_GONE,
+    ClientGone,
+    Exchange,
+    read_all,
+    read_body,
+    stream_back,
+)
 from msa_gateway.proxy.headers import (
-    downstream_response_headers,
     is_trusted,
     request_id_from,
     upstream_request_headers,
@@ -49,7 +55,6 @@ from msa_gateway.proxy.retry import (
     failure_from_kind,
     should_retry,
 )
-from msa_gateway.proxy.upstream import UpstreamResponse
 from msa_gateway.registry.snapshot import ServiceRoute
 
 if TYPE_CHECKING:
@@ -59,45 +64,7 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 log = logging.getLogger("msa_gateway.proxy")
 
-STATUS_CLIENT_GONE = 499
 SMALL_BODY = 64 * 1024  # bodies up to this size (with a Content-Length) are read whole before sending
-
-
-class ClientGone(Exception):
-    """The client disconnected before the exchange finished."""
-
-
-class _Exchange:
-    """Mutable per-request facts the handler and the access line share."""
-
-    __slots__ = (
-        "body_done",
-        "body_started",
-        "client_gone",
-        "error",
-        "instance",
-        "nbytes",
-        "received",
-        "retry_refused",
-        "started_response",
-        "status",
-        "too_large",
-        "too_slow",
-    )
-
-    def __init__(self) -> None:
-        self.status = 500
-        self.nbytes = 0
-        self.received = 0
-        self.started_response = False
-        self.body_started = False
-        self.body_done = True
-        self.client_gone = False
-        self.too_large = False
-        self.too_slow = False
-        self.error: str | None = None
-        self.instance = "-"
-        self.retry_refused: str | None = None
 
 
 class ProxyApp:
@@ -129,7 +96,7 @@ class ProxyApp:
         method: str = scope["method"]
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         snapshot = rt.snapshot
-        ex = _Exchange()
+        ex = Exchange()
         route: ServiceRoute | None = None
         error: str | None = None
         client = scope.get("client")
@@ -208,7 +175,7 @@ class ProxyApp:
             )
 
     @staticmethod
-    async def _error(send: Any, ex: _Exchange, exc: HTTPError, request_id: str) -> None:
+    async def _error(send: Any, ex: Exchange, exc: HTTPError, request_id: str) -> None:
         status, hdrs, body = render(exc, request_id)
         await send({"type": "http.response.start", "status": status, "headers": hdrs})
         await send({"type": "http.response.body", "body": body})
@@ -219,7 +186,7 @@ class ProxyApp:
         scope: Scope,
         receive: Any,
         send: Any,
-        ex: _Exchange,
+        ex: Exchange,
         route: ServiceRoute,
         rest: bytes,
         request_id: str,
@@ -243,10 +210,10 @@ class ProxyApp:
             (content_length is not None and content_length <= SMALL_BODY)
             or (policy.max_retries and method in IDEMPOTENT_METHODS and policy.can_buffer(content_length))
         ):
-            replay = await self._read_all(receive, ex, options.max_body_size, rt.settings.body_timeout)
+            replay = await read_all(receive, ex, options.max_body_size, rt.settings.body_timeout)
         stream_body: AsyncIterator[bytes] | None = None
         if has_body and replay is None:
-            stream_body = self._body(receive, ex, options.max_body_size, rt.settings.body_timeout)
+            stream_body = read_body(receive, ex, options.max_body_size, rt.settings.body_timeout)
         tried: list[str] = []
         attempt = 0
         holding_retry = panic = False
@@ -359,7 +326,7 @@ class ProxyApp:
                     else:
                         self._report(route, key, outcome_for_status(status))
                     try:
-                        await self._stream_back(receive, send, ex, resp, request_id)
+                        await stream_back(receive, send, ex, resp, request_id)
                     finally:
                         resp.release()
                     return
@@ -397,92 +364,3 @@ class ProxyApp:
                     "consecutive_failures": ejection.consecutive_failures,
                 },
             )
-
-    async def _stream_back(
-        self, receive: Any, send: Any, ex: _Exchange, resp: UpstreamResponse, request_id: str
-    ) -> None:
-        first = await resp.read()
-        out_headers = downstream_response_headers(resp.headers, request_id.encode("ascii"))
-        ex.status = resp.status
-        ex.started_response = True
-        await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
-        ex.nbytes = len(first)
-        if resp.at_eof():
-            await send({"type": "http.response.body", "body": first})
-            return
-        await send({"type": "http.response.body", "body": first, "more_body": True})
-        watcher = None
-        if ex.body_done:
-            watcher = asyncio.get_running_loop().create_task(
-                _watch_disconnect(receive, ex, resp), name="proxy:watch"
-            )
-        try:
-            while True:
-                try:
-                    chunk = await resp.read()
-                except UpstreamError as exc:
-                    ex.error = exc.kind
-                    if not ex.client_gone:
-                        log.warning(
-                            "upstream failed mid-response; closing the client connection",
-                            extra={"kind": exc.kind, "bytes": ex.nbytes, "request_id": request_id},
-                        )
-                    return
-                if not chunk:
-                    break
-                ex.nbytes += len(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if ex.client_gone:
-                    return
-            await send({"type": "http.response.body", "body": b""})
-        finally:
-            if watcher is not None and not watcher.done():
-                watcher.cancel()
-                with contextlib.suppress(BaseException):
-                    await watcher
-            if ex.client_gone:
-                ex.status = STATUS_CLIENT_GONE
-
-    @staticmethod
-    async def _body(receive: Any, ex: _Exchange, limit: int | None, idle: float) -> AsyncIterator[bytes]:
-        """Yield the request body as it arrives; give up when nothing arrives for ``idle`` seconds."""
-        ex.body_done = False
-        ex.body_started = True
-        more = True
-        while more:
-            try:
-                async with asyncio.timeout(idle):
-                    message = await receive()
-            except TimeoutError:
-                ex.too_slow = True
-                raise ClientGone from None
-            if message["type"] == "http.disconnect":
-                ex.client_gone = True
-                raise ClientGone
-            chunk = message.get("body", b"")
-            more = message.get("more_body", False)
-            if chunk:
-                ex.received += len(chunk)
-                if limit is not None and ex.received > limit:
-                    ex.too_large = True
-                    raise ClientGone
-                yield chunk
-        ex.body_done = True
-
-    @staticmethod
-    async def _read_all(receive: Any, ex: _Exchange, limit: int | None, idle: float) -> bytes:
-        parts = []
-        async for chunk in ProxyApp._body(receive, ex, limit, idle):
-            parts.append(chunk)
-        ex.body_started = False
-        return b"".join(parts)
-
-
-async def _watch_disconnect(receive: Any, ex: _Exchange, resp: UpstreamResponse) -> None:
-    """Wait for the client to go away during a streamed response; then abort the upstream exchange."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            ex.client_gone = True
-            resp.close()
-            return

@@ -1,0 +1,149 @@
+"""One proxied exchange's shared state and its two streams: the request body up, the response down.
+
+``Exchange`` holds the mutable facts the handler and the access line share. ``read_body`` yields
+the client's body as it arrives (size limit, idle timeout, disconnect); ``stream_back`` relays an
+upstream response chunk by chunk and aborts the upstream side when the client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from msa_gateway.errors import UpstreamError
+from msa_gateway.proxy.headers import downstream_response_headers
+from msa_gateway.proxy.upstream import UpstreamResponse
+
+log = logging.getLogger("msa_gateway.proxy")
+
+STATUS_CLIENT_GONE = 499
+
+
+class ClientGone(Exception):
+    """The client disconnected, stalled or sent too much before the exchange finished."""
+
+
+class Exchange:
+    """Mutable per-request facts the handler and the access line share."""
+
+    __slots__ = (
+        "body_done",
+        "body_started",
+        "client_gone",
+        "error",
+        "instance",
+        "nbytes",
+        "received",
+        "retry_refused",
+        "started_response",
+        "status",
+        "too_large",
+        "too_slow",
+    )
+
+    def __init__(self) -> None:
+        self.status = 500
+        self.nbytes = 0
+        self.received = 0
+        self.started_response = False
+        self.body_started = False
+        self.body_done = True
+        self.client_gone = False
+        self.too_large = False
+        self.too_slow = False
+        self.error: str | None = None
+        self.instance = "-"
+        self.retry_refused: str | None = None
+
+
+async def stream_back(receive: Any, send: Any, ex: Exchange, resp: UpstreamResponse, request_id: str) -> None:
+    """Send the response head and body to the client as they arrive; never a whole body in memory."""
+    first = await resp.read()
+    out_headers = downstream_response_headers(resp.headers, request_id.encode("ascii"))
+    ex.status = resp.status
+    ex.started_response = True
+    await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
+    ex.nbytes = len(first)
+    if resp.at_eof():
+        await send({"type": "http.response.body", "body": first})
+        return
+    await send({"type": "http.response.body", "body": first, "more_body": True})
+    watcher = None
+    if ex.body_done:
+        watcher = asyncio.get_running_loop().create_task(
+            watch_disconnect(receive, ex, resp), name="proxy:watch"
+        )
+    try:
+        while True:
+            try:
+                chunk = await resp.read()
+            except UpstreamError as exc:
+                ex.error = exc.kind
+                if not ex.client_gone:
+                    log.warning(
+                        "upstream failed mid-response; closing the client connection",
+                        extra={"kind": exc.kind, "bytes": ex.nbytes, "request_id": request_id},
+                    )
+                return
+            if not chunk:
+                break
+            ex.nbytes += len(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if ex.client_gone:
+                return
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        if watcher is not None and not watcher.done():
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await watcher
+        if ex.client_gone:
+            ex.status = STATUS_CLIENT_GONE
+
+
+async def read_body(receive: Any, ex: Exchange, limit: int | None, idle: float) -> AsyncIterator[bytes]:
+    """Yield the request body as it arrives; give up when nothing arrives for ``idle`` seconds."""
+    ex.body_done = False
+    ex.body_started = True
+    more = True
+    while more:
+        try:
+            async with asyncio.timeout(idle):
+                message = await receive()
+        except TimeoutError:
+            ex.too_slow = True
+            raise ClientGone from None
+        if message["type"] == "http.disconnect":
+            ex.client_gone = True
+            raise ClientGone
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
+        if chunk:
+            ex.received += len(chunk)
+            if limit is not None and ex.received > limit:
+                ex.too_large = True
+                raise ClientGone
+            yield chunk
+    ex.body_done = True
+
+
+async def read_all(receive: Any, ex: Exchange, limit: int | None, idle: float) -> bytes:
+    """Return the whole request body (a small one, or one kept for replay)."""
+    parts = []
+    async for chunk in read_body(receive, ex, limit, idle):
+        parts.append(chunk)
+    ex.body_started = False
+    return b"".join(parts)
+
+
+async def watch_disconnect(receive: Any, ex: Exchange, resp: UpstreamResponse) -> None:
+    """Wait for the client to go away during a streamed response; then abort the upstream exchange."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            ex.client_gone = True
+            resp.close()
+            return
