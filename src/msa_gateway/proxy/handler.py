@@ -2,10 +2,10 @@
 
 This is the hot path. It reads the registry snapshot once, routes on the raw path, picks an
 instance among those that pass active health checks and are not ejected by the passive ones,
-streams the request body up and the response body down chunk by chunk (never a whole body in
-memory, except a small body: up to 64 KiB, or up to the retry buffer limit when the service
-may retry it), and ends with
-one access line and the request metrics. Errors become JSON only through ``errors.render``.
+streams the request body up and the response body down chunk by chunk (``proxy/exchange.py``;
+never a whole body in memory, except a small one: up to 64 KiB, or up to the retry buffer limit
+when the service may retry it), and ends with one access line and the request metrics. Errors
+become JSON only through ``errors.render``.
 
 A failed attempt is tried again on another instance only when ``retry.should_retry`` says so:
 nothing reached the instance, or the method is idempotent and the service opted in; never once a
