@@ -280,7 +280,7 @@ class ProxyApp:
                             raise
                         failure = failure_from_kind(exc.kind, int(exc.request_sent))
                         if failure is not FailureKind.POOL_OVERFLOW:
-                            self._report(route, key, Outcome.GATEWAY_FAILURE)
+                            self._report(route, key, instance.address, Outcome.GATEWAY_FAILURE)
                         replayable = replay is not None or not has_body or not ex.body_started
                         # Retrying an attempt that reached nobody adds no load: not charged to the budget.
                         free = failure in NOT_DELIVERED and not exc.request_sent
@@ -305,7 +305,7 @@ class ProxyApp:
                         raise
                     status = resp.status
                     if policy.retry_on_status and status in policy.retry_on_status:
-                        self._report(route, key, outcome_for_status(status))
+                        self._report(route, key, instance.address, outcome_for_status(status))
                         decision = should_retry(
                             method,
                             FailureKind.STATUS,
@@ -324,7 +324,7 @@ class ProxyApp:
                             resp.close()
                             continue
                     else:
-                        self._report(route, key, outcome_for_status(status))
+                        self._report(route, key, instance.address, outcome_for_status(status))
                     try:
                         await stream_back(receive, send, ex, resp, request_id)
                     finally:
@@ -350,11 +350,10 @@ class ProxyApp:
                     extra={"service": route.name},
                 )
 
-    def _report(self, route: ServiceRoute, key: str, outcome: Outcome) -> None:
+    def _report(self, route: ServiceRoute, key: str, address: str, outcome: Outcome) -> None:
         ejection = route.guard.outlier.report(key, outcome, time.monotonic())
         if ejection is not None:
-            instance = key.rpartition("@")[2] if "@" in key else key.partition("/")[2]
-            self.rt.metrics.ejections.labels(route.name, instance).inc()
+            self.rt.metrics.ejections.labels(route.name, address).inc()
             log.warning(
                 "instance ejected by passive health check",
                 extra={

@@ -11,7 +11,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 
 from msa_gateway.balancing.base import Balancer, create_balancer
 from msa_gateway.health.table import HealthTable, instance_key
@@ -67,10 +66,6 @@ class ServiceRoute:
         """Count one answered request."""
         self._stats.count(self.name, method, code)
 
-    def key_of(self, instance: Instance) -> str:
-        """Return the health key of ``instance``."""
-        return instance_key(self.name, instance.id, instance.address)
-
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -85,10 +80,6 @@ class Snapshot:
     def instance_count(self) -> int:
         """Return how many instances the snapshot holds."""
         return sum(len(s.instances) for s in self.services.values())
-
-    def describe(self) -> dict[str, Any]:
-        """Return a JSON-ready summary (for logs)."""
-        return {"version": self.version, "services": len(self.services), "instances": self.instance_count}
 
 
 EMPTY = Snapshot(version=0, services=MappingProxyType({}))
