@@ -1,18 +1,20 @@
 """Frozen data: instances, per-service options and the discovered set a provider emits.
 
+Config types live here, not beside their implementations: ``proxy/retry.py``, ``proxy/limits.py``,
+``health/outlier.py`` and ``health/panic.py`` depend on the model, never the other way round.
+
 Everything here is immutable and cheap to compare, so that a provider can emit a complete
 snapshot and the aggregator can tell in one ``==`` whether anything changed.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from msa_gateway.health.outlier import OutlierConfig
-from msa_gateway.health.panic import DEFAULT_PANIC_THRESHOLD
-from msa_gateway.proxy.limits import LimitsConfig
-from msa_gateway.proxy.retry import RetryPolicy
+MIB = 1024 * 1024
+DEFAULT_PANIC_THRESHOLD = 50.0  # percent, Envoy's healthy_panic_threshold default
 
 # Path segments that belong to the gateway itself; a service may never be named like one.
 RESERVED_NAMES: frozenset[str] = frozenset(
@@ -38,6 +40,109 @@ class HealthCheck:
     timeout: float = 2.0
     healthy_threshold: int = 1
     unhealthy_threshold: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retry settings of one service; the defaults retry only what cannot have been delivered.
+
+    ``retry_on_reset`` (default True) lets idempotent requests be retried after a reset or an
+    invalid response, like NGINX's default ``proxy_next_upstream error``; statuses and read
+    timeouts are opt-in, as in Envoy where nothing is retried without a ``retry_on``.
+    """
+
+    max_retries: int = 2
+    retry_on_status: frozenset[int] = frozenset()
+    retry_on_timeout: bool = False
+    retry_on_reset: bool = True
+    per_try_timeout: float | None = None
+    buffer_limit: int = MIB
+    budget_percent: float = 20.0
+    min_retry_concurrency: int = 3
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        if any(not 100 <= s <= 599 for s in self.retry_on_status):
+            raise ValueError("retry_on_status must hold HTTP status codes (100-599)")
+        if self.per_try_timeout is not None and not self.per_try_timeout > 0:
+            raise ValueError("per_try_timeout must be > 0")
+        if self.buffer_limit < 0:
+            raise ValueError("buffer_limit must be >= 0")
+        if not 0 <= self.budget_percent <= 100:
+            raise ValueError("budget_percent must be between 0 and 100")
+        if self.min_retry_concurrency < 0:
+            raise ValueError("min_retry_concurrency must be >= 0")
+
+    def can_buffer(self, content_length: int | None) -> bool:
+        """Return whether a body of ``content_length`` bytes may be buffered for replay (None: unknown)."""
+        return content_length is not None and 0 <= content_length <= self.buffer_limit
+
+    def attempt_timeout(self, deadline_left: float | None) -> float | None:
+        """Return how long one attempt may take: ``per_try_timeout`` bounded by the deadline."""
+        if deadline_left is None:
+            return self.per_try_timeout
+        if self.per_try_timeout is None:
+            return max(0.0, deadline_left)
+        return max(0.0, min(self.per_try_timeout, deadline_left))
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Caps of one service (Envoy's circuit breaker defaults per cluster: 1024 each)."""
+
+    max_requests_per_instance: int = 256  # matches ServiceOptions.max_connections_per_instance
+    max_pending_per_instance: int = 256
+    max_requests_per_service: int = 1024  # Envoy max_requests: 1024
+    max_pending_per_service: int = 1024  # Envoy max_pending_requests: 1024
+    retry_after: int = 1  # seconds, in the 503's Retry-After header
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_requests_per_instance",
+            "max_pending_per_instance",
+            "max_requests_per_service",
+            "max_pending_per_service",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.retry_after < 0:
+            raise ValueError("retry_after must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierConfig:
+    """Outlier detection settings of one service (defaults: Envoy's, except the 50% share)."""
+
+    consecutive_failures: int = 5  # Envoy consecutive_gateway_failure: 5; 0 disables ejection
+    count_all_5xx: bool = False  # also count 500, 501, 505... (Envoy consecutive_5xx)
+    base_ejection_time: float = 30.0  # Envoy base_ejection_time: 30 s
+    max_ejection_time: float = 300.0  # Envoy max_ejection_time: 300 s
+    max_ejection_percent: float = 50.0  # Envoy max_ejection_percent: 10%
+    always_eject_one: bool = True  # Envoy always_eject_one_host (off by default there)
+    decay_interval: float = 10.0  # Envoy interval: 10 s
+
+    def __post_init__(self) -> None:
+        if self.consecutive_failures < 0:
+            raise ValueError("consecutive_failures must be >= 0")
+        if not self.base_ejection_time > 0:
+            raise ValueError("base_ejection_time must be > 0")
+        if self.max_ejection_time < self.base_ejection_time:
+            raise ValueError("max_ejection_time must be >= base_ejection_time")
+        if not 0 <= self.max_ejection_percent <= 100:
+            raise ValueError("max_ejection_percent must be between 0 and 100")
+        if not self.decay_interval > 0:
+            raise ValueError("decay_interval must be > 0")
+
+    @property
+    def enabled(self) -> bool:
+        """Return whether any instance can ever be ejected."""
+        return self.consecutive_failures > 0 and self.max_ejection_percent > 0
+
+    @property
+    def max_multiplier(self) -> int:
+        """Return the multiplier at which the ejection time reaches ``max_ejection_time``."""
+        return max(1, math.ceil(self.max_ejection_time / self.base_ejection_time - 1e-9))
 
 
 @dataclass(frozen=True, slots=True)

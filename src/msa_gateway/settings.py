@@ -21,10 +21,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from msa_gateway.errors import ConfigError
-from msa_gateway.health.outlier import OutlierConfig
-from msa_gateway.model import RESERVED_NAMES, HealthCheck, Instance, ServiceOptions, Timeouts
-from msa_gateway.proxy.limits import LimitsConfig
-from msa_gateway.proxy.retry import RetryPolicy
+from msa_gateway.model import (
+    RESERVED_NAMES,
+    HealthCheck,
+    Instance,
+    LimitsConfig,
+    OutlierConfig,
+    RetryPolicy,
+    ServiceOptions,
+    Timeouts,
+)
 
 DiscoveryType = Literal["static", "consul", "redis", "etcd"]
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$")

@@ -41,6 +41,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from msa_gateway.model import OutlierConfig
+
 NEVER = -math.inf
 
 
@@ -63,41 +65,6 @@ def outcome_for_status(status: int) -> Outcome:
     if status in GATEWAY_STATUSES:
         return Outcome.GATEWAY_FAILURE
     return Outcome.SERVER_ERROR
-
-
-@dataclass(frozen=True, slots=True)
-class OutlierConfig:
-    """Outlier detection settings of one service (defaults: Envoy's, except the 50% share)."""
-
-    consecutive_failures: int = 5  # Envoy consecutive_gateway_failure: 5; 0 disables ejection
-    count_all_5xx: bool = False  # also count 500, 501, 505... (Envoy consecutive_5xx)
-    base_ejection_time: float = 30.0  # Envoy base_ejection_time: 30 s
-    max_ejection_time: float = 300.0  # Envoy max_ejection_time: 300 s
-    max_ejection_percent: float = 50.0  # Envoy max_ejection_percent: 10%
-    always_eject_one: bool = True  # Envoy always_eject_one_host (off by default there)
-    decay_interval: float = 10.0  # Envoy interval: 10 s
-
-    def __post_init__(self) -> None:
-        if self.consecutive_failures < 0:
-            raise ValueError("consecutive_failures must be >= 0")
-        if not self.base_ejection_time > 0:
-            raise ValueError("base_ejection_time must be > 0")
-        if self.max_ejection_time < self.base_ejection_time:
-            raise ValueError("max_ejection_time must be >= base_ejection_time")
-        if not 0 <= self.max_ejection_percent <= 100:
-            raise ValueError("max_ejection_percent must be between 0 and 100")
-        if not self.decay_interval > 0:
-            raise ValueError("decay_interval must be > 0")
-
-    @property
-    def enabled(self) -> bool:
-        """Return whether any instance can ever be ejected."""
-        return self.consecutive_failures > 0 and self.max_ejection_percent > 0
-
-    @property
-    def max_multiplier(self) -> int:
-        """Return the multiplier at which the ejection time reaches ``max_ejection_time``."""
-        return max(1, math.ceil(self.max_ejection_time / self.base_ejection_time - 1e-9))
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Generic, NamedTuple, TypeVar
 
-T = TypeVar("T")
+from msa_gateway.model import DEFAULT_PANIC_THRESHOLD
 
-DEFAULT_PANIC_THRESHOLD = 50.0  # percent, Envoy's healthy_panic_threshold default
+T = TypeVar("T")
 
 
 class Choice(NamedTuple, Generic[T]):

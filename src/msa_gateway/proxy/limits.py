@@ -26,33 +26,11 @@ time an instance is seen.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Literal
 
+from msa_gateway.model import LimitsConfig
+
 OverflowScope = Literal["instance", "service"]
-
-
-@dataclass(frozen=True, slots=True)
-class LimitsConfig:
-    """Caps of one service (Envoy's circuit breaker defaults per cluster: 1024 each)."""
-
-    max_requests_per_instance: int = 256  # matches ServiceOptions.max_connections_per_instance
-    max_pending_per_instance: int = 256
-    max_requests_per_service: int = 1024  # Envoy max_requests: 1024
-    max_pending_per_service: int = 1024  # Envoy max_pending_requests: 1024
-    retry_after: int = 1  # seconds, in the 503's Retry-After header
-
-    def __post_init__(self) -> None:
-        for name in (
-            "max_requests_per_instance",
-            "max_pending_per_instance",
-            "max_requests_per_service",
-            "max_pending_per_service",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.retry_after < 0:
-            raise ValueError("retry_after must be >= 0")
 
 
 class _Counts:

@@ -42,8 +42,9 @@ import enum
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from msa_gateway.model import RetryPolicy
+
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-MIB = 1024 * 1024
 
 
 class FailureKind(enum.Enum):
@@ -88,51 +89,6 @@ def failure_from_kind(kind: str, request_bytes_sent: int) -> FailureKind:
     if kind in _RESETS:
         return FailureKind.RESET_BEFORE_SEND if request_bytes_sent == 0 else FailureKind.RESET_AFTER_SEND
     return _FROM_UPSTREAM_KIND.get(kind, FailureKind.PROTOCOL_ERROR)
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Retry settings of one service; the defaults retry only what cannot have been delivered.
-
-    ``retry_on_reset`` (default True) lets idempotent requests be retried after a reset or an
-    invalid response, like NGINX's default ``proxy_next_upstream error``; statuses and read
-    timeouts are opt-in, as in Envoy where nothing is retried without a ``retry_on``.
-    """
-
-    max_retries: int = 2
-    retry_on_status: frozenset[int] = frozenset()
-    retry_on_timeout: bool = False
-    retry_on_reset: bool = True
-    per_try_timeout: float | None = None
-    buffer_limit: int = MIB
-    budget_percent: float = 20.0
-    min_retry_concurrency: int = 3
-
-    def __post_init__(self) -> None:
-        if self.max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
-        if any(not 100 <= s <= 599 for s in self.retry_on_status):
-            raise ValueError("retry_on_status must hold HTTP status codes (100-599)")
-        if self.per_try_timeout is not None and not self.per_try_timeout > 0:
-            raise ValueError("per_try_timeout must be > 0")
-        if self.buffer_limit < 0:
-            raise ValueError("buffer_limit must be >= 0")
-        if not 0 <= self.budget_percent <= 100:
-            raise ValueError("budget_percent must be between 0 and 100")
-        if self.min_retry_concurrency < 0:
-            raise ValueError("min_retry_concurrency must be >= 0")
-
-    def can_buffer(self, content_length: int | None) -> bool:
-        """Return whether a body of ``content_length`` bytes may be buffered for replay (None: unknown)."""
-        return content_length is not None and 0 <= content_length <= self.buffer_limit
-
-    def attempt_timeout(self, deadline_left: float | None) -> float | None:
-        """Return how long one attempt may take: ``per_try_timeout`` bounded by the deadline."""
-        if deadline_left is None:
-            return self.per_try_timeout
-        if self.per_try_timeout is None:
-            return max(0.0, deadline_left)
-        return max(0.0, min(self.per_try_timeout, deadline_left))
 
 
 class RetryBudget:

@@ -7,10 +7,10 @@ import pytest
 from msa_gateway.health.outlier import (
     Ejection,
     Outcome,
-    OutlierConfig,
     OutlierDetector,
     outcome_for_status,
 )
+from msa_gateway.model import OutlierConfig
 
 F = Outcome.GATEWAY_FAILURE
 S = Outcome.SUCCESS

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from msa_gateway.health.panic import DEFAULT_PANIC_THRESHOLD, choose, validate_threshold
+from msa_gateway.health.panic import choose, validate_threshold
+from msa_gateway.model import DEFAULT_PANIC_THRESHOLD
 
 ALL = ("a", "b", "c", "d")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from msa_gateway.proxy.limits import ConcurrencyLimits, LimitsConfig
+from msa_gateway.model import LimitsConfig
+from msa_gateway.proxy.limits import ConcurrencyLimits
 
 
 def small() -> ConcurrencyLimits:

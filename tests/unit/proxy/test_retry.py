@@ -6,15 +6,14 @@ import itertools
 
 import pytest
 
+from msa_gateway.model import MIB, RetryPolicy
 from msa_gateway.proxy.retry import (
     IDEMPOTENT_METHODS,
-    MIB,
     NO_RETRY_REASONS,
     RETRY_REASONS,
     Decision,
     FailureKind,
     RetryBudget,
-    RetryPolicy,
     failure_from_kind,
     should_retry,
 )
