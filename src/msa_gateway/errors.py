@@ -71,7 +71,11 @@ class NoHealthyInstance(HTTPError):
 
 
 class Overloaded(HTTPError):
-    status, error, retry_after = 503, "overloaded", 1
+    status, error = 503, "overloaded"
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after  # the service's limits.retry_after
 
 
 class UpstreamError(HTTPError):

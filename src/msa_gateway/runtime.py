@@ -41,6 +41,7 @@ class Runtime:
         *,
         provider: Provider | None = None,
         access: AccessLog | None = None,
+        upstream: UpstreamClient | None = None,
     ) -> None:
         self.settings = settings
         self.config = config
@@ -51,7 +52,7 @@ class Runtime:
         self.health = HealthTable()
         self.health.set_listener(self._on_health_change)
         self.checker = ActiveHealthChecker(self.health)
-        self.upstream: UpstreamClient = create_client(settings.upstream_client)
+        self.upstream: UpstreamClient = upstream or create_client(settings.upstream_client)
         self.snapshot: Snapshot = EMPTY
         self.provider = provider or create_provider(settings, config)
         self.registrar: Registrar | None = None
@@ -129,7 +130,7 @@ class Runtime:
             for name, spec in specs.items()
         }
         for name in [n for n in self.guards if n not in routes]:
-            del self.guards[name]
+            self._forget_guard(name)
         now = time.time()
         seen = {key: now for route in routes.values() for key in route.keys}
         new = Snapshot(
@@ -142,13 +143,21 @@ class Runtime:
         self._after_swap(old, new)
 
     def _guard(self, spec: ServiceSpec) -> ServiceGuard:
+        """Return the service's guard: one per service for as long as it exists, updated in place."""
         keys = [instance_key(spec.name, i.id, i.address) for i in spec.instances]
         guard = self.guards.get(spec.name)
-        if guard is None or guard.options != spec.options:
+        if guard is None:
             guard = self.guards[spec.name] = ServiceGuard(spec.options, keys)
         else:
-            guard.reconcile(keys)
+            guard.update(spec.options, keys)
         return guard
+
+    def _forget_guard(self, name: str) -> None:
+        guard = self.guards.pop(name)
+        if guard.in_panic:
+            log.warning("service left panic mode: it is no longer registered", extra={"service": name})
+        with contextlib.suppress(KeyError):
+            self.metrics.panic.remove(name)
 
     def _after_swap(self, old: Snapshot, new: Snapshot) -> None:
         old_keys = {k for r in old.services.values() for k in r.keys}

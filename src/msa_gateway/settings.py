@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from msa_gateway.balancing.table import BALANCER_NAMES
 from msa_gateway.errors import ConfigError
 from msa_gateway.model import (
     RESERVED_NAMES,
@@ -135,7 +136,7 @@ class _LimitsModel(_Strict):
 class _OptionsModel(_Strict):
     timeouts: _TimeoutsModel | None = None
     health_check: _HealthModel | None = None
-    balancer: Literal["round_robin", "weighted_round_robin", "random", "least_request"] | None = None
+    balancer: str | None = None
     pass_host_header: bool | None = None
     max_connections_per_instance: Annotated[int, Field(ge=1, le=100000)] | None = None
     retry: _RetryModel | None = None
@@ -143,6 +144,13 @@ class _OptionsModel(_Strict):
     limits: _LimitsModel | None = None
     panic_threshold: Annotated[float, Field(ge=0, le=100)] | None = None
     max_body_size: Annotated[int, Field(ge=0)] | None = None
+
+    @field_validator("balancer")
+    @classmethod
+    def _known_balancer(cls, v: str | None) -> str | None:
+        if v is not None and v not in BALANCER_NAMES:
+            raise ValueError(f"unknown balancer {v!r}; known: {', '.join(BALANCER_NAMES)}")
+        return v
 
 
 class _InstanceModel(_Strict):

@@ -1,8 +1,11 @@
 """The balancer seam: pick one instance among the eligible ones.
 
 Balancers never see health state: the caller passes only the instances that may receive
-traffic now. One balancer object exists per service per registry snapshot, so its state
-(counters, current weights) lives as long as the snapshot.
+traffic now. One balancer object exists per service per registry snapshot, so a balancer's own
+state (counters, current weights) lives as long as the snapshot; state that must outlive a
+snapshot, the requests in flight per instance, reaches it through ``Load``, read from the
+service's concurrency caps (one counter for both). A new algorithm is one module plus one
+entry in ``balancing/table.py``.
 """
 
 from __future__ import annotations
@@ -12,11 +15,24 @@ from typing import Protocol
 
 from msa_gateway.model import Instance
 
+Load = Callable[[Instance], int]
+"""Requests in flight to an instance now, across snapshots (the caps' counter)."""
+
+
+def no_load(_: Instance) -> int:
+    """Return 0: for balancers used without the caps (tests, benchmarks)."""
+    return 0
+
 
 class Balancer(Protocol):
     """Pick an instance; ``done`` is called once for every pick when its request ends."""
 
     name: str
+
+    @classmethod
+    def create(cls, load: Load) -> Balancer:
+        """Return a new balancer for one service; ``load`` gives each instance's requests in flight."""
+        ...
 
     def pick(self, eligible: Sequence[Instance]) -> Instance:
         """Return one of ``eligible`` (never empty)."""
@@ -25,27 +41,3 @@ class Balancer(Protocol):
     def done(self, instance: Instance) -> None:
         """Note that a request sent to ``instance`` has ended."""
         ...
-
-
-def _factories() -> dict[str, Callable[[], Balancer]]:
-    from msa_gateway.balancing.least_request import LeastRequest
-    from msa_gateway.balancing.random import RandomBalancer
-    from msa_gateway.balancing.round_robin import RoundRobin, WeightedRoundRobin
-
-    return {
-        "round_robin": RoundRobin,
-        "weighted_round_robin": WeightedRoundRobin,
-        "random": RandomBalancer,
-        "least_request": LeastRequest,
-    }
-
-
-BALANCER_NAMES = ("round_robin", "weighted_round_robin", "random", "least_request")
-
-
-def create_balancer(name: str) -> Balancer:
-    """Return a new balancer of the algorithm called ``name``."""
-    try:
-        return _factories()[name]()
-    except KeyError:
-        raise ValueError(f"unknown balancer {name!r}; known: {', '.join(BALANCER_NAMES)}") from None

@@ -3,42 +3,40 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from msa_gateway.model import Instance
 
 
 class LeastRequest:
-    """Sample two eligible instances, send to the one with fewer requests in flight (weight-scaled)."""
+    """Sample two eligible instances, send to the one with fewer requests in flight (weight-scaled).
+
+    The counts come from the service's concurrency caps, which outlive registry snapshots, so a
+    swap does not make busy instances look idle.
+    """
 
     name = "least_request"
-    __slots__ = ("_active", "_rng")
+    __slots__ = ("_load", "_rng")
 
-    def __init__(self) -> None:
-        self._active: dict[str, int] = {}
+    def __init__(self, load: Callable[[Instance], int]) -> None:
+        self._load = load
         self._rng = random.Random()
 
-    def active(self, instance: Instance) -> int:
-        """Return how many requests picked for ``instance`` have not ended."""
-        return self._active.get(instance.id, 0)
+    @classmethod
+    def create(cls, load: Callable[[Instance], int]) -> LeastRequest:
+        """Return a balancer reading requests in flight from ``load``."""
+        return cls(load)
 
     def pick(self, eligible: Sequence[Instance]) -> Instance:
         """Return the less loaded of two random instances."""
         if len(eligible) == 1:
-            chosen = eligible[0]
-        else:
-            a, b = self._rng.sample(range(len(eligible)), 2)
-            ia, ib = eligible[a], eligible[b]
-            la = (self._active.get(ia.id, 0) + 1) / max(1, ia.weight)
-            lb = (self._active.get(ib.id, 0) + 1) / max(1, ib.weight)
-            chosen = ia if la <= lb else ib
-        self._active[chosen.id] = self._active.get(chosen.id, 0) + 1
-        return chosen
+            return eligible[0]
+        a, b = self._rng.sample(range(len(eligible)), 2)
+        ia, ib = eligible[a], eligible[b]
+        load = self._load
+        la = (load(ia) + 1) / max(1, ia.weight)
+        lb = (load(ib) + 1) / max(1, ib.weight)
+        return ia if la <= lb else ib
 
     def done(self, instance: Instance) -> None:
-        """Count the end of a request sent to ``instance``."""
-        n = self._active.get(instance.id, 0) - 1
-        if n > 0:
-            self._active[instance.id] = n
-        else:
-            self._active.pop(instance.id, None)
+        """Do nothing: the caps count the end of the request."""

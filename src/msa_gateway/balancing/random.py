@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from msa_gateway.model import Instance
 
@@ -13,6 +13,11 @@ class RandomBalancer:
 
     name = "random"
     __slots__ = ("_rng",)
+
+    @classmethod
+    def create(cls, load: Callable[[Instance], int]) -> RandomBalancer:
+        """Return a new balancer (it does not look at load)."""
+        return cls()
 
     def __init__(self) -> None:
         self._rng = random.Random()

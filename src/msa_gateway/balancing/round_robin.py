@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from msa_gateway.model import Instance
 
@@ -15,6 +15,11 @@ class WeightedRoundRobin:
 
     name = "weighted_round_robin"
     __slots__ = ("_current", "_eligible", "_total", "_weights")
+
+    @classmethod
+    def create(cls, load: Callable[[Instance], int]) -> WeightedRoundRobin:
+        """Return a new balancer (it does not look at load)."""
+        return cls()
 
     def __init__(self) -> None:
         self._eligible: Sequence[Instance] = ()
@@ -51,6 +56,11 @@ class RoundRobin:
 
     name = "round_robin"
     __slots__ = ("_counter", "_weighted")
+
+    @classmethod
+    def create(cls, load: Callable[[Instance], int]) -> RoundRobin:
+        """Return a new balancer (it does not look at load)."""
+        return cls()
 
     def __init__(self) -> None:
         self._counter = 0

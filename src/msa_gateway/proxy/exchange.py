@@ -1,8 +1,10 @@
 """One proxied exchange's shared state and its two streams: the request body up, the response down.
 
-``Exchange`` holds the mutable facts the handler and the access line share. ``read_body`` yields
-the client's body as it arrives (size limit, idle timeout, disconnect); ``stream_back`` relays an
-upstream response chunk by chunk and aborts the upstream side when the client goes away.
+``Exchange`` holds the mutable facts the handler and the access line share. ``open_body`` decides
+whether the client's body is read whole first (small, or kept for a retry) or streamed through;
+``read_body`` yields it as it arrives (size limit, idle timeout, disconnect); ``stream_back``
+relays an upstream response chunk by chunk, after the route's response stages saw its head, and
+aborts the upstream side when the client goes away.
 """
 
 from __future__ import annotations
@@ -11,15 +13,22 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from msa_gateway.errors import UpstreamError
+from msa_gateway.errors import HTTPError, PayloadTooLarge, RequestTimeout, UpstreamError
+from msa_gateway.model import ServiceOptions
 from msa_gateway.proxy.headers import downstream_response_headers
+from msa_gateway.proxy.retry import IDEMPOTENT_METHODS
 from msa_gateway.proxy.upstream import UpstreamResponse
+
+if TYPE_CHECKING:
+    from msa_gateway.policies.base import ResponseStage
+    from msa_gateway.proxy.request import ProxyRequest
 
 log = logging.getLogger("msa_gateway.proxy")
 
 STATUS_CLIENT_GONE = 499
+SMALL_BODY = 64 * 1024  # bodies up to this size (with a Content-Length) are read whole before sending
 
 
 class ClientGone(Exception):
@@ -59,10 +68,44 @@ class Exchange:
         self.retry_refused: str | None = None
 
 
-async def stream_back(receive: Any, send: Any, ex: Exchange, resp: UpstreamResponse, request_id: str) -> None:
+def client_error(ex: Exchange, limit: int | None) -> HTTPError | None:
+    """Return the error the client's own side caused (body too slow or too large), if any."""
+    if ex.too_slow:
+        return RequestTimeout("the request body stopped arriving")
+    if ex.too_large:
+        return PayloadTooLarge(f"the request body is larger than {limit} bytes")
+    return None
+
+
+async def open_body(
+    req: ProxyRequest, ex: Exchange, options: ServiceOptions, idle: float
+) -> bytes | AsyncIterator[bytes] | None:
+    """Return the request body to send: read whole when small or kept for a retry, else a stream.
+
+    A small body then leaves with the head in one write; a larger one is kept in memory only
+    when a retry after sending could happen (idempotent method, retries on, within
+    ``retry.buffer_limit``), else it streams through.
+    """
+    if not req.has_body:
+        return None
+    length = req.body_length
+    policy = options.retry
+    if (length is not None and length <= SMALL_BODY) or (
+        policy.max_retries and req.method in IDEMPOTENT_METHODS and policy.can_buffer(length)
+    ):
+        return await read_all(req.receive, ex, options.max_body_size, idle)
+    return read_body(req.receive, ex, options.max_body_size, idle)
+
+
+async def stream_back(
+    req: ProxyRequest, ex: Exchange, resp: UpstreamResponse, stages: tuple[ResponseStage, ...]
+) -> None:
     """Send the response head and body to the client as they arrive; never a whole body in memory."""
+    receive, send, request_id = req.receive, req.send, req.request_id
     first = await resp.read()
     out_headers = downstream_response_headers(resp.headers, request_id.encode("ascii"))
+    for stage in stages:
+        out_headers = stage(req, resp.status, out_headers)
     ex.status = resp.status
     ex.started_response = True
     await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})

@@ -1,9 +1,10 @@
 """Per-service resilience state that outlives registry snapshots.
 
 One ``ServiceGuard`` per service holds the passive health check (outlier detector), the retry
-budget and the concurrency caps. The runtime keeps guards across swaps (reconciling the
-instance keys, so an instance that stays keeps its counters) and replaces a guard only when
-the service's settings change.
+budget, the concurrency caps and whether the service is in panic mode. The runtime keeps one
+guard per service name for as long as the service exists: a swap reconciles the instance keys
+(an instance that stays keeps its counters) and a change of settings is applied in place, so
+requests in flight, ejections and the panic state survive both.
 """
 
 from __future__ import annotations
@@ -20,21 +21,38 @@ from msa_gateway.proxy.retry import RetryBudget
 
 
 class ServiceGuard:
-    """Outlier detection, retry budget and concurrency caps of one service."""
+    """Outlier detection, retry budget, concurrency caps and panic state of one service."""
 
-    __slots__ = ("budget", "limits", "options", "outlier")
+    __slots__ = ("budget", "in_panic", "limits", "options", "outlier")
 
     def __init__(self, options: ServiceOptions, keys: Iterable[str]) -> None:
         self.options = options
         self.outlier = OutlierDetector(options.outlier, keys)
         self.budget = RetryBudget.for_policy(options.retry)
-        self.limits = ConcurrencyLimits(options.limits)
+        self.limits = ConcurrencyLimits(options.limits, options.max_connections_per_instance)
+        self.in_panic = False
 
-    def reconcile(self, keys: Iterable[str]) -> None:
-        """Track exactly ``keys`` (instances that stay keep their state)."""
+    def update(self, options: ServiceOptions, keys: Iterable[str]) -> None:
+        """Track exactly ``keys`` under ``options``; counts in flight and ejections carry over.
+
+        A changed outlier block starts detection afresh (its thresholds and times changed).
+        """
         keys = list(keys)
-        self.outlier.reconcile(keys)
+        if options.outlier != self.options.outlier:
+            self.outlier = OutlierDetector(options.outlier, keys)
+        else:
+            self.outlier.reconcile(keys)
+        self.budget.configure(options.retry.budget_percent, options.retry.min_retry_concurrency)
+        self.limits.configure(options.limits, options.max_connections_per_instance)
         self.limits.reconcile(keys)
+        self.options = options
+
+    def set_panic(self, panic: bool) -> bool:
+        """Record whether the service is in panic mode; return True when that changed."""
+        if panic is self.in_panic:
+            return False
+        self.in_panic = panic
+        return True
 
     def candidates(
         self,
@@ -75,4 +93,5 @@ class ServiceGuard:
             },
             "limits": self.limits.snapshot(),
             "outlier": {"ejections_total": self.outlier.ejections_total},
+            "panic": self.in_panic,
         }

@@ -76,6 +76,7 @@ _FROM_UPSTREAM_KIND = MappingProxyType(
     {**{kind.value: kind for kind in FailureKind}, "invalid_response": FailureKind.PROTOCOL_ERROR}
 )
 _RESETS = frozenset({"reset", "reset_before_send", "disconnected"})
+_TIMEOUTS = frozenset({"read_timeout", "per_try_timeout"})
 
 
 def failure_from_kind(kind: str, request_bytes_sent: int) -> FailureKind:
@@ -84,10 +85,13 @@ def failure_from_kind(kind: str, request_bytes_sent: int) -> FailureKind:
     ``request_bytes_sent`` may be a count or ``UpstreamError.request_sent`` (a bool). A reset
     (``reset``, ``reset_before_send``, ``disconnected``) becomes ``RESET_BEFORE_SEND`` only when
     no request byte was written, else ``RESET_AFTER_SEND``; unknown kinds are treated as a
-    protocol error after sending (the safe side).
+    protocol error after sending (the safe side). ``per_try_timeout`` (an attempt ran out of its
+    ``retry.per_try_timeout``) counts as a read timeout.
     """
     if kind in _RESETS:
         return FailureKind.RESET_BEFORE_SEND if request_bytes_sent == 0 else FailureKind.RESET_AFTER_SEND
+    if kind in _TIMEOUTS:
+        return FailureKind.READ_TIMEOUT
     return _FROM_UPSTREAM_KIND.get(kind, FailureKind.PROTOCOL_ERROR)
 
 
@@ -113,6 +117,11 @@ class RetryBudget:
     def for_policy(cls, policy: RetryPolicy) -> RetryBudget:
         """Return a budget with the policy's percent and minimum."""
         return cls(policy.budget_percent, policy.min_retry_concurrency)
+
+    def configure(self, budget_percent: float, min_retry_concurrency: int) -> None:
+        """Apply new settings; the requests and retries in flight keep counting."""
+        self._fraction = budget_percent / 100.0
+        self.min_retry_concurrency = min_retry_concurrency
 
     @property
     def budget_percent(self) -> float:

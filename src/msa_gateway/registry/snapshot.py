@@ -2,7 +2,9 @@
 
 A ``Snapshot`` is built once per discovered change and swapped in with one assignment; the
 proxy reads it once per request. Everything a request needs (balancer, eligible instances,
-timeouts, metric children) is precomputed here so the request path only looks things up.
+compiled policy stages, timeouts, metric children) is precomputed here so the request path only
+looks things up. State that must outlive a snapshot (caps, budget, ejections, panic) lives on
+the service's ``ServiceGuard``.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from msa_gateway.balancing.base import Balancer, create_balancer
+from msa_gateway.balancing.base import Balancer
+from msa_gateway.balancing.table import create_balancer
 from msa_gateway.health.table import HealthTable, instance_key
 from msa_gateway.model import Instance, ServiceSpec
 from msa_gateway.observability.metrics import Metrics
+from msa_gateway.policies.base import RequestStage, ResponseStage
+from msa_gateway.policies.chain import compile_request_stages, compile_response_stages
 from msa_gateway.proxy.resilience import ServiceGuard
 
 
@@ -29,12 +34,13 @@ class ServiceRoute:
         "eligible",
         "eligible_keys",
         "guard",
-        "in_panic",
         "instances",
         "key_for",
         "keys",
         "name",
         "prefix",
+        "request_stages",
+        "response_stages",
         "spec",
         "upstream_errors",
     )
@@ -46,9 +52,13 @@ class ServiceRoute:
         self.instances: tuple[Instance, ...] = spec.instances
         self.keys: tuple[str, ...] = tuple(instance_key(spec.name, i.id, i.address) for i in spec.instances)
         self.key_for: dict[int, str] = {id(i): k for i, k in zip(self.instances, self.keys, strict=True)}
-        self.balancer: Balancer = create_balancer(spec.options.balancer)
         self.guard = guard
-        self.in_panic = False
+        limits, key_for = guard.limits, self.key_for
+        self.balancer: Balancer = create_balancer(
+            spec.options.balancer, lambda instance: limits.in_flight(key_for[id(instance)])
+        )
+        self.request_stages: tuple[RequestStage, ...] = compile_request_stages(spec)
+        self.response_stages: tuple[ResponseStage, ...] = compile_response_stages(spec)
         self._stats = metrics.requests
         self.duration = metrics.requests.histogram(spec.name)
         self.upstream_errors = metrics.upstream_errors

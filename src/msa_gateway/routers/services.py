@@ -117,7 +117,7 @@ async def service_info(request: Request, name: str) -> dict[str, Any]:
         **_service(rt, route),
         "balancer": route.balancer.name,
         "options": asdict(options),
-        "panic": route.in_panic,
+        "panic": route.guard.in_panic,
         "state": route.guard.describe(),
         "requests_by_code": counts,
         "registry_version": rt.snapshot.version,

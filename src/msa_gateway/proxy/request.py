@@ -1,0 +1,99 @@
+"""What a proxied request is made of, read once from the ASGI scope: the facts every step shares.
+
+``ProxyRequest`` is built before routing and never changes after the route is matched, except
+for the fields that request stages may set (``route`` and, later, a consumer identity). One
+pass over the headers finds the request id and the body framing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from msa_gateway.errors import BadRequest, ServiceNotFound
+from msa_gateway.proxy.headers import request_id_from
+from msa_gateway.proxy.paths import check_segments, split_service, upstream_target
+
+if TYPE_CHECKING:
+    from msa_gateway.registry.snapshot import ServiceRoute, Snapshot
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+
+class ProxyRequest:
+    """One client request on its way through the proxy."""
+
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "headers",
+        "method",
+        "peer",
+        "raw_path",
+        "receive",
+        "request_id",
+        "rest",
+        "route",
+        "scope",
+        "send",
+        "started",
+    )
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.started = time.perf_counter()
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.method: str = scope["method"]
+        self.raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        client = scope.get("client")
+        self.peer: str | None = client[0] if client else None
+        self.headers: Headers = scope["headers"]
+        self.route: ServiceRoute | None = None
+        self.rest = b"/"
+        rid = None
+        self.content_length: int | None = None
+        self.chunked = False
+        for name, value in self.headers:
+            if name == b"x-request-id":
+                rid = value
+            elif name == b"content-length":
+                self.content_length = int(value) if value.isdigit() else -1
+            elif name == b"transfer-encoding":
+                self.chunked = True
+        self.request_id = request_id_from(rid)
+
+    @property
+    def has_body(self) -> bool:
+        """Return whether a body follows the head (chunked, or a non-zero Content-Length)."""
+        return self.chunked or bool(self.content_length)
+
+    @property
+    def body_length(self) -> int | None:
+        """Return the body's declared length (None when chunked, or no body)."""
+        return None if self.chunked else self.content_length
+
+    @property
+    def target(self) -> str:
+        """Return the request target to send upstream: the path after the service, plus the query."""
+        return upstream_target(self.rest, self.scope["query_string"])
+
+    def match(self, snapshot: Snapshot) -> ServiceRoute:
+        """Find the route on the raw path; raise 404/400 when there is none or the request is unusable."""
+        name, rest = split_service(self.raw_path)
+        route = snapshot.services.get(name)
+        if route is None:
+            raise ServiceNotFound(
+                f"no service is registered under {name!r}" if name else "no service in path"
+            )
+        self.route = route  # counted under the service from here on, even when refused below
+        check_segments(rest)
+        if self.content_length is not None and self.content_length < 0:
+            raise BadRequest("invalid Content-Length")
+        self.rest = rest
+        return route
