@@ -102,7 +102,7 @@ def _warn_once(seen: set[tuple[str, str, str]] | None, service: str, sid: str, r
     log.warning("consul: skipping instance %r of service %r: %s", sid, service, reason)
 
 
-def parse_entry(
+def parse_entry(  # noqa: PLR0911 - one return per kind of unusable catalog entry
     service: str, entry: object, *, allow_warning: bool, seen: set[tuple[str, str, str]] | None = None
 ) -> Instance | None:
     """Turn one ``/v1/health/service`` entry into an ``Instance``, or None when it is not eligible.
@@ -205,7 +205,7 @@ class ConsulProvider:
 
     name = "consul"
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only settings, built by from_settings
         self,
         host: str = "localhost",
         port: int = 8500,

@@ -53,7 +53,7 @@ class TtlCheck:
 class ConsulRegistration:
     """Register one instance with the Consul agent while the ``async with`` block runs."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only settings, built by from_settings
         self,
         service: str,
         port: int,

@@ -94,7 +94,7 @@ class HealthTable:
         state = self._states.get(key)
         return state is None or state.status != "unhealthy"
 
-    def record(
+    def record(  # noqa: PLR0913 - keyword-only fields of one probe result
         self,
         service: str,
         key: str,

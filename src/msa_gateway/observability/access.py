@@ -53,7 +53,7 @@ class AccessLog:
         except (OSError, ValueError):
             pass
 
-    def log(
+    def log(  # noqa: PLR0913 - one keyword per access-line field; no record object per request on the hot path
         self,
         *,
         method: str,

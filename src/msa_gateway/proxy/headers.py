@@ -88,7 +88,7 @@ def is_trusted(peer: str | None, networks: tuple[Network, ...]) -> bool:
     return bool(peer and networks and _peer_trusted(peer, networks))
 
 
-def upstream_request_headers(
+def upstream_request_headers(  # noqa: PLR0913, PLR0912 - one pass over the headers needs every input; hot path, no context object; one pass over the headers, one branch per header class; hot path
     headers: Sequence[tuple[bytes, bytes]],
     *,
     peer: str | None,

@@ -153,7 +153,7 @@ class NativeClient:
         self._sweeper: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def send(
+    async def send(  # noqa: PLR0913, PLR0912 - the UpstreamClient seam: the parts of one HTTP request, no per-attempt object; the exchange's states in one readable sequence; hot path
         self,
         instance: Instance,
         options: ServiceOptions,
@@ -322,7 +322,7 @@ class NativeClient:
                 self._retired = {pool for pool in self._retired if pool.conns}
 
 
-async def _send_body(conn: Conn, state: _Body) -> None:
+async def _send_body(conn: Conn, state: _Body) -> None:  # noqa: PLR0912 - the exchange's states in one readable sequence; hot path
     """Write the held chunks again, then the rest of the iterator, framed; stop on an early answer."""
     length = state.length
     sent = 0

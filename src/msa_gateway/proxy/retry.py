@@ -195,7 +195,7 @@ _RETRY_FOR_KIND = MappingProxyType({kind: Decision(True, kind.value) for kind in
 _RETRY_FOR_STATUS = MappingProxyType({s: Decision(True, f"status_{s}") for s in range(100, 600)})
 
 
-def should_retry(
+def should_retry(  # noqa: PLR0913, PLR0912, PLR0911 - the decision table's inputs, keyword-only; the decision table reads top to bottom, one branch per rule; one return per rule of the decision table
     method: str,
     failure: FailureKind,
     *,
