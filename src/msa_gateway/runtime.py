@@ -23,6 +23,7 @@ from msa_gateway.health.table import HealthState, HealthTable, instance_key
 from msa_gateway.model import Discovered, Instance, ServiceSpec
 from msa_gateway.observability.access import AccessLog
 from msa_gateway.observability.metrics import UNKNOWN_SERVICE, Metrics
+from msa_gateway.proxy.attempts import note_panic
 from msa_gateway.proxy.resilience import ServiceGuard
 from msa_gateway.proxy.upstream import UpstreamClient, create_client
 from msa_gateway.registry.snapshot import EMPTY, ServiceRoute, Snapshot
@@ -193,12 +194,15 @@ class Runtime:
                 if path is not None:
                     targets[key] = ProbeTarget(route.name, key, inst, path, check)
         self.checker.reconcile(targets)
+        for route in new.services.values():
+            note_panic(self.metrics, route, route.panic_now())
 
     def _on_health_change(self, service: str, key: str, state: HealthState) -> None:
         route = self.snapshot.services.get(service)
         if route is None:
             return
         route.refresh(self.health)
+        note_panic(self.metrics, route, route.panic_now())
         if state.status == "healthy" and route.guard.outlier.active_probe_passed(key, time.monotonic()):
             log.info("ejected instance returns: its active health check recovered", extra={"instance": key})
         for inst, k in zip(route.instances, route.keys, strict=True):

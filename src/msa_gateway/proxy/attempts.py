@@ -125,12 +125,17 @@ class Forwarder:
 
     def note_panic(self, route: ServiceRoute, panic: bool) -> None:
         """Record the service's panic state; log and export it when it changes."""
-        if route.guard.set_panic(panic):
-            self.metrics.panic.labels(route.name).set(1 if panic else 0)
-            log.warning(
-                "service in panic mode: balancing over all instances" if panic else "service left panic mode",
-                extra={"service": route.name},
-            )
+        note_panic(self.metrics, route, panic)
+
+
+def note_panic(metrics: Metrics, route: ServiceRoute, panic: bool) -> None:
+    """Record a service's panic state on its guard; log and export it when it changes."""
+    if route.guard.set_panic(panic):
+        metrics.panic.labels(route.name).set(1 if panic else 0)
+        log.warning(
+            "service in panic mode: balancing over all instances" if panic else "service left panic mode",
+            extra={"service": route.name},
+        )
 
 
 class Attempts:

@@ -72,6 +72,10 @@ class ServiceRoute:
         self.eligible = tuple(i for i, _ in pairs)
         self.eligible_keys = tuple(k for _, k in pairs)
 
+    def panic_now(self) -> bool:
+        """Return whether the service would balance over all instances right now (panic mode)."""
+        return self.guard.candidates(self.instances, self.keys, self.eligible, self.eligible_keys)[1]
+
     def count(self, method: str, code: int) -> None:
         """Count one answered request."""
         self._stats.count(self.name, method, code)

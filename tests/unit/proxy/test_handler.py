@@ -267,12 +267,29 @@ async def test_panic_state_survives_a_swap_and_leaving_it_is_logged(caplog: pyte
     assert metric(rt, "gateway_service_panic", service="svc") == 1
     rt.apply(instances(9001, 9002, 9003))  # a swap: a new route, the same guard
     assert rt.guards["svc"].in_panic
-    rt.apply(instances(9003))  # the ejected ones left: the new one is healthy
     up.script(C, Reply(200))
     with caplog.at_level(logging.WARNING, logger="msa_gateway.proxy"):
+        rt.apply(instances(9003))  # the ejected ones left: the swap itself ends panic mode
+        assert metric(rt, "gateway_service_panic", service="svc") == 0
+        assert "service left panic mode" in caplog.text
         assert (await call(app)).status == 200
-    assert metric(rt, "gateway_service_panic", service="svc") == 0
-    assert "service left panic mode" in caplog.text
+    assert caplog.text.count("service left panic mode") == 1
+
+
+async def test_a_service_that_disappears_in_panic_drops_its_gauge(caplog: pytest.LogCaptureFixture) -> None:
+    rt, up, _ = make_runtime(
+        outlier={"consecutive_failures": 1, "max_ejection_percent": 100}, retry={"max_retries": 0}
+    )
+    rt.apply(instances(9001, 9002))
+    up.script(A, Reply(502))
+    up.script(B, Reply(502))
+    for _ in range(3):
+        await call(ProxyApp(rt))
+    assert metric(rt, "gateway_service_panic", service="svc") == 1
+    with caplog.at_level(logging.WARNING, logger="msa_gateway.registry"):
+        rt.apply({})
+    assert rt.metrics.registry.get_sample_value("gateway_service_panic", {"service": "svc"}) is None
+    assert "service left panic mode" in caplog.text and "svc" not in rt.guards
 
 
 async def test_least_request_load_survives_a_swap() -> None:
