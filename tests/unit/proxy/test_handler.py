@@ -13,7 +13,8 @@ import pytest
 
 from msa_gateway.errors import UpstreamError, UpstreamTimeout
 from msa_gateway.proxy.handler import ProxyApp
-from tests.support.fake_upstream import Hang, Reply, access_lines, call, instances, make_runtime
+from msa_gateway.runtime import Runtime
+from tests.support.fake_upstream import FakeUpstream, Hang, Reply, access_lines, call, instances, make_runtime
 
 A, B, C = "127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"
 REFUSED = UpstreamError("refused", "connect_refused", request_sent=False)
@@ -254,7 +255,8 @@ async def test_total_deadline_is_504_and_never_retried() -> None:
     assert access_lines(log)[0]["error"] == "deadline"
 
 
-async def test_panic_state_survives_a_swap_and_leaving_it_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+async def in_panic() -> tuple[Runtime, FakeUpstream, ProxyApp]:
+    """Two instances that answer 502 until both are ejected: the service is in panic mode."""
     rt, up, _ = make_runtime(
         outlier={"consecutive_failures": 1, "max_ejection_percent": 100}, retry={"max_retries": 0}
     )
@@ -265,6 +267,11 @@ async def test_panic_state_survives_a_swap_and_leaving_it_is_logged(caplog: pyte
     for _ in range(3):
         await call(app)
     assert metric(rt, "gateway_service_panic", service="svc") == 1
+    return rt, up, app
+
+
+async def test_panic_state_survives_a_swap_and_leaving_it_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    rt, up, app = await in_panic()
     rt.apply(instances(9001, 9002, 9003))  # a swap: a new route, the same guard
     assert rt.guards["svc"].in_panic
     up.script(C, Reply(200))
@@ -277,15 +284,7 @@ async def test_panic_state_survives_a_swap_and_leaving_it_is_logged(caplog: pyte
 
 
 async def test_a_service_that_disappears_in_panic_drops_its_gauge(caplog: pytest.LogCaptureFixture) -> None:
-    rt, up, _ = make_runtime(
-        outlier={"consecutive_failures": 1, "max_ejection_percent": 100}, retry={"max_retries": 0}
-    )
-    rt.apply(instances(9001, 9002))
-    up.script(A, Reply(502))
-    up.script(B, Reply(502))
-    for _ in range(3):
-        await call(ProxyApp(rt))
-    assert metric(rt, "gateway_service_panic", service="svc") == 1
+    rt, _, _ = await in_panic()
     with caplog.at_level(logging.WARNING, logger="msa_gateway.registry"):
         rt.apply({})
     assert rt.metrics.registry.get_sample_value("gateway_service_panic", {"service": "svc"}) is None
