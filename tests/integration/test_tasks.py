@@ -63,6 +63,26 @@ class FailOnce:
         return wrapper
 
 
+def patch_once(monkeypatch: pytest.MonkeyPatch, owner: Any, attr: str, nth: int = 1) -> FailOnce:
+    """Make the ``nth`` call of ``owner.attr`` (a method, sync or async) raise the injected fault."""
+    original = getattr(owner, attr)
+    fault = FailOnce(original, nth)
+    wrapper = fault.coro() if asyncio.iscoroutinefunction(original) else fault.sync()
+    monkeypatch.setattr(owner, attr, wrapper)
+    return fault
+
+
+async def get_ok(url: str) -> None:
+    async with aiohttp.ClientSession() as http, http.get(url) as r:
+        assert r.status == 200, await r.text()
+
+
+def only_failing(health: dict[str, Any]) -> tuple[str, int, str]:
+    """Return name, restarts and last error of the one task ``/health/`` lists as failing."""
+    [failing] = health["tasks"]["failing"]
+    return failing["name"], failing["restarts"], failing["last_error"]
+
+
 async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -99,8 +119,7 @@ def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]
 async def test_a_crashed_probe_loop_is_restarted_and_shown(
     monkeypatch: pytest.MonkeyPatch, logs: pytest.LogCaptureFixture
 ) -> None:
-    fault = FailOnce(ActiveHealthChecker.record, nth=2)
-    monkeypatch.setattr(ActiveHealthChecker, "record", fault.sync())
+    fault = patch_once(monkeypatch, ActiveHealthChecker, "record", nth=2)
     async with Recorder() as rec:
         config = service_yaml({"svc": [rec.port]}, health_check={"path": "/health", "interval": 0.05})
         async with serve_gateway(config) as gw:
@@ -111,9 +130,8 @@ async def test_a_crashed_probe_loop_is_restarted_and_shown(
     tasks = health["tasks"]
     assert tasks["kinds"]["health_probe"]["running"] == 1
     assert tasks["kinds"]["health_probe"]["crashes"] == 1
-    [failing] = tasks["failing"]
-    assert (failing["name"], failing["state"], failing["restarts"]) == (name, "running", 1)
-    assert failing["last_error"] == FAULT
+    assert only_failing(health) == (name, 1, FAULT)
+    assert tasks["failing"][0]["state"] == "running"
     assert health["status"] == "degraded"
     assert 'gateway_task_crashes_total{task="health_probe"} 1.0' in text
     assert crashes_logged(logs) == [(name, FAULT)]
@@ -122,16 +140,13 @@ async def test_a_crashed_probe_loop_is_restarted_and_shown(
 async def test_a_crashed_discovery_task_is_restarted_and_loads(
     monkeypatch: pytest.MonkeyPatch, logs: pytest.LogCaptureFixture
 ) -> None:
-    fault = FailOnce(Aggregator.run)
-    monkeypatch.setattr(Aggregator, "run", fault.coro())
+    fault = patch_once(monkeypatch, Aggregator, "run")
     async with Recorder() as rec, serve_gateway(service_yaml({"svc": [rec.port]})) as gw:
         await until(lambda: gw.runtime.ready)
-        async with aiohttp.ClientSession() as http, http.get(f"{gw.url}/svc/x") as r:
-            assert r.status == 200
+        await get_ok(f"{gw.url}/svc/x")
         health = await health_of(gw.url)
     assert fault.calls == 2
-    [failing] = health["tasks"]["failing"]
-    assert (failing["name"], failing["restarts"], failing["last_error"]) == ("discovery:static", 1, FAULT)
+    assert only_failing(health) == ("discovery:static", 1, FAULT)
     assert health["tasks"]["kinds"]["discovery"]["running"] == 1
     assert crashes_logged(logs) == [("discovery:static", FAULT)]
 
@@ -139,8 +154,7 @@ async def test_a_crashed_discovery_task_is_restarted_and_loads(
 async def test_a_crashed_consul_watcher_fails_the_watch_which_is_restarted(
     monkeypatch: pytest.MonkeyPatch, logs: pytest.LogCaptureFixture
 ) -> None:
-    fault = FailOnce(_WatchRun._watch_service)
-    monkeypatch.setattr(_WatchRun, "_watch_service", fault.coro())
+    fault = patch_once(monkeypatch, _WatchRun, "_watch_service")
     with ConsulDouble() as consul:
         async with Recorder() as rec:
             consul.register("web", "web-1", port=rec.port, address="127.0.0.1")
@@ -153,8 +167,7 @@ async def test_a_crashed_consul_watcher_fails_the_watch_which_is_restarted(
             async with serve_gateway({}, settings=settings) as gw:
                 runtime = gw.runtime
                 await until(lambda: fault.calls >= 2 and runtime.aggregator.up)
-                async with aiohttp.ClientSession() as http, http.get(f"{gw.url}/web/x") as r:
-                    assert r.status == 200
+                await get_ok(f"{gw.url}/web/x")
                 health = await health_of(gw.url)
     kinds = health["tasks"]["kinds"]
     assert kinds["consul_service_watch"]["running"] == 1
@@ -169,19 +182,12 @@ async def test_a_crashed_consul_watcher_fails_the_watch_which_is_restarted(
 async def test_a_crashed_idle_sweeper_is_restarted_and_shown(
     monkeypatch: pytest.MonkeyPatch, logs: pytest.LogCaptureFixture
 ) -> None:
-    fault = FailOnce(Pool.expire)
-    monkeypatch.setattr(Pool, "expire", fault.sync())
+    fault = patch_once(monkeypatch, Pool, "expire")
     async with Recorder() as rec, serve_gateway(service_yaml({"svc": [rec.port]})) as gw:
-        async with aiohttp.ClientSession() as http, http.get(f"{gw.url}/svc/x") as r:
-            assert r.status == 200  # the first pool starts the sweeper
+        await get_ok(f"{gw.url}/svc/x")  # the first pool starts the sweeper
         await until(lambda: fault.calls >= 2)  # one sweep a second: it crashed, then swept again
         health = await health_of(gw.url)
-    [failing] = health["tasks"]["failing"]
-    assert (failing["name"], failing["restarts"], failing["last_error"]) == (
-        "upstream_idle_sweeper",
-        1,
-        FAULT,
-    )
+    assert only_failing(health) == ("upstream_idle_sweeper", 1, FAULT)
     assert crashes_logged(logs) == [("upstream_idle_sweeper", FAULT)]
 
 
@@ -189,13 +195,13 @@ async def test_a_crashed_redis_heartbeat_is_restarted(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, logs: pytest.LogCaptureFixture
 ) -> None:
     registrar = RedisRegistrar.from_settings(redis_server.settings())
-    fault = FailOnce(registrar.heartbeat)
-    monkeypatch.setattr(registrar, "heartbeat", fault.coro())
+    fault = patch_once(monkeypatch, registrar, "heartbeat")
     tasks = Supervisor()
     instance = Instance(id="u1", host="127.0.0.1", port=8001, source="redis")
     try:
         async with ServiceRegistration(registrar, "users", instance, ttl=0.3, tasks=tasks) as reg:
             await until(lambda: reg.heartbeats >= 2)
+            assert fault.calls >= 3  # the first one crashed the task
             [info] = tasks.describe()
             assert (info.name, info.restarts, info.last_error) == ("redis_heartbeat:users/u1", 1, FAULT)
         assert tasks.describe() == []  # stopped on exit
@@ -204,7 +210,9 @@ async def test_a_crashed_redis_heartbeat_is_restarted(
     assert crashes_logged(logs) == [("redis_heartbeat:users/u1", FAULT)]
 
 
-async def test_a_crashed_consul_ttl_heartbeat_is_restarted(logs: pytest.LogCaptureFixture) -> None:
+async def test_a_crashed_consul_ttl_heartbeat_is_restarted(
+    monkeypatch: pytest.MonkeyPatch, logs: pytest.LogCaptureFixture
+) -> None:
     tasks = Supervisor()
     with ConsulDouble() as consul:
         reg = ConsulRegistration(
@@ -216,8 +224,7 @@ async def test_a_crashed_consul_ttl_heartbeat_is_restarted(logs: pytest.LogCaptu
             tasks=tasks,
         )
         async with reg:
-            fault = FailOnce(reg.pass_ttl)
-            reg.pass_ttl = fault.coro()  # type: ignore[method-assign]
+            fault = patch_once(monkeypatch, reg, "pass_ttl")
             await until(lambda: fault.calls >= 3)
             [info] = tasks.describe()
             assert (info.name, info.restarts, info.last_error) == ("consul_ttl:orders-1", 1, FAULT)
