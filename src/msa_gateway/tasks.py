@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -165,16 +165,12 @@ class Supervisor:
 
     def describe(self) -> list[TaskInfo]:
         """Return the state of every live task, by name."""
-        return sorted(
-            (TaskInfo(e.name, e.kind, e.state, e.restarts, e.last_error, e.since) for e in self._live),
-            key=lambda info: info.name,
-        )
+        return _by_name(self._live)
 
     def failing(self) -> list[TaskInfo]:
-        """Return the live tasks that crashed less than ``stable_after`` seconds ago."""
+        """Return the live tasks that crashed less than ``stable_after`` seconds ago, by name."""
         cutoff = self._clock() - self.policy.stable_after
-        names = {e.name for e in self._live if e.last_crash is not None and e.last_crash > cutoff}
-        return [info for info in self.describe() if info.name in names]
+        return _by_name(e for e in self._live if e.last_crash is not None and e.last_crash > cutoff)
 
     def kinds(self) -> dict[str, dict[str, Any]]:
         """Return, per kind, the live task count and (once one crashed) crashes and the last error."""
@@ -203,6 +199,11 @@ class Supervisor:
         for entry in entries:
             entry.cancel()
         await _wait_stopped([e.task for e in entries if e.task is not None], timeout)
+
+
+def _by_name(entries: Iterable[Supervised]) -> list[TaskInfo]:
+    infos = (TaskInfo(e.name, e.kind, e.state, e.restarts, e.last_error, e.since) for e in entries)
+    return sorted(infos, key=lambda info: info.name)
 
 
 async def _wait_stopped(tasks: list[asyncio.Task[None]], timeout: float) -> None:
