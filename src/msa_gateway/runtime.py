@@ -10,9 +10,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
 
 from msa_gateway import __version__
 from msa_gateway.discovery.aggregator import Aggregator
@@ -28,6 +27,7 @@ from msa_gateway.proxy.resilience import ServiceGuard
 from msa_gateway.proxy.upstream import UpstreamClient, create_client
 from msa_gateway.registry.snapshot import EMPTY, ServiceRoute, Snapshot
 from msa_gateway.settings import GatewayConfig, Settings, validate_service_name
+from msa_gateway.tasks import Factory, Supervised, Supervisor
 
 log = logging.getLogger("msa_gateway.registry")
 
@@ -48,40 +48,34 @@ class Runtime:
         self.config = config
         self.version = __version__
         self.started_at = time.time()
+        self.tasks = Supervisor()
         self.metrics = Metrics()
+        self.metrics.track_tasks(self.tasks)
         self.access = access or AccessLog(console=settings.debug)
         self.health = HealthTable()
         self.health.set_listener(self._on_health_change)
-        self.checker = ActiveHealthChecker(self.health)
-        self.upstream: UpstreamClient = upstream or create_client(settings.upstream_client)
+        self.checker = ActiveHealthChecker(self.health, tasks=self.tasks)
+        self.upstream: UpstreamClient = upstream or create_client(settings.upstream_client, self.tasks)
         self.snapshot: Snapshot = EMPTY
-        self.provider = provider or create_provider(settings, config)
+        self.provider = provider or create_provider(settings, config, self.tasks)
         self.registrar: Registrar | None = None
         self.aggregator = Aggregator(self.provider, self.apply, self.metrics)
         self.draining = False
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._discovery: Supervised | None = None
         self.guards: dict[str, ServiceGuard] = {}
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Start a named background task the runtime owns and cancels at shutdown."""
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error(
-                "background task died", extra={"task": task.get_name(), "error": repr(task.exception())}
-            )
+    def spawn(
+        self, kind: str, factory: Factory, *, key: str | None = None, restart: bool = True
+    ) -> Supervised:
+        """Start a named background task the runtime owns, restarts after a crash and stops at shutdown."""
+        return self.tasks.spawn(kind, factory, key=key, restart=restart)
 
     async def start(self) -> None:
         """Start discovery (probes start as snapshots arrive)."""
         self.registrar = create_registrar(self.settings)
-        self.spawn(f"discovery:{self.provider.name}", self.aggregator.run())
+        self._discovery = self.spawn("discovery", self.aggregator.run, key=self.provider.name)
         log.info(
             "gateway starting",
             extra={"discovery": self.provider.name, "config": self.config.source, "version": self.version},
@@ -94,11 +88,9 @@ class Runtime:
         return self.aggregator.loaded.is_set()
 
     async def aclose(self) -> None:
-        """Stop discovery, then probes, then close pools and clients, in that order."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Stop discovery, then probes, then close pools and clients, then any task left, in that order."""
+        if self._discovery is not None:
+            await self._discovery.stop()
         with contextlib.suppress(Exception):
             await self.provider.aclose()
         if self.registrar is not None:
@@ -106,6 +98,7 @@ class Runtime:
                 await self.registrar.aclose()
         await self.checker.aclose()
         await self.upstream.aclose()
+        await self.tasks.aclose()
         self.access.flush()
 
     # --- snapshots -------------------------------------------------------------------

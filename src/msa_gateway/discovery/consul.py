@@ -30,6 +30,7 @@ import orjson
 from msa_gateway.errors import DiscoveryError
 from msa_gateway.model import Discovered, Instance
 from msa_gateway.settings import validate_service_name
+from msa_gateway.tasks import Supervised, Supervisor
 
 if TYPE_CHECKING:
     from msa_gateway.settings import GatewayConfig, Settings
@@ -221,6 +222,7 @@ class ConsulProvider:
         rate: float = 5.0,
         burst: int = 10,
         max_connections: int = 128,
+        tasks: Supervisor | None = None,
     ) -> None:
         if not 0 < wait <= 600:
             raise ValueError("wait must be in (0, 600] seconds (Consul caps blocking queries at 10 minutes)")
@@ -228,13 +230,16 @@ class ConsulProvider:
         self.token, self.datacenter, self.allow_warning = token, datacenter, allow_warning
         self.wait, self.rate, self.burst, self.max_connections = wait, rate, burst, max_connections
         self._warned_filtered = False
+        self.tasks = tasks or Supervisor()
         self._short = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=request_timeout)
         self._long = aiohttp.ClientTimeout(
             sock_connect=connect_timeout, sock_read=read_timeout(wait, read_timeout_margin)
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, config: GatewayConfig) -> ConsulProvider:
+    def from_settings(
+        cls, settings: Settings, config: GatewayConfig, tasks: Supervisor | None = None
+    ) -> ConsulProvider:
         """Build from ``CONSUL_*`` settings (``config`` holds per-service options, applied elsewhere)."""
         # CONSUL_ALLOW_WARNING and CONSUL_WAIT are read when the settings grow them.
         return cls(
@@ -245,6 +250,7 @@ class ConsulProvider:
             datacenter=settings.consul_datacenter,
             allow_warning=settings.consul_allow_warning,
             wait=settings.consul_wait,
+            tasks=tasks,
         )
 
     async def watch(self) -> AsyncIterator[Discovered]:
@@ -325,8 +331,8 @@ class _WatchRun:
     def __init__(self, provider: ConsulProvider, session: aiohttp.ClientSession) -> None:
         self.p, self.session = provider, session
         self.services: dict[str, tuple[Instance, ...]] = {}
-        self.watchers: dict[str, asyncio.Task[None]] = {}
-        self.catalog_task: asyncio.Task[None] | None = None
+        self.watchers: dict[str, Supervised] = {}
+        self.catalog_task: Supervised | None = None
         self.catalog_index = 0
         self.indexes: dict[str, int] = {}
         self.changed = asyncio.Event()
@@ -344,8 +350,9 @@ class _WatchRun:
         await self._add(self._routable(parse_service_names(body)))
 
     def start(self) -> None:
-        self.catalog_task = asyncio.create_task(
-            self._guard(self._watch_catalog()), name="consul-watch-catalog"
+        # restart=False: a watcher's failure fails the whole watch, which the aggregator restarts.
+        self.catalog_task = self.p.tasks.spawn(
+            "consul_catalog_watch", lambda: self._guard(self._watch_catalog()), restart=False
         )
         for name in self.services:
             self._spawn(name)
@@ -354,7 +361,7 @@ class _WatchRun:
         tasks = [t for t in (self.catalog_task, *self.watchers.values()) if t is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(task.stop() for task in tasks))
 
     def _routable(self, names: frozenset[str]) -> set[str]:
         for name in names - self.skipped:
@@ -388,8 +395,8 @@ class _WatchRun:
             )
 
     def _spawn(self, name: str) -> None:
-        self.watchers[name] = asyncio.create_task(
-            self._guard(self._watch_service(name)), name=f"consul-watch:{name}"
+        self.watchers[name] = self.p.tasks.spawn(
+            "consul_service_watch", lambda: self._guard(self._watch_service(name)), key=name, restart=False
         )
 
     async def _guard(self, coro: Any) -> None:
@@ -402,6 +409,7 @@ class _WatchRun:
             self._fail(exc)
         except Exception as exc:  # a bug must still surface as a provider failure, not a silent stop
             self._fail(DiscoveryError(f"Consul watcher failed: {exc!r}"))
+            raise  # and reach the supervisor, which logs and counts the crash
 
     def _fail(self, exc: DiscoveryError) -> None:
         if self.failure is None:

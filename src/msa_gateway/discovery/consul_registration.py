@@ -13,6 +13,7 @@ the instance (restarted without persisted state), the heartbeat registers it aga
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,7 @@ import aiohttp
 
 from msa_gateway.discovery.consul import format_wait
 from msa_gateway.errors import DiscoveryError
+from msa_gateway.tasks import Supervised, Supervisor
 
 if TYPE_CHECKING:
     from msa_gateway.settings import Settings
@@ -67,6 +69,7 @@ class ConsulRegistration:
         consul_url: str = "http://127.0.0.1:8500",
         token: str | None = None,
         timeout: float = 10.0,
+        tasks: Supervisor | None = None,
     ) -> None:
         if not 1 <= port <= 65535:
             raise ValueError(f"port {port} out of range 1-65535")
@@ -78,7 +81,8 @@ class ConsulRegistration:
         self._headers = {"X-Consul-Token": token} if token else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._tasks = tasks or Supervisor()
+        self._heartbeat: Supervised | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, service: str, port: int, **kwargs: Any) -> ConsulRegistration:
@@ -119,8 +123,8 @@ class ConsulRegistration:
             await self.register()
             if isinstance(self.check, TtlCheck):
                 await self.pass_ttl()
-                self._heartbeat = asyncio.create_task(
-                    self._keep_passing(self.check.ttl), name=f"consul-ttl:{self.instance_id}"
+                self._heartbeat = self._tasks.spawn(
+                    "consul_ttl", functools.partial(self._keep_passing, self.check.ttl), key=self.instance_id
                 )
         except BaseException:
             await self._session.close()
@@ -131,8 +135,7 @@ class ConsulRegistration:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            await self._heartbeat.stop()
             self._heartbeat = None
         try:
             await self.deregister()

@@ -28,6 +28,7 @@ import orjson
 from msa_gateway.errors import ConfigError, DiscoveryError
 from msa_gateway.model import Discovered, Instance
 from msa_gateway.settings import GatewayConfig, Settings, validate_service_name
+from msa_gateway.tasks import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -349,9 +350,11 @@ class EtcdProvider:
         self._idle_probe = idle_probe
 
     @classmethod
-    def from_settings(cls, settings: Settings, config: GatewayConfig) -> EtcdProvider:
+    def from_settings(
+        cls, settings: Settings, config: GatewayConfig, tasks: Supervisor | None = None
+    ) -> EtcdProvider:
         """Build from ``ETCD_ENDPOINTS`` and ``ETCD_PREFIX`` (``config`` holds no etcd options)."""
-        del config
+        del config, tasks  # the watch runs inside watch(), no background task
         return cls(EtcdClient(parse_endpoints(settings.etcd_endpoints)), settings.etcd_prefix)
 
     async def load(self) -> tuple[InstanceTable, int]:

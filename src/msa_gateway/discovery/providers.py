@@ -7,6 +7,7 @@ from typing import Any
 
 from msa_gateway.discovery.base import Provider, Registrar
 from msa_gateway.settings import GatewayConfig, Settings
+from msa_gateway.tasks import Supervisor
 
 PROVIDERS: dict[str, str] = {
     "static": "msa_gateway.discovery.static:StaticProvider",
@@ -25,10 +26,10 @@ def _load(ref: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def create_provider(settings: Settings, config: GatewayConfig) -> Provider:
-    """Return the provider ``settings.service_discovery_type`` names."""
+def create_provider(settings: Settings, config: GatewayConfig, tasks: Supervisor | None = None) -> Provider:
+    """Return the provider ``settings.service_discovery_type`` names; it starts its tasks on ``tasks``."""
     cls = _load(PROVIDERS[settings.service_discovery_type])
-    provider: Provider = cls.from_settings(settings, config)
+    provider: Provider = cls.from_settings(settings, config, tasks)
     return provider
 
 

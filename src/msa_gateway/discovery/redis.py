@@ -35,6 +35,7 @@ from msa_gateway.discovery.redis_registry import (
 from msa_gateway.errors import DiscoveryError
 from msa_gateway.model import Discovered, Instance
 from msa_gateway.settings import GatewayConfig, Settings, validate_service_name
+from msa_gateway.tasks import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -249,8 +250,11 @@ class RedisProvider:
         self._where = f"{kw.get('host', kw.get('path', '?'))}:{kw.get('port', '')}"
 
     @classmethod
-    def from_settings(cls, settings: Settings, config: GatewayConfig) -> Self:
+    def from_settings(
+        cls, settings: Settings, config: GatewayConfig, tasks: Supervisor | None = None
+    ) -> Self:
         """Connect with the ``REDIS_*`` settings, without client-side retries (the aggregator retries)."""
+        del tasks  # the re-reads run inside watch(), no background task
         return cls(connect(settings, retries=0))
 
     async def read(self, legacy_keys: Sequence[bytes] = ()) -> Reading:

@@ -58,6 +58,7 @@ from msa_gateway.discovery.base import Registrar
 from msa_gateway.errors import DiscoveryError
 from msa_gateway.model import Instance
 from msa_gateway.settings import Settings, validate_service_name
+from msa_gateway.tasks import Supervised, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -336,6 +337,8 @@ class ServiceRegistration:
         instance: Instance,
         ttl: float = 10.0,
         interval: float | None = None,
+        *,
+        tasks: Supervisor | None = None,
     ) -> None:
         ttl_ms(ttl)  # validate early
         self.registrar, self.service, self.instance, self.ttl = registrar, service, instance, ttl
@@ -343,12 +346,13 @@ class ServiceRegistration:
             interval = min(ttl / 3, 60.0) if math.isfinite(ttl) else 60.0
         self.interval = interval
         self.heartbeats = 0
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = tasks or Supervisor()
+        self._task: Supervised | None = None
 
     async def __aenter__(self) -> Self:
         await self.registrar.register(self.service, self.instance, self.ttl)
-        self._task = asyncio.create_task(
-            self._beat(), name=f"redis-heartbeat:{self.service}/{self.instance.id}"
+        self._task = self._tasks.spawn(
+            "redis_heartbeat", self._beat, key=f"{self.service}/{self.instance.id}"
         )
         return self
 
@@ -361,9 +365,7 @@ class ServiceRegistration:
         """Stop heartbeating and (by default) deregister; a registry outage is logged, not raised."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await task.stop()
         if deregister:
             try:
                 await self.registrar.deregister(self.service, self.instance.id)

@@ -8,6 +8,7 @@ from typing import Self
 
 from msa_gateway.model import Discovered
 from msa_gateway.settings import GatewayConfig, Settings
+from msa_gateway.tasks import Supervisor
 
 
 class StaticProvider:
@@ -19,8 +20,11 @@ class StaticProvider:
         self._config = config
 
     @classmethod
-    def from_settings(cls, settings: Settings, config: GatewayConfig) -> Self:
-        """Build the provider from the loaded config."""
+    def from_settings(
+        cls, settings: Settings, config: GatewayConfig, tasks: Supervisor | None = None
+    ) -> Self:
+        """Build the provider from the loaded config (it starts no background task)."""
+        del tasks
         return cls(config)
 
     async def watch(self) -> AsyncIterator[Discovered]:

@@ -7,6 +7,7 @@ Results go only to the health table, which outlives snapshots.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -17,6 +18,7 @@ import aiohttp
 
 from msa_gateway.health.table import HealthTable
 from msa_gateway.model import HealthCheck, Instance
+from msa_gateway.tasks import Supervised, Supervisor
 
 log = logging.getLogger("msa_gateway.health")
 
@@ -46,10 +48,15 @@ class ActiveHealthChecker:
     """Probe every instance that has a health path, at its service's interval."""
 
     def __init__(
-        self, table: HealthTable, on_result: Callable[[ProbeTarget, ProbeResult], None] | None = None
+        self,
+        table: HealthTable,
+        on_result: Callable[[ProbeTarget, ProbeResult], None] | None = None,
+        *,
+        tasks: Supervisor | None = None,
     ) -> None:
         self._table = table
-        self._tasks: dict[str, tuple[ProbeTarget, asyncio.Task[None]]] = {}
+        self._supervisor = tasks or Supervisor()
+        self._tasks: dict[str, tuple[ProbeTarget, Supervised]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._rng = random.Random()
         self._on_result = on_result
@@ -96,7 +103,7 @@ class ActiveHealthChecker:
             task.cancel()
         for key, target in targets.items():
             if key not in self._tasks:
-                task = asyncio.get_running_loop().create_task(self._loop(target), name=f"health:{key}")
+                task = self._supervisor.spawn("health_probe", functools.partial(self._loop, target), key=key)
                 self._tasks[key] = (target, task)
 
     def record(self, target: ProbeTarget, result: ProbeResult) -> None:
@@ -133,6 +140,6 @@ class ActiveHealthChecker:
         self._tasks.clear()
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(t.stop() for t in tasks))
         if self._session is not None:
             await self._session.close()

@@ -7,10 +7,15 @@ a registered instance. A raw path never becomes a label value.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from msa_gateway.observability.requests import RequestStats
+from msa_gateway.tasks import Supervisor
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 UNKNOWN_SERVICE = "unknown"
@@ -86,6 +91,33 @@ class Metrics:
             registry=r,
         )
 
+    def track_tasks(self, tasks: Supervisor) -> None:
+        """Export the background tasks of ``tasks`` (counted at scrape time, by kind)."""
+        self.registry.register(TaskStats(tasks))
+
     def render(self) -> tuple[bytes, str]:
         """Return the exposition text and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class TaskStats(Collector):
+    """``gateway_background_tasks`` and ``gateway_task_crashes_total`` by task kind, read at scrape time."""
+
+    def __init__(self, tasks: Supervisor) -> None:
+        self._tasks = tasks
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the live task count and the crash count of every kind seen so far."""
+        running = GaugeMetricFamily(
+            "gateway_background_tasks", "Background tasks alive, by kind.", labels=["task"]
+        )
+        crashes = CounterMetricFamily(
+            "gateway_task_crashes",
+            "Background task crashes, by kind (each restarted with backoff).",
+            labels=["task"],
+        )
+        for kind, row in self._tasks.kinds().items():
+            running.add_metric([kind], row["running"])
+            crashes.add_metric([kind], row["crashes"])
+        yield running
+        yield crashes

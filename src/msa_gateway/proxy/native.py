@@ -31,7 +31,6 @@ aiohttp and nginx also assume. Errors carry fixed details, never the instance ad
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 from collections.abc import AsyncIterator, Sequence
 
@@ -49,6 +48,7 @@ from msa_gateway.proxy.native_conn import (
     serialize_head,
 )
 from msa_gateway.proxy.native_pool import IDLE_TIMEOUT, Overflow, Pool
+from msa_gateway.tasks import Supervised, Supervisor
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 REPLAY_LIMIT = 64 * 1024
@@ -145,12 +145,19 @@ class NativeClient:
 
     name = "native"
 
-    def __init__(self, idle_timeout: float = IDLE_TIMEOUT, sweep_interval: float = SWEEP_INTERVAL) -> None:
+    def __init__(
+        self,
+        idle_timeout: float = IDLE_TIMEOUT,
+        sweep_interval: float = SWEEP_INTERVAL,
+        *,
+        tasks: Supervisor | None = None,
+    ) -> None:
         self._pools: dict[str, Pool] = {}
         self._retired: set[Pool] = set()
         self._idle_timeout = idle_timeout
         self._sweep_interval = sweep_interval
-        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks = tasks or Supervisor()
+        self._sweeper: Supervised | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def send(  # noqa: PLR0913, PLR0912 - the UpstreamClient seam: the parts of one HTTP request, no per-attempt object; the exchange's states in one readable sequence; hot path
@@ -234,9 +241,7 @@ class NativeClient:
         """Stop the idle sweeper and abort every connection."""
         sweeper, self._sweeper = self._sweeper, None
         if sweeper is not None:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            await sweeper.stop()
         for pool in [*self._pools.values(), *self._retired]:
             pool.close_all()
         self._pools.clear()
@@ -260,7 +265,7 @@ class NativeClient:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         if self._sweeper is None:
-            self._sweeper = loop.create_task(self._sweep(), name="native-upstream-idle-sweeper")
+            self._sweeper = self._tasks.spawn("upstream_idle_sweeper", self._sweep)
         pool = self._pools[instance.address] = Pool(loop, instance.host, instance.port)
         return pool
 

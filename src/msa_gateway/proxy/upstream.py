@@ -23,6 +23,7 @@ from yarl import URL
 
 from msa_gateway.errors import UpstreamError, UpstreamTimeout
 from msa_gateway.model import Instance, ServiceOptions
+from msa_gateway.tasks import Supervisor
 
 log = logging.getLogger("msa_gateway.upstream")
 
@@ -88,10 +89,10 @@ UPSTREAM_CLIENTS: dict[str, str] = {
 }
 
 
-def create_client(name: str) -> UpstreamClient:
-    """Return a new upstream client of the implementation called ``name``."""
+def create_client(name: str, tasks: Supervisor | None = None) -> UpstreamClient:
+    """Return a new upstream client of the implementation called ``name``, starting tasks on ``tasks``."""
     module, _, attr = UPSTREAM_CLIENTS[name].partition(":")
-    client: UpstreamClient = getattr(importlib.import_module(module), attr)()
+    client: UpstreamClient = getattr(importlib.import_module(module), attr)(tasks=tasks)
     return client
 
 
@@ -151,7 +152,8 @@ class AiohttpClient:
 
     name = "aiohttp"
 
-    def __init__(self) -> None:
+    def __init__(self, *, tasks: Supervisor | None = None) -> None:
+        del tasks  # aiohttp runs no background task of the gateway's
         self._sessions: dict[int, aiohttp.ClientSession] = {}
         self._timeouts: dict[tuple[float, float, float | None], aiohttp.ClientTimeout] = {}
 

@@ -25,7 +25,9 @@ def _summary(request: Request) -> dict[str, Any]:
             "total_instances": total,
         }
     agg = rt.aggregator
-    degraded = any(s["status"] != "healthy" for s in services.values()) or not agg.up
+    tasks = rt.tasks.summary()
+    unhealthy = any(s["status"] != "healthy" for s in services.values())
+    degraded = unhealthy or not agg.up or bool(tasks["failing"])
     return {
         "status": "degraded" if degraded else "healthy",
         "ready": rt.ready,
@@ -38,6 +40,7 @@ def _summary(request: Request) -> dict[str, Any]:
             "registry_version": rt.snapshot.version,
         },
         "services": services,
+        "tasks": tasks,
     }
 
 

@@ -65,10 +65,10 @@ async def test_ttl_registration_stays_passing_and_deregisters_on_exit(consul: Co
             await asyncio.sleep(1.5)  # 2.5 TTLs: only the heartbeat keeps it passing
             assert consul.check_status(reg.check_id) == "passing"
             task_names = {t.get_name() for t in asyncio.all_tasks()}
-            assert "consul-ttl:orders-1" in task_names
+            assert "consul_ttl:orders-1" in task_names
         assert consul.instances("orders") == []
         await snapshot_where(it, lambda s: "orders" not in s)
-        assert "consul-ttl:orders-1" not in {t.get_name() for t in asyncio.all_tasks()}
+        assert "consul_ttl:orders-1" not in {t.get_name() for t in asyncio.all_tasks()}
     finally:
         await it.aclose()  # type: ignore[attr-defined]
 

@@ -361,7 +361,7 @@ async def test_idle_connections_expire() -> None:
         client = NativeClient(idle_timeout=0.2, sweep_interval=0.05)
         await fetch(client, rec.port)
         assert rec.open_connections == 1
-        sweepers = [t for t in asyncio.all_tasks() if t.get_name() == "native-upstream-idle-sweeper"]
+        sweepers = [t for t in asyncio.all_tasks() if t.get_name() == "upstream_idle_sweeper"]
         assert len(sweepers) == 1
         await eventually(lambda: rec.open_connections == 0)
         assert client.idle_count(instance(rec.port).address) == 0
