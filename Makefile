@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 DEB_PACKAGES := nginx-light wrk redis-server etcd-server etcd-client prometheus
 
-.PHONY: run test lint unit integration bench bench-stream bench-discovery bench-faults deps venv clean check-config
+.PHONY: run test lint unit integration bench bench-compare bench-stream bench-discovery bench-faults deps venv clean check-config
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ integration: deps venv
 
 bench: deps venv
 	$(PY) -m bench.run --runs 3 --wait-quiet 120
+
+# The gateway of REV (default HEAD~1) against this checkout's, in one run (see bench/README.md).
+bench-compare: deps venv
+	$(PY) -m bench.compare --rev $(or $(REV),HEAD~1) --runs 3 --wait-quiet 120
 
 bench-stream: deps venv
 	$(PY) -m bench.stream

@@ -16,6 +16,7 @@ import yaml
 from bench.procs import REPO, Proc, StartError, http_request, start
 
 SERVICE = "bench"
+DROPPED_ENV = frozenset({"DEBUG", "LOG_LEVEL", "SERVICE_DISCOVERY_TYPE", "PYTHONPATH"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,20 @@ def write_config(workdir: Path, document: Mapping[str, Any]) -> Path:
     return path
 
 
+def gateway_env(
+    inherited: Mapping[str, str], extra: Mapping[str, str], config: Path, port: int
+) -> dict[str, str]:
+    """Return the environment of a gateway under test: ours minus what changes its behaviour, plus
+    ``extra``, plus where it listens and which config it reads (the same for every variant).
+
+    PYTHONPATH is dropped too: it would make another checkout's command import this checkout's package.
+    """
+    env = {k: v for k, v in inherited.items() if k not in DROPPED_ENV}
+    env.update(extra)
+    env.update({"GATEWAY_CONFIG": str(config), "HOST": "127.0.0.1", "PORT": str(port)})
+    return env
+
+
 def start_gateway(
     workdir: Path,
     config: Path,
@@ -81,11 +96,7 @@ def start_gateway(
 
     Raise ``StartError`` (with the tail of its stderr/stdout) when it exits or never gets ready.
     """
-    env = dict(os.environ)
-    for key in ("DEBUG", "LOG_LEVEL", "SERVICE_DISCOVERY_TYPE"):
-        env.pop(key, None)
-    env.update(launch.env)
-    env.update({"GATEWAY_CONFIG": str(config), "HOST": "127.0.0.1", "PORT": str(port)})
+    env = gateway_env(os.environ, launch.env, config, port)
     stdout = workdir / "gateway-stdout.log" if launch.log_to_file else Path(os.devnull)
     # cwd is the temp dir so that a developer's .env in the repository cannot change the settings.
     proc = start("gateway", launch.command, workdir, core=core, env=env, stdout=stdout, cwd=workdir)

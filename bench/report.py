@@ -134,12 +134,51 @@ def cpu_ratios(summaries: Sequence[Summary]) -> dict[str, float]:
     return out
 
 
+def _over(num: float | None, den: float | None) -> float | None:
+    return None if num is None or den is None or den <= 0 else num / den
+
+
+def versus_gateway(summaries: Sequence[Summary]) -> dict[str, dict[str, float | None]]:
+    """Return, for every variant (a configuration beyond ``CONFIGS``), the gateway's figures over its.
+
+    Keys are ``{workload}: gateway/{variant}``; values the ratios of req/s, p99 and CPU us/req. With an
+    older build as the variant: req/s above 1, p99 and CPU below 1 mean the current gateway is better.
+    """
+    by = {(s.workload, s.config): s for s in summaries}
+    out: dict[str, dict[str, float | None]] = {}
+    for s in summaries:
+        gw = by.get((s.workload, "gateway"))
+        if s.config in CONFIGS or gw is None:
+            continue
+        out[f"{s.workload}: gateway/{s.config}"] = {
+            "requests_per_s": _over(gw.requests_per_s, s.requests_per_s),
+            "p99_ms": _over(gw.p99_ms, s.p99_ms),
+            "cpu_us_per_request": _over(gw.cpu_us_per_request, s.cpu_us_per_request),
+        }
+    return out
+
+
+def format_versus(comparisons: dict[str, dict[str, float | None]]) -> list[str]:
+    """Render ``versus_gateway``'s result, one line per workload and variant."""
+    return [
+        f"{name} = req/s x{_fmt(r['requests_per_s'], '.3f')}, p99 x{_fmt(r['p99_ms'], '.3f')}, "
+        f"CPU us/req x{_fmt(r['cpu_us_per_request'], '.3f')}"
+        for name, r in comparisons.items()
+    ]
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
 def format_table(summaries: Sequence[Summary]) -> str:
-    """Render the summaries as an aligned text table with a ratio column against nginx-proxy and direct."""
+    """Render the summaries as an aligned text table with req/s ratio columns against nginx-proxy and direct.
+
+    When variants were measured (configurations beyond ``CONFIGS``), a column against ``gateway`` too.
+    """
+    against = ["nginx-proxy", "direct"]
+    if any(s.config not in CONFIGS for s in summaries):
+        against.append("gateway")
     header = (
         "workload",
         "config",
@@ -150,8 +189,7 @@ def format_table(summaries: Sequence[Summary]) -> str:
         "other cores",
         "sock err",
         "non-2xx",
-        "x nginx-proxy",
-        "x direct",
+        *(f"x {name}" for name in against),
     )
     rows = [header]
     for s in summaries:
@@ -166,8 +204,7 @@ def format_table(summaries: Sequence[Summary]) -> str:
                 _fmt(s.other_cores, ".2f"),
                 str(s.socket_errors),
                 str(s.non_2xx_3xx),
-                _fmt(ratio(summaries, s.workload, s.config, "nginx-proxy"), ".3f"),
-                _fmt(ratio(summaries, s.workload, s.config, "direct"), ".3f"),
+                *(_fmt(ratio(summaries, s.workload, s.config, name), ".3f") for name in against),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -189,6 +226,7 @@ def to_json(
         "summaries": [{**asdict(s), "errors": s.errors} for s in summaries],
         "ratios": ratios(summaries),
         "cpu_ratios": cpu_ratios(summaries),
+        "versus_gateway": versus_gateway(summaries),
         "runs": [
             {
                 "config": m.config,

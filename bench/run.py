@@ -35,7 +35,19 @@ from bench.procs import (
     system_busy_seconds,
     wait_until_quiet,
 )
-from bench.report import CONFIGS, Measurement, Summary, cpu_ratios, format_table, ratios, summarize, to_json
+from bench.report import (
+    CONFIGS,
+    Measurement,
+    Summary,
+    cpu_ratios,
+    format_table,
+    format_versus,
+    ratios,
+    summarize,
+    to_json,
+    versus_gateway,
+)
+from bench.variants import GatewayVariant, gateway_variants
 from bench.wrk import POST_BODY_SIZE, run_wrk
 
 PATH = "/bench/anything"
@@ -93,6 +105,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="NAME:KEY=VALUE[,KEY=VALUE]",
         help="also measure a gateway started with this environment as configuration NAME (repeatable)",
     )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=CMD",
+        help="also measure the gateway started by CMD as configuration NAME, e.g. "
+        "old='/tmp/bench-old/.venv/bin/msa-gateway run' (repeatable)",
+    )
     p.add_argument("--client-core", type=int, default=0, help="core for wrk and the backends (0)")
     p.add_argument("--proxy-core", type=int, default=1, help="core for the proxy under test (1)")
     p.add_argument(
@@ -107,6 +127,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = set(args.configs) - set(CONFIGS)
     if unknown:
         p.error(f"unknown configuration(s): {', '.join(sorted(unknown))}")
+    try:
+        args.gateways = variants_of(args)
+    except SystemExit as exc:
+        p.error(str(exc.code))
     return args
 
 
@@ -172,37 +196,30 @@ def meta(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
 
 
-def gateway_variants(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
-    """Return (configuration name, extra environment) for every gateway to measure."""
-    variants: list[tuple[str, dict[str, str]]] = []
-    base = gateway.parse_env(args.gateway_env)
-    if "gateway" in args.configs:
-        variants.append(("gateway", base))
-    for spec in args.extra_gateway:
-        name, _, env = spec.partition(":")
-        if not name or name in CONFIGS or name in (v[0] for v in variants):
-            raise SystemExit(f"--extra-gateway needs a new NAME:KEY=VALUE[,KEY=VALUE], got {spec!r}")
-        variants.append((name, {**base, **gateway.parse_env([e for e in env.split(",") if e])}))
-    return variants
+def variants_of(args: argparse.Namespace) -> list[GatewayVariant]:
+    """Return every gateway the command line asks to measure (see ``bench.variants``)."""
+    command = tuple(shlex.split(args.gateway_cmd)) if args.gateway_cmd else gateway.gateway_command()
+    return gateway_variants(args.configs, command, args.gateway_env, args.extra_gateway, args.variant)
 
 
 def start_gateways(
     args: argparse.Namespace, workdir: Path, ports: Sequence[int], stack: contextlib.ExitStack
 ) -> tuple[list[Target], list[str]]:
     """Start every gateway variant on the proxy core; return the ones up and the failure messages."""
-    command = tuple(shlex.split(args.gateway_cmd)) if args.gateway_cmd else gateway.gateway_command()
     targets, failures = [], []
-    for name, env in gateway_variants(args):
-        port = free_port()
-        launch = gateway.GatewayLaunch(command=command, log_to_file=args.gateway_log == "file", env=env)
+    for variant in args.gateways:
+        name, port = variant.name, free_port()
+        to_file = args.gateway_log == "file"
+        launch = gateway.GatewayLaunch(variant.command, log_to_file=to_file, env=variant.env)
         config = gateway.write_config(workdir / name, gateway.gateway_config(ports))
+        print(f"{name}: {shlex.join(variant.command)}", flush=True)
         try:
             proc = gateway.start_gateway(
                 workdir / name, config, port, args.proxy_core, launch, ready_path=PATH
             )
         except StartError as exc:
-            envs = " ".join(f"{k}={v}" for k, v in env.items())
-            failures.append(f"GATEWAY DID NOT START ({name}): {envs} {shlex.join(command)}\n{exc}")
+            envs = " ".join(f"{k}={v}" for k, v in variant.env.items())
+            failures.append(f"GATEWAY DID NOT START ({name}): {envs} {shlex.join(variant.command)}\n{exc}")
             print(failures[-1], file=sys.stderr, flush=True)
             continue
         stack.callback(proc.stop)
@@ -267,6 +284,8 @@ def verdict(summaries: Sequence[Summary], args: argparse.Namespace) -> int:
         print(line)
     for name, value in cpu_ratios(summaries).items():
         print(f"{name} = {value:.3f}  (per-core efficiency, stricter cross-check)")
+    for line in format_versus(versus_gateway(summaries)):
+        print(line)
     noisy = [s for s in summaries if s.other_cores is not None and s.other_cores > NOISY_CORES]
     if noisy:
         worst = max(s.other_cores or 0.0 for s in noisy)

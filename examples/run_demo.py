@@ -211,7 +211,7 @@ def usage(base: str) -> str:
         '-d \'{"name": "John Doe", "email": "john@example.com"}\'',
         f"curl {base}/order-service/orders",
         f'curl -X POST {base}/order-service/orders -H "Content-Type: application/json" '
-        '-d \'{"user_id": 1, "product": "Laptop", "quantity": 1}\'',
+        '-d \'{"user_id": 1, "items": [{"product_id": 1, "quantity": 2}]}\'',
         f"curl {base}/services",
         f"curl {base}/services/user-service/health",
         f"curl {base}/health/",

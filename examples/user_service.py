@@ -6,20 +6,22 @@ Run: ``python -m examples.user_service --port 8001 --instance user-service-1``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from examples.common import health, not_found, parse_args, serve
+from examples.common import health, parse_args, serve
+from examples.records import MemoryStore, add_collection_routes, answer, found_or_404
 
 SERVICE = "user-service"
 
 
 class NewUser(BaseModel):
-    """The body of ``POST /users``."""
+    """The body of ``POST /users`` and ``PUT /users/{id}``."""
 
     name: Annotated[str, Field(min_length=1, max_length=200)]
     email: Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
@@ -34,50 +36,22 @@ class User:
     email: str
 
 
-class UserStore:
-    """Users of one instance, in memory, with increasing ids."""
-
-    def __init__(self, seed: Sequence[tuple[str, str]] = ()) -> None:
-        self._users: dict[int, User] = {}
-        for name, email in seed:
-            self.add(name, email)
-
-    def add(self, name: str, email: str) -> User:
-        """Store a new user and return it."""
-        user = User(id=len(self._users) + 1, name=name, email=email)
-        self._users[user.id] = user
-        return user
-
-    def get(self, user_id: int) -> User | None:
-        """Return the user with ``user_id``, or None."""
-        return self._users.get(user_id)
-
-    def all(self) -> list[User]:
-        """Return every user, by id."""
-        return list(self._users.values())
-
-
 def create_app(instance: str) -> FastAPI:
     """Build the user-service app for the instance named ``instance``."""
-    store = UserStore(seed=[("Alice Smith", "alice@example.com"), ("Bob Jones", "bob@example.com")])
+    store: MemoryStore[User] = MemoryStore()
+    for name, email in (("Alice Smith", "alice@example.com"), ("Bob Jones", "bob@example.com")):
+        store.add(partial(User, name=name, email=email))
     app = FastAPI(title=SERVICE, version="1.0.0")
-
-    @app.get("/users")
-    async def list_users() -> dict[str, Any]:
-        users = store.all()
-        return {"users": [asdict(u) for u in users], "count": len(users), "instance": instance}
+    add_collection_routes(app, "user", store, instance)
 
     @app.post("/users", status_code=201)
     async def create_user(body: NewUser) -> dict[str, Any]:
-        user = store.add(body.name, body.email)
-        return {**asdict(user), "instance": instance}
+        return answer(store.add(partial(User, name=body.name, email=body.email)), instance)
 
-    @app.get("/users/{user_id}", response_model=None)
-    async def get_user(user_id: int) -> dict[str, Any] | JSONResponse:
-        user = store.get(user_id)
-        if user is None:
-            return not_found("user", user_id, instance)
-        return {**asdict(user), "instance": instance}
+    @app.put("/users/{record_id}", response_model=None)
+    async def replace_user(record_id: int, body: NewUser) -> dict[str, Any] | JSONResponse:
+        user = store.replace(record_id, partial(User, name=body.name, email=body.email))
+        return found_or_404(user, "user", record_id, instance)
 
     @app.get("/health")
     async def get_health() -> dict[str, str]:

@@ -9,9 +9,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from msa_gateway.settings import Settings
 from tests.support.gateway import gateway_process
-from tests.support.procs import PY, REPO, free_port, python_env
+from tests.support.procs import PY, REPO, free_port, python_env, wait_port
 from tests.support.recorder import RecorderThread, Reply
+from tests.support.seed import env_blocks, seed_text
 
 
 def _run(
@@ -149,3 +151,33 @@ def test_debug_gives_readable_console_lines() -> None:
 def test_sigterm_exits_zero() -> None:
     with gateway_process({"services": {}}) as gw:
         assert gw.terminate() == 0
+
+
+def test_gateway_starts_from_the_seeds_env_file_copied_verbatim(tmp_path: Path) -> None:
+    """The seed's ``.env`` block (``SERVICE_DISCOVERY_TYPE=static  # consul, redis, static``) in the cwd.
+
+    PORT comes from the environment (which wins over ``.env``) so the test does not need port 8000.
+    """
+    (tmp_path / ".env").write_text(env_blocks(seed_text())[0] + "\n", encoding="utf-8")
+    port = free_port()
+    env = {k: v for k, v in python_env().items() if k.lower() not in Settings.model_fields}
+    env["PORT"] = str(port)
+    log = tmp_path / "gateway.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [PY, "-m", "msa_gateway.cli", "run"], env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_port(port, timeout=20, proc=proc)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+            about = orjson.loads(resp.read())
+        assert about["discovery"] == "static"
+        assert about["services"] == 2  # the embedded registry: user-service and order-service
+        proc.terminate()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    assert lines and all(line.startswith("{") for line in lines)  # DEBUG=false: JSON lines

@@ -103,6 +103,19 @@ def test_user_missing_is_404_json(users: Demo) -> None:
     assert got.body == {"error": "not_found", "detail": "user 999999 not found", "instance": "user-service-7"}
 
 
+def test_user_put_replaces_and_delete_removes_then_both_404(users: Demo) -> None:
+    created = call("POST", f"{users.base}/users", {"name": "Old", "email": "old@example.com"}).body
+    url = f"{users.base}/users/{created['id']}"
+    replaced = call("PUT", url, {"name": "New", "email": "new@example.com"})
+    assert replaced == Answer(200, {**created, "name": "New", "email": "new@example.com"})
+    assert call("DELETE", url) == Answer(200, replaced.body)
+    assert call("GET", url).status == 404
+    assert call("DELETE", url).status == 404
+    assert call("PUT", url, {"name": "Again", "email": "a@example.com"}).status == 404
+    after = call("POST", f"{users.base}/users", {"name": "Next", "email": "next@example.com"}).body
+    assert after["id"] == created["id"] + 1  # a deleted id is not handed out again
+
+
 def test_user_create_rejects_invalid_body_with_422(users: Demo) -> None:
     assert call("POST", f"{users.base}/users", {"name": "No Email"}).status == 422
     assert call("POST", f"{users.base}/users", {"name": "X", "email": "not-an-email"}).status == 422
@@ -121,23 +134,61 @@ def test_order_list_returns_seeded_orders_and_instance(orders: Demo) -> None:
     assert got.status == 200
     assert got.body["instance"] == "order-service-9"
     assert got.body["count"] == len(got.body["orders"]) >= 1
-    assert all({"id", "user_id", "product", "quantity", "status"} <= set(o) for o in got.body["orders"])
+    assert all({"id", "user_id", "items", "status"} <= set(o) for o in got.body["orders"])
 
 
-def test_order_create_returns_201_then_get_and_list_show_it(orders: Demo) -> None:
+def test_order_create_with_the_seeds_items_body_then_get_and_list_show_it(orders: Demo) -> None:
     before = call("GET", f"{orders.base}/orders").body["count"]
-    created = call("POST", f"{orders.base}/orders", {"user_id": 1, "product": "Laptop", "quantity": 1})
+    created = call(
+        "POST", f"{orders.base}/orders", {"user_id": 1, "items": [{"product_id": 1, "quantity": 2}]}
+    )
     assert created.status == 201
-    assert {k: created.body[k] for k in ("user_id", "product", "quantity")} == {
+    assert {k: created.body[k] for k in ("user_id", "items", "status", "instance")} == {
         "user_id": 1,
-        "product": "Laptop",
-        "quantity": 1,
+        "items": [{"product_id": 1, "product": None, "quantity": 2}],
+        "status": "pending",
+        "instance": "order-service-9",
     }
-    assert created.body["instance"] == "order-service-9"
     fetched = call("GET", f"{orders.base}/orders/{created.body['id']}")
     assert fetched == Answer(200, created.body)
     listing = call("GET", f"{orders.base}/orders").body
     assert listing["count"] == before + 1
+
+
+def test_order_create_with_several_items_by_id_or_name(orders: Demo) -> None:
+    items = [
+        {"product_id": 7, "quantity": 1},
+        {"product": "Cable"},
+        {"product_id": 3, "product": "Mouse", "quantity": 4},
+    ]
+    created = call("POST", f"{orders.base}/orders", {"user_id": 2, "items": items})
+    assert created.status == 201
+    assert created.body["items"] == [
+        {"product_id": 7, "product": None, "quantity": 1},
+        {"product_id": None, "product": "Cable", "quantity": 1},
+        {"product_id": 3, "product": "Mouse", "quantity": 4},
+    ]
+
+
+def test_order_create_with_the_short_body_is_one_item(orders: Demo) -> None:
+    created = call("POST", f"{orders.base}/orders", {"user_id": 1, "product": "Laptop", "quantity": 1})
+    assert created.status == 201
+    assert created.body["user_id"] == 1
+    assert created.body["items"] == [{"product_id": None, "product": "Laptop", "quantity": 1}]
+    short = call("POST", f"{orders.base}/orders", {"user_id": 1, "product": "Pen"})
+    assert short.body["items"] == [{"product_id": None, "product": "Pen", "quantity": 1}]
+
+
+def test_order_put_replaces_and_delete_removes(orders: Demo) -> None:
+    created = call("POST", f"{orders.base}/orders", {"user_id": 1, "product": "Laptop"}).body
+    url = f"{orders.base}/orders/{created['id']}"
+    replaced = call("PUT", url, {"user_id": 3, "items": [{"product_id": 2, "quantity": 5}]})
+    assert replaced == Answer(
+        200, {**created, "user_id": 3, "items": [{"product_id": 2, "product": None, "quantity": 5}]}
+    )
+    assert call("DELETE", url) == Answer(200, replaced.body)
+    assert call("GET", url).status == 404
+    assert call("PUT", url, {"user_id": 3, "product": "X"}).status == 404
 
 
 def test_order_missing_is_404_json(orders: Demo) -> None:
@@ -150,9 +201,25 @@ def test_order_missing_is_404_json(orders: Demo) -> None:
     }
 
 
-def test_order_create_rejects_invalid_body_with_422(orders: Demo) -> None:
-    assert call("POST", f"{orders.base}/orders", {"product": "No user"}).status == 422
-    assert call("POST", f"{orders.base}/orders", {"user_id": 1, "product": "P", "quantity": 0}).status == 422
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ({"product": "No user"}, "user_id"),
+        ({"user_id": 1, "product": "P", "quantity": 0}, "quantity"),
+        ({"user_id": 1}, "either items or product"),
+        ({"user_id": 1, "items": []}, "items"),
+        ({"user_id": 1, "items": [{"quantity": 2}]}, "product_id or product"),
+        ({"user_id": 1, "items": [{"product_id": 0}]}, "product_id"),
+        ({"user_id": 1, "product": "P", "items": [{"product_id": 1}]}, "either items or product"),
+        ({"user_id": 1, "quantity": 2, "items": [{"product_id": 1}]}, "quantity belongs in each item"),
+    ],
+)
+def test_order_create_rejects_invalid_body_with_422_saying_why(
+    orders: Demo, body: dict[str, Any], why: str
+) -> None:
+    got = call("POST", f"{orders.base}/orders", body)
+    assert got.status == 422
+    assert why in json.dumps(got.body)
 
 
 def test_order_health(orders: Demo) -> None:

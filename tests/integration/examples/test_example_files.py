@@ -7,6 +7,7 @@ one place only, a registry that no longer validates, or a file the image copies 
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import yaml
 
 from msa_gateway.settings import load_config
 from tests.support.procs import REPO
+from tests.support.seed import SEED_BASE, curl_commands, seed_text
 
 EXAMPLES = REPO / "examples"
 
@@ -98,3 +100,15 @@ def test_every_file_the_dockerfile_copies_exists_and_is_not_dockerignored() -> N
     for src in sources:
         assert (REPO / src).exists(), f"Dockerfile copies {src}, which is missing"
         assert Path(src).parts[0] not in ignored, f"Dockerfile copies {src}, which .dockerignore excludes"
+
+
+def test_the_seeds_curl_examples_appear_verbatim_in_both_readmes_and_in_run_demos_hint() -> None:
+    from examples.run_demo import usage
+
+    seed = [c.argv for c in curl_commands(seed_text())]
+    assert len(seed) == 8
+    for readme in (REPO / "README.md", EXAMPLES / "README.md"):
+        documented = {c.argv for c in curl_commands(readme.read_text())}
+        assert [argv for argv in seed if argv not in documented] == [], readme
+    printed = [tuple(shlex.split(line)) for line in usage(SEED_BASE).splitlines()]
+    assert printed == seed

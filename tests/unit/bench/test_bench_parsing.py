@@ -12,10 +12,12 @@ import pytest
 from bench import gateway, nginx
 from bench.procs import find_binary, parse_cpu_line, parse_stat_cpu, parse_stat_ppid, parse_vmrss_kib
 from bench.report import Measurement, cpu_ratios, format_table, ratio, ratios, summarize
-from bench.run import POST_BODY, gateway_variants, parse_args
+from bench.run import POST_BODY
 from bench.stream import RSS_LIMIT, RssSampler, percentile
 from bench.stream_backend import CHUNK, chunks, stream_sha256
-from bench.wrk import POST_SCRIPT, WrkParseError, WrkResult, parse_time_ms, parse_wrk_output, wrk_command
+from bench.wrk import POST_SCRIPT, WrkParseError, parse_time_ms, parse_wrk_output, wrk_command
+
+from tests.unit.bench.results import wrk_result as _result
 
 CLEAN = """\
 Running 10s test @ http://127.0.0.1:40001/bench/anything
@@ -50,23 +52,6 @@ Running 3s test @ http://127.0.0.1:40002/bench/anything
 Requests/sec:   2616.28
 Transfer/sec:    408.00KB
 """
-
-
-def _result(
-    rps: float, p50: float = 1.0, p99: float = 2.0, requests: int = 1000, non2xx: int = 0
-) -> WrkResult:
-    return WrkResult(
-        requests=requests,
-        duration_s=10.0,
-        requests_per_s=rps,
-        latency_avg_ms=p50,
-        latency_max_ms=p99,
-        p50_ms=p50,
-        p75_ms=p50,
-        p90_ms=p99,
-        p99_ms=p99,
-        non_2xx_3xx=non2xx,
-    )
 
 
 @pytest.mark.parametrize(
@@ -301,16 +286,6 @@ def test_generated_gateway_config_is_valid_for_the_gateway_settings() -> None:
     assert [(i.host, i.port) for i in svc.instances] == [("127.0.0.1", 40101), ("127.0.0.1", 40102)]
     assert svc.options.health_check.path == "/health"
     assert svc.options.timeouts.read == 300.0
-
-
-def test_gateway_variants_add_named_extras_on_top_of_the_shared_environment() -> None:
-    args = parse_args(["--gateway-env", "A=1", "--extra-gateway", "native:UPSTREAM_CLIENT=native,A=2"])
-    assert gateway_variants(args) == [
-        ("gateway", {"A": "1"}),
-        ("native", {"A": "2", "UPSTREAM_CLIENT": "native"}),
-    ]
-    with pytest.raises(SystemExit):
-        gateway_variants(parse_args(["--extra-gateway", "direct:X=1"]))
 
 
 def test_summary_reports_the_worst_runs_foreign_cpu_use() -> None:
