@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     service_discovery_type: DiscoveryType = "static"
     gateway_config: str | None = None
     gateway_admin_token: str | None = None
-    upstream_client: Literal["native", "aiohttp"] = "native"
+    upstream_client: str = "native"
     drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
     max_request_line: Annotated[int, Field(ge=64, le=1_048_576)] = 8192
     max_header_bytes: Annotated[int, Field(ge=1024, le=16_777_216)] = 32768
@@ -74,6 +74,15 @@ class Settings(BaseSettings):
 
     etcd_endpoints: str = "http://127.0.0.1:2379"
     etcd_prefix: str = "/msa-gateway/services/"
+
+    @field_validator("upstream_client")
+    @classmethod
+    def _known_client(cls, v: str) -> str:
+        from msa_gateway.proxy.upstream import UPSTREAM_CLIENTS  # the table names the clients
+
+        if v not in UPSTREAM_CLIENTS:
+            raise ValueError(f"unknown upstream client {v!r}; known: {', '.join(UPSTREAM_CLIENTS)}")
+        return v
 
 
 # --- YAML schema (validated, then frozen) -------------------------------------------------

@@ -101,6 +101,10 @@ class FakeUpstream:
 
     name = "fake"
 
+    @classmethod
+    def create(cls, tasks: object) -> FakeUpstream:
+        return cls()
+
     def __init__(self) -> None:
         self.scripts: dict[str, list[Step]] = {}
         self.calls: list[Call] = []

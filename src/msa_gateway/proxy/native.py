@@ -145,6 +145,11 @@ class NativeClient:
 
     name = "native"
 
+    @classmethod
+    def create(cls, tasks: Supervisor | None) -> NativeClient:
+        """Return a new client whose idle sweeper runs on ``tasks``."""
+        return cls(tasks=tasks)
+
     def __init__(
         self,
         idle_timeout: float = IDLE_TIMEOUT,

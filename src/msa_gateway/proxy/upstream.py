@@ -16,7 +16,7 @@ import contextlib
 import importlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 from yarl import URL
@@ -58,6 +58,11 @@ class UpstreamClient(Protocol):
 
     name: str
 
+    @classmethod
+    def create(cls, tasks: Supervisor | None) -> UpstreamClient:
+        """Return a new client that starts its background tasks (if any) on ``tasks``."""
+        ...
+
     async def send(  # noqa: PLR0913 - the UpstreamClient seam: the parts of one HTTP request, no per-attempt object
         self,
         instance: Instance,
@@ -83,6 +88,9 @@ class UpstreamClient(Protocol):
         ...
 
 
+# The client table: ``UPSTREAM_CLIENT`` names an import string, loaded on demand; the setting's
+# allowed values are these keys. A new client is one module plus one entry here (and in the
+# TYPE_CHECKING tuple below, so mypy checks it against the protocol).
 UPSTREAM_CLIENTS: dict[str, str] = {
     "aiohttp": "msa_gateway.proxy.upstream:AiohttpClient",
     "native": "msa_gateway.proxy.native:NativeClient",
@@ -92,8 +100,8 @@ UPSTREAM_CLIENTS: dict[str, str] = {
 def create_client(name: str, tasks: Supervisor | None = None) -> UpstreamClient:
     """Return a new upstream client of the implementation called ``name``, starting tasks on ``tasks``."""
     module, _, attr = UPSTREAM_CLIENTS[name].partition(":")
-    client: UpstreamClient = getattr(importlib.import_module(module), attr)(tasks=tasks)
-    return client
+    cls: type[UpstreamClient] = getattr(importlib.import_module(module), attr)
+    return cls.create(tasks)
 
 
 # --- aiohttp implementation ---------------------------------------------------------------
@@ -151,6 +159,11 @@ class AiohttpClient:
     """Upstream client on aiohttp: one session per pool size, connections pooled per instance."""
 
     name = "aiohttp"
+
+    @classmethod
+    def create(cls, tasks: Supervisor | None) -> AiohttpClient:
+        """Return a new client (aiohttp runs no task of its own)."""
+        return cls(tasks=tasks)
 
     def __init__(self, *, tasks: Supervisor | None = None) -> None:
         del tasks  # aiohttp runs no background task of the gateway's
@@ -224,3 +237,9 @@ class AiohttpClient:
             with contextlib.suppress(Exception):
                 await session.close()
         self._sessions.clear()
+
+
+if TYPE_CHECKING:  # mypy checks every table entry against the protocol
+    from msa_gateway.proxy.native import NativeClient
+
+    _CLIENTS: tuple[type[UpstreamClient], ...] = (AiohttpClient, NativeClient)
