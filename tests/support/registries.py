@@ -23,8 +23,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from msa_gateway.discovery.codec import encode
 from msa_gateway.discovery.etcd import EtcdClient, b64
-from msa_gateway.discovery.etcd_registry import EtcdRegistrar, instance_value
+from msa_gateway.discovery.etcd_registry import EtcdRegistrar
 from msa_gateway.discovery.redis_registry import (
     DEFAULT_PREFIX,
     RedisRegistrar,
@@ -247,7 +248,7 @@ class EtcdRegistry(Registry):
 
         lease = run("lease", "grant", str(max(1, math.ceil(ttl)))).split()[1]
         key = f"{self.prefix}{service}/{instance.id}"
-        run("put", f"--lease={lease}", key, instance_value(instance).decode())
+        run("put", f"--lease={lease}", key, encode(instance).decode())
         with _logged_process([*etcdctl, "lease", "keep-alive", lease], env) as proc:
             yield proc
 

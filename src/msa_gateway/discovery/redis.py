@@ -14,13 +14,15 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, Self
+from typing import Self
 
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from msa_gateway.discovery import codec
+from msa_gateway.discovery.codec import valid_host, valid_port, validate_instance_id
 from msa_gateway.discovery.redis_registry import (
     DEFAULT_PREFIX,
     connect,
@@ -28,9 +30,6 @@ from msa_gateway.discovery.redis_registry import (
     expiry_key,
     instances_key,
     services_key,
-    valid_host,
-    valid_port,
-    validate_instance_id,
 )
 from msa_gateway.errors import DiscoveryError
 from msa_gateway.model import Discovered, Instance
@@ -38,6 +37,7 @@ from msa_gateway.settings import GatewayConfig, Settings, validate_service_name
 
 log = logging.getLogger(__name__)
 
+SOURCE = "redis"
 LEGACY_PATTERN = "service:*"
 EXPIRY_SLACK = 0.005  # re-read this long after the earliest expiry, so it has passed on the server
 
@@ -90,44 +90,13 @@ class Reading:
     problems: tuple[str, ...]
 
 
-def parse_instance(instance_id: str, raw: str | bytes) -> Instance:
-    """Parse one instance JSON document; raise ``ValueError`` saying what is wrong."""
-    try:
-        doc: Any = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"malformed JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise ValueError("expected a JSON object")
-    weight = doc.get("weight", 1)
-    if not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= 1000:
-        raise ValueError(f"weight must be an integer 1-1000, not {weight!r}")
-    metadata = doc.get("metadata") or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise ValueError("metadata must be an object of string values")
-    health_path = doc.get("health_path")
-    if health_path is not None and (not isinstance(health_path, str) or not health_path.startswith("/")):
-        raise ValueError(f"health_path must be null or start with '/', not {health_path!r}")
-    scheme = doc.get("scheme", "http")
-    if scheme != "http":
-        raise ValueError(f"scheme {scheme!r} is not supported (only 'http')")
-    return Instance(
-        id=instance_id,
-        host=valid_host(doc.get("host")),
-        port=valid_port(doc.get("port")),
-        weight=weight,
-        health_path=health_path,
-        metadata=tuple(sorted(metadata.items())),
-        source="redis",
-    )
-
-
 def parse_legacy(instance_id: str, raw: str) -> Instance:
     """Parse a ``"host:port"`` value of the original layout; raise ``ValueError`` if it is not one."""
     text = raw.strip()
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"expected 'host:port', got {text!r}")
-    return Instance(id=instance_id, host=valid_host(host), port=valid_port(int(port)), source="redis")
+    return Instance(id=instance_id, host=valid_host(host), port=valid_port(int(port)), source=SOURCE)
 
 
 def _name(name: str) -> str:
@@ -170,7 +139,7 @@ def build_snapshot(
                 instance_id = _id(raw_id)
                 if score is None:
                     raise ValueError(f"no expiry entry in {expiry_key(prefix, name)}")
-                instance = parse_instance(instance_id, raw)
+                instance = codec.decode(raw, source=SOURCE, instance_id=instance_id)
             except ValueError as exc:
                 problems.append(f"{key} field {raw_id!r}: {exc}")
                 continue

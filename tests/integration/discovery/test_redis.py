@@ -19,7 +19,6 @@ from redis.asyncio import Redis
 
 from msa_gateway.discovery.base import Provider, Registrar
 from msa_gateway.discovery.redis import RedisProvider
-from msa_gateway.discovery.redis_cli import add_commands
 from msa_gateway.discovery.redis_registry import (
     RedisRegistrar,
     ServiceRegistration,
@@ -28,6 +27,7 @@ from msa_gateway.discovery.redis_registry import (
     instances_key,
     services_key,
 )
+from msa_gateway.discovery.registry_cli import add_commands
 from msa_gateway.errors import DiscoveryError
 from msa_gateway.model import Discovered, Instance
 from msa_gateway.settings import GatewayConfig
@@ -301,8 +301,8 @@ async def test_bad_data_is_skipped_with_a_log_line_naming_the_key(
         lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         for field, reason in (
             ("json", "malformed JSON"),
-            ("noport", "missing port"),
-            ("range", "out of range"),
+            ("noport", "port: missing"),
+            ("range", "port: must be an integer 1-65535, not 70000"),
         ):
             assert any(f"{ikey} field '{field}'" in line and reason in line for line in lines), lines
         assert any("service:old field 'x'" in line for line in lines), lines
@@ -380,7 +380,7 @@ def run_cli(argv: list[str]) -> int:
 
 CLI_SNIPPET = """
 import argparse, sys
-from msa_gateway.discovery.redis_cli import add_commands
+from msa_gateway.discovery.registry_cli import add_commands
 parser = argparse.ArgumentParser(prog="msa-gateway")
 add_commands(parser.add_subparsers(required=True))
 args = parser.parse_args(sys.argv[1:])
@@ -389,7 +389,13 @@ sys.exit(args.func(args))
 
 
 def cli_env(server: RedisServer) -> dict[str, str]:
-    return python_env(REDIS_HOST="127.0.0.1", REDIS_PORT=str(server.port), REDIS_URL="", REDIS_DB="0")
+    return python_env(
+        SERVICE_DISCOVERY_TYPE="redis",
+        REDIS_HOST="127.0.0.1",
+        REDIS_PORT=str(server.port),
+        REDIS_URL="",
+        REDIS_DB="0",
+    )
 
 
 async def test_cli_register_and_deregister(
