@@ -34,7 +34,7 @@ when it is +inf, ``DEL`` both when the zset is empty):
 
 Gateways re-read everything on any event, at the next expiry, and every few seconds, so a lost
 message only delays a change. The original layout, ``HSET service:{name} {id} "host:port"``
-(no expiry, no events), is read too, every resync.
+(no expiry, no events), is read too: gateways poll a fingerprint of it twice a second.
 """
 
 from __future__ import annotations

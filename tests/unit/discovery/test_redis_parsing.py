@@ -145,3 +145,11 @@ def test_ttl_ms_converts_seconds_and_maps_infinity_to_never() -> None:
     for bad in (0.0, -1.0, math.nan, 10**9):
         with pytest.raises(ValueError):
             ttl_ms(bad)
+
+
+def test_parse_read_keeps_the_fingerprint_of_the_original_layout() -> None:
+    payload = b'["1", [], [["service:old", ["a", "127.0.0.1:1"]]], [7, "f00d"]]'
+    reading = parse_read(payload)
+    assert reading.fingerprint == (7, "f00d")
+    assert [i.id for i in reading.snapshot["old"]] == ["a"]
+    assert parse_read(b'["1", [], []]').fingerprint is None
