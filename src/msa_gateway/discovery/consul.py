@@ -27,7 +27,13 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from msa_gateway.discovery.codec import RecordError, valid_host, valid_metadata, validate_instance_id
+from msa_gateway.discovery.codec import (
+    MAX_WEIGHT,
+    RecordError,
+    valid_host,
+    valid_metadata,
+    validate_instance_id,
+)
 from msa_gateway.errors import DiscoveryError
 from msa_gateway.model import Discovered, Instance
 from msa_gateway.settings import validate_service_name
@@ -37,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_WEIGHT = 1000
 HEALTH_PATH_META = "health_path"
 _BAD_STATUS = "critical"
 
