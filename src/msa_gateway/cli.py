@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from msa_gateway import __version__
-from msa_gateway.discovery.redis_cli import add_commands as add_redis_commands
+from msa_gateway.discovery.registry_cli import add_commands as add_registry_commands
 from msa_gateway.errors import ConfigError
 from msa_gateway.settings import EMBEDDED_CONFIG, GatewayConfig, Settings, env_error, load_config
 
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=cmd_version)
-    add_redis_commands(sub)
+    add_registry_commands(sub)
     return parser
 
 

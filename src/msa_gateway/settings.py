@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from msa_gateway.balancing.table import BALANCER_NAMES
+from msa_gateway.discovery import codec
 from msa_gateway.errors import ConfigError
 from msa_gateway.model import (
     RESERVED_NAMES,
@@ -162,25 +163,8 @@ class _OptionsModel(_Strict):
         return v
 
 
-class _InstanceModel(_Strict):
-    host: Annotated[str, Field(min_length=1, max_length=253)]
-    port: Annotated[int, Field(ge=1, le=65535)]
-    id: str | None = None
-    weight: Annotated[int, Field(ge=1, le=1000)] = 1
-    health_path: str | None = None
-    scheme: Literal["http"] = "http"
-    metadata: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("host")
-    @classmethod
-    def _host_plain(cls, v: str) -> str:
-        if any(c in v for c in "/@?#% \t"):
-            raise ValueError("must be a bare host name or IP address")
-        return v
-
-
 class _ServiceModel(_OptionsModel):
-    instances: list[_InstanceModel] = Field(default_factory=list)
+    instances: list[dict[str, Any]] = Field(default_factory=list)  # records, decoded by ``codec``
 
 
 class _GatewayModel(_Strict):
@@ -271,6 +255,23 @@ def _key(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
+def _instances(source: str, where: str, records: list[dict[str, Any]]) -> tuple[Instance, ...]:
+    """Decode a service's static instance records with the rules every registry uses."""
+    seen: set[str] = set()
+    instances = []
+    for i, record in enumerate(records):
+        try:
+            inst = codec.decode_record(record, source="static", unknown="reject")
+        except codec.RecordError as exc:
+            key = f"{where}.instances.{i}" + (f".{exc.field}" if exc.field else "")
+            raise ConfigError(source, key, exc.reason) from None
+        if inst.id in seen:
+            raise ConfigError(source, f"{where}.instances.{i}", f"duplicate instance {inst.id!r}")
+        seen.add(inst.id)
+        instances.append(inst)
+    return tuple(instances)
+
+
 def parse_config(data: Any, source: str) -> GatewayConfig:
     """Validate parsed YAML ``data`` read from ``source``; raise ``ConfigError`` on any mistake."""
     if data is None:
@@ -302,25 +303,9 @@ def parse_config(data: Any, source: str) -> GatewayConfig:
             options = _merge(defaults, svc)
         except ValueError as exc:
             raise ConfigError(source, f"services.{name}", str(exc)) from None
-        seen: set[str] = set()
-        instances = []
-        for i, inst in enumerate(svc.instances):
-            iid = inst.id or f"{inst.host}:{inst.port}"
-            if iid in seen:
-                raise ConfigError(source, f"services.{name}.instances.{i}", f"duplicate instance {iid!r}")
-            seen.add(iid)
-            instances.append(
-                Instance(
-                    id=iid,
-                    host=inst.host,
-                    port=inst.port,
-                    weight=inst.weight,
-                    health_path=inst.health_path,
-                    metadata=tuple(sorted(inst.metadata.items())),
-                    source="static",
-                )
-            )
-        services[name] = ServiceConfig(name=name, options=options, instances=tuple(instances))
+        services[name] = ServiceConfig(
+            name=name, options=options, instances=_instances(source, f"services.{name}", svc.instances)
+        )
     return GatewayConfig(
         source=source,
         defaults=defaults,

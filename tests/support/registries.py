@@ -23,8 +23,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from msa_gateway.discovery.codec import encode
 from msa_gateway.discovery.etcd import EtcdClient, b64
-from msa_gateway.discovery.etcd_registry import EtcdRegistrar, instance_value
+from msa_gateway.discovery.etcd_registry import EtcdRegistrar
 from msa_gateway.discovery.redis_registry import (
     DEFAULT_PREFIX,
     RedisRegistrar,
@@ -64,13 +65,21 @@ class Registry(abc.ABC):
     async def deregister(self, service: str, instance_id: str) -> None:
         """Remove an instance."""
 
-    @abc.abstractmethod
-    def down(self) -> None:
-        """Crash the registry (connections reset, new ones refused)."""
+    async def down(self) -> None:
+        """Crash the registry (connections reset, new ones refused), in a thread: the loop keeps running."""
+        await asyncio.to_thread(self._down)
+
+    async def up(self) -> None:
+        """Bring the registry back on the same address, in a thread: starting etcd waits for its health."""
+        await asyncio.to_thread(self._up)
 
     @abc.abstractmethod
-    def up(self) -> None:
-        """Bring the registry back on the same address."""
+    def _down(self) -> None:
+        """Crash the registry (blocking)."""
+
+    @abc.abstractmethod
+    def _up(self) -> None:
+        """Start the registry again and wait until it answers (blocking)."""
 
     @abc.abstractmethod
     async def add_bad_entries(self, service: str) -> list[str]:
@@ -122,10 +131,10 @@ class RedisRegistry(Registry):
     async def deregister(self, service: str, instance_id: str) -> None:
         await self.registrar.deregister(service, instance_id)
 
-    def down(self) -> None:
+    def _down(self) -> None:
         self.server.stop(kill=True)
 
-    def up(self) -> None:
+    def _up(self) -> None:
         self.server.start()
 
     async def add_bad_entries(self, service: str) -> list[str]:
@@ -207,10 +216,10 @@ class EtcdRegistry(Registry):
     async def deregister(self, service: str, instance_id: str) -> None:
         await self.registrar.deregister(service, instance_id)
 
-    def down(self) -> None:
+    def _down(self) -> None:
         self.server.kill()
 
-    def up(self) -> None:
+    def _up(self) -> None:
         self.server.start()
 
     async def add_bad_entries(self, service: str) -> list[str]:
@@ -239,7 +248,7 @@ class EtcdRegistry(Registry):
 
         lease = run("lease", "grant", str(max(1, math.ceil(ttl)))).split()[1]
         key = f"{self.prefix}{service}/{instance.id}"
-        run("put", f"--lease={lease}", key, instance_value(instance).decode())
+        run("put", f"--lease={lease}", key, encode(instance).decode())
         with _logged_process([*etcdctl, "lease", "keep-alive", lease], env) as proc:
             yield proc
 
@@ -296,10 +305,10 @@ class ConsulRegistry(Registry):
     async def deregister(self, service: str, instance_id: str) -> None:
         await asyncio.to_thread(self.double.deregister, instance_id)
 
-    def down(self) -> None:
+    def _down(self) -> None:
         self.double.go_down()
 
-    def up(self) -> None:
+    def _up(self) -> None:
         self.double.come_back()
 
     async def add_bad_entries(self, service: str) -> list[str]:

@@ -27,6 +27,13 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from msa_gateway.discovery.codec import (
+    MAX_WEIGHT,
+    RecordError,
+    valid_host,
+    valid_metadata,
+    validate_instance_id,
+)
 from msa_gateway.errors import DiscoveryError
 from msa_gateway.model import Discovered, Instance
 from msa_gateway.settings import validate_service_name
@@ -37,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_WEIGHT = 1000
 HEALTH_PATH_META = "health_path"
 _BAD_STATUS = "critical"
 
@@ -121,6 +127,10 @@ def parse_entry(  # noqa: PLR0911 - one return per kind of unusable catalog entr
     if not isinstance(sid, str) or not sid:
         _warn_once(seen, service, repr(sid), "missing Service.ID")
         return None
+    why = validate_instance_id(sid)
+    if why:
+        _warn_once(seen, service, sid, why)
+        return None
     status = aggregate_status(entry.get("Checks"))
     if status == _BAD_STATUS or (status == "warning" and not allow_warning):
         return None
@@ -134,9 +144,15 @@ def parse_entry(  # noqa: PLR0911 - one return per kind of unusable catalog entr
     if not 1 <= port <= 65535:
         _warn_once(seen, service, sid, f"port {port} out of range 1-65535")
         return None
-    host = svc.get("Address") or node.get("Address")
-    if not isinstance(host, str) or not host:
+    address = svc.get("Address") or node.get("Address")
+    if not address:
         _warn_once(seen, service, sid, "neither Service.Address nor Node.Address is set")
+        return None
+    try:
+        host = valid_host(address)
+        meta = dict(valid_metadata(svc.get("Meta")))
+    except RecordError as exc:
+        _warn_once(seen, service, sid, str(exc))
         return None
     weights_raw = svc.get("Weights")
     weights: dict[str, Any] = weights_raw if isinstance(weights_raw, dict) else {}
@@ -144,8 +160,6 @@ def parse_entry(  # noqa: PLR0911 - one return per kind of unusable catalog entr
     weight = raw_weight if isinstance(raw_weight, int) and not isinstance(raw_weight, bool) else 1
     if weight <= 0:
         return None  # Consul's "do not send traffic while warning": Weights.Warning = 0
-    meta_raw = svc.get("Meta")
-    meta = {k: v for k, v in meta_raw.items() if isinstance(v, str)} if isinstance(meta_raw, dict) else {}
     tags = [t for t in svc.get("Tags") or () if isinstance(t, str)]
     if tags:
         meta["tags"] = ",".join(tags)

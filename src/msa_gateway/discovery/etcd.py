@@ -1,7 +1,7 @@
 """etcd discovery: read a key prefix, then watch it, through etcd's v3 JSON gateway.
 
-Each instance is one key ``{prefix}{service}/{id}`` whose value is a JSON object
-(``host``, ``port``, optional ``weight``, ``metadata``, ``health_path``); the layout and the
+Each instance is one key ``{prefix}{service}/{id}`` whose value is a JSON record as ``codec``
+describes it (``host``, ``port``, optional ``weight``, ``metadata``, ``health_path``); the layout and the
 ``etcdctl`` commands that write it are documented in ``etcd_registry``. The provider reads
 the whole prefix, yields a snapshot, then watches from ``header.revision + 1`` and yields a
 new complete snapshot after every batch of events that changes something. A watch cancelled
@@ -25,6 +25,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from msa_gateway.discovery import codec
+from msa_gateway.discovery.codec import validate_instance_id
 from msa_gateway.errors import ConfigError, DiscoveryError
 from msa_gateway.model import Discovered, Instance
 from msa_gateway.settings import GatewayConfig, Settings, validate_service_name
@@ -33,8 +35,7 @@ from msa_gateway.tasks import Supervisor
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/v3"
-BAD_HOST_CHARS = frozenset("/@?#% \t\r\n")
-MAX_ID_LENGTH = 256
+SOURCE = "etcd"
 
 
 class EtcdApiError(DiscoveryError):
@@ -99,59 +100,10 @@ def parse_key(key: str, prefix: str) -> tuple[str, str]:
     why = validate_service_name(service)
     if why:
         raise ValueError(why)
-    if "/" in iid or len(iid) > MAX_ID_LENGTH or not iid.isprintable():
-        raise ValueError(f"instance id must be 1-{MAX_ID_LENGTH} printable characters without '/'")
+    why = validate_instance_id(iid)
+    if why:
+        raise ValueError(why)
     return service, iid
-
-
-def _metadata(raw: object) -> tuple[tuple[str, str], ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, dict):
-        raise ValueError("metadata must be an object")
-    items: list[tuple[str, str]] = []
-    for k, v in raw.items():
-        if isinstance(v, bool):
-            items.append((k, "true" if v else "false"))
-        elif isinstance(v, str | int | float):
-            items.append((k, str(v)))
-        else:
-            raise ValueError(f"metadata.{k} must be a string, number or boolean")
-    return tuple(sorted(items))
-
-
-def parse_instance(iid: str, value: bytes) -> Instance:
-    """Build the Instance stored as JSON ``value``; raise ValueError saying what is wrong."""
-    try:
-        data = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"malformed JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ValueError("value must be a JSON object")
-    host, port = data.get("host"), data.get("port")
-    if not isinstance(host, str) or not host or len(host) > 253 or BAD_HOST_CHARS.intersection(host):
-        raise ValueError("host must be a bare host name or IP address")
-    if "port" not in data:
-        raise ValueError("missing port")
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ValueError(f"port {port!r} is not an integer in 1-65535")
-    weight = data.get("weight", 1)
-    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 1000:
-        raise ValueError(f"weight {weight!r} is not an integer in 1-1000")
-    health_path = data.get("health_path")
-    if health_path is not None and (not isinstance(health_path, str) or not health_path.startswith("/")):
-        raise ValueError("health_path must be a string starting with '/'")
-    if data.get("scheme", "http") != "http":
-        raise ValueError("only scheme 'http' is supported")
-    return Instance(
-        id=iid,
-        host=host,
-        port=port,
-        weight=weight,
-        health_path=health_path,
-        metadata=_metadata(data.get("metadata")),
-        source="etcd",
-    )
 
 
 class InstanceTable:
@@ -171,7 +123,7 @@ class InstanceTable:
             return False
         try:
             service, iid = parse_key(text, self._prefix)
-            instance = parse_instance(iid, value)
+            instance = codec.decode(value, source=SOURCE, instance_id=iid)
         except ValueError as exc:
             log.warning("etcd: skipping key %s: %s", text, exc)
             return self.delete(key)

@@ -8,13 +8,15 @@ Key layout (``ETCD_PREFIX`` defaults to ``/msa-gateway/services/``; a missing fi
             "port": 8001,                required: integer 1-65535
             "weight": 1,                 optional: integer 1-1000, default 1
             "health_path": "/health",    optional: path to probe; absent/null = the service's default
-            "metadata": {"zone": "a"}}   optional: string (or number/boolean) values
+            "metadata": {"zone": "a"}}   optional: string values (numbers/booleans become strings)
     lease: one lease per instance; the key disappears when the lease expires
 
 ``service`` is 1-128 characters of letters, digits, ``.``, ``_``, ``~``, ``-`` and not a gateway
-endpoint name (``health``, ``metrics``, ``services``, ...); ``instance_id`` is 1-256 printable
-characters without ``/``. Unknown JSON fields are ignored; a bad key or value is skipped by the
-gateway with a warning naming the key. Any change is seen by every gateway within a second.
+endpoint name (``health``, ``metrics``, ``services``, ...); ``instance_id`` is 1-256 characters
+without whitespace, control characters or ``/``; the value follows the rules of ``codec`` (the
+same as Redis, the YAML file and the admin API). Unknown JSON fields are ignored; a bad key or
+value is skipped by the gateway with a warning naming the key. Any change is seen by every
+gateway within a second.
 
 From any language, with ``etcdctl`` 3.4+ (older: ``export ETCDCTL_API=3``; add ``--endpoints=URL``)::
 
@@ -39,8 +41,8 @@ from __future__ import annotations
 
 import math
 
-import orjson
-
+from msa_gateway.discovery import codec
+from msa_gateway.discovery.codec import check_ttl
 from msa_gateway.discovery.etcd import (
     EtcdApiError,
     EtcdClient,
@@ -53,16 +55,6 @@ from msa_gateway.model import Instance
 from msa_gateway.settings import Settings
 
 GRPC_NOT_FOUND = 5
-
-
-def instance_value(instance: Instance) -> bytes:
-    """Return the JSON value stored for ``instance`` (the format ``parse_instance`` reads)."""
-    data: dict[str, object] = {"host": instance.host, "port": instance.port, "weight": instance.weight}
-    if instance.health_path is not None:
-        data["health_path"] = instance.health_path
-    if instance.metadata:
-        data["metadata"] = dict(instance.metadata)
-    return orjson.dumps(data)
 
 
 class EtcdRegistrar:
@@ -85,30 +77,38 @@ class EtcdRegistrar:
         return key
 
     async def register(self, service: str, instance: Instance, ttl: float) -> None:
-        """Put ``instance`` on a new lease of ``ttl`` seconds (rounded up, at least 1)."""
+        """Put ``instance`` on a new lease of ``ttl`` seconds (rounded up, at least 1); ``inf``: no lease."""
+        instance = codec.normalize(instance)
         key = self.key(service, instance.id)
-        grant = await self._client.call("/lease/grant", {"TTL": max(1, math.ceil(ttl))})
-        lease = int(grant["ID"])
-        await self._client.call(
-            "/kv/put", {"key": b64(key), "value": b64(instance_value(instance)), "lease": lease}
-        )
-        old = self._leases.get(key)
-        self._leases[key] = lease
+        lease = 0
+        if not math.isinf(check_ttl(ttl)):
+            grant = await self._client.call("/lease/grant", {"TTL": max(1, math.ceil(ttl))})
+            lease = int(grant["ID"])
+        put: dict[str, object] = {"key": b64(key), "value": b64(codec.encode(instance))}
+        if lease:
+            put["lease"] = lease
+        await self._client.call("/kv/put", put)
+        old = self._leases.pop(key, None)
+        if lease:
+            self._leases[key] = lease
         if old is not None and old != lease:
             await self._revoke(old)
 
     async def heartbeat(self, service: str, instance_id: str, ttl: float) -> bool:
         """Renew the key's lease for the TTL it was granted with; False when the key is gone.
 
-        ``ttl`` is not used: an etcd lease keeps the TTL it was granted with.
+        ``ttl`` is not used: an etcd lease keeps the TTL it was granted with. A key without a
+        lease (registered with ``ttl=inf``) never expires, so it only has to exist.
         """
         del ttl
         key = self.key(service, instance_id)
         answer = await self._client.call("/kv/range", {"key": b64(key), "keys_only": True})
         kvs = answer.get("kvs") or []
-        lease = int(kvs[0].get("lease", 0)) if kvs else 0
-        if not lease:
+        if not kvs:
             return False
+        lease = int(kvs[0].get("lease", 0))
+        if not lease:
+            return True
         renewed = await self._client.call("/lease/keepalive", {"ID": lease})
         return int(renewed.get("result", {}).get("TTL", 0)) > 0
 

@@ -19,6 +19,12 @@ REGISTRARS: dict[str, str] = {
     "redis": "msa_gateway.discovery.redis_registry:RedisRegistrar",
     "etcd": "msa_gateway.discovery.etcd_registry:EtcdRegistrar",
 }
+# Why the other providers take no registrations through the gateway, and where they go instead.
+NO_REGISTRAR: dict[str, str] = {
+    "static": "SERVICE_DISCOVERY_TYPE=static takes no registrations: add the instance to the YAML file",
+    "consul": "SERVICE_DISCOVERY_TYPE=consul takes no registrations through the gateway: register with the "
+    "Consul agent (PUT /v1/agent/service/register)",
+}
 
 
 def _load(ref: str) -> Any:
@@ -34,7 +40,7 @@ def create_provider(settings: Settings, config: GatewayConfig, tasks: Supervisor
 
 
 def create_registrar(settings: Settings) -> Registrar | None:
-    """Return a registrar for the active provider, or None when it takes no registrations."""
+    """Return a registrar for the active provider, or None when it takes none (``NO_REGISTRAR`` says why)."""
     ref = REGISTRARS.get(settings.service_discovery_type)
     if ref is None:
         return None

@@ -1,10 +1,14 @@
 """Redis provider: watch the layout written by ``redis_registry`` and emit complete snapshots.
 
-``watch()`` subscribes to the events channel first, then re-reads everything (one ``MULTI``
-with the server's ``TIME``) on every event, just after the earliest instance expiry, and every
+``watch()`` subscribes to the events channel first, then re-reads everything (one script with
+the server's ``TIME``) on every event, just after the earliest instance expiry, and every
 ``resync_interval`` seconds; the resync also ``SCAN``s for the original ``service:{name}``
-hashes. Bad entries are skipped with one warning naming the key; a connection error raises
-``DiscoveryError`` and the aggregator restarts ``watch()``, whose first read catches up.
+hashes. Writers of that original layout publish no events, so between reads the provider polls
+a fingerprint every ``legacy_poll`` seconds (one ``EVALSHA`` answering ``DBSIZE`` and a SHA-1 of
+the known ``service:*`` hashes, computed in Redis): a changed digest triggers a read, a changed
+``DBSIZE`` (a key came or went) a ``SCAN`` and a read; an idle registry costs 1/``legacy_poll``
+small commands a second. Bad entries are skipped with one warning naming the key; a connection
+error raises ``DiscoveryError`` and the aggregator restarts ``watch()``, whose first read catches up.
 """
 
 from __future__ import annotations
@@ -14,13 +18,15 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, Self
+from typing import Self
 
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from msa_gateway.discovery import codec
+from msa_gateway.discovery.codec import valid_host, valid_port, validate_instance_id
 from msa_gateway.discovery.redis_registry import (
     DEFAULT_PREFIX,
     connect,
@@ -28,9 +34,6 @@ from msa_gateway.discovery.redis_registry import (
     expiry_key,
     instances_key,
     services_key,
-    valid_host,
-    valid_port,
-    validate_instance_id,
 )
 from msa_gateway.errors import DiscoveryError
 from msa_gateway.model import Discovered, Instance
@@ -39,14 +42,43 @@ from msa_gateway.tasks import Supervisor
 
 log = logging.getLogger(__name__)
 
+SOURCE = "redis"
 LEGACY_PATTERN = "service:*"
+LEGACY_POLL = 0.5  # seconds between fingerprint polls: an original-layout change is read within ~0.5 s
 EXPIRY_SLACK = 0.005  # re-read this long after the earliest expiry, so it has passed on the server
 
 
+# The fingerprint of the original layout: DBSIZE (a new service:* key changes it) and a SHA-1 over
+# the known service:* hashes (KEYS[2..]) in field order, each string length-prefixed.
+_FINGERPRINT = """
+local function fingerprint()
+  local parts = {}
+  for i = 2, #KEYS do
+    local kind = redis.call('TYPE', KEYS[i]).ok
+    local items = {}
+    if kind == 'hash' then
+      local flat = redis.call('HGETALL', KEYS[i])
+      for j = 1, #flat, 2 do
+        items[#items + 1] = #flat[j] .. ':' .. flat[j] .. #flat[j + 1] .. ':' .. flat[j + 1]
+      end
+      table.sort(items)
+    end
+    parts[#parts + 1] = #KEYS[i] .. ':' .. KEYS[i] .. kind .. '{' .. table.concat(items) .. '}'
+  end
+  return {redis.call('DBSIZE'), redis.sha1hex(table.concat(parts))}
+end
+"""
+
+# KEYS: the services set, then legacy hashes. Answers [DBSIZE, digest] (see _FINGERPRINT).
+POLL_LUA = _FINGERPRINT + "return fingerprint()\n"
+
 # KEYS: the services set, then legacy hashes. ARGV: the per-service key prefix "P:service:".
-# Answers one JSON text: [now_ms, [[name, hash, zset], ...], [[key, hash], ...]] where a hash or
-# zset is a flat [field, value, ...] list ({} when empty or missing, false when of another type).
-READ_LUA = """
+# Answers one JSON text: [now_ms, [[name, hash, zset], ...], [[key, hash], ...], [dbsize, digest]]
+# where a hash or zset is a flat [field, value, ...] list ({} when empty or missing, false when of
+# another type).
+READ_LUA = (
+    _FINGERPRINT
+    + """
 local t = redis.call('TIME')
 local function get(key, kind, ...)
   local found = redis.call('TYPE', key).ok
@@ -68,8 +100,9 @@ for i = 2, #KEYS do
   legacy[#legacy + 1] = {KEYS[i], get(KEYS[i], 'hash', 'HGETALL', KEYS[i])}
 end
 local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-return cjson.encode({now, services, legacy})
+return cjson.encode({now, services, legacy, fingerprint()})
 """
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -83,43 +116,13 @@ class RawService:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Reading:
-    """A parsed read: the snapshot, when the next live instance expires, and what was skipped."""
+    """A parsed read: the snapshot, when the next live instance expires, what was skipped, the fingerprint."""
 
     snapshot: dict[str, tuple[Instance, ...]]
     now_ms: int
     next_expiry_ms: float | None
     problems: tuple[str, ...]
-
-
-def parse_instance(instance_id: str, raw: str | bytes) -> Instance:
-    """Parse one instance JSON document; raise ``ValueError`` saying what is wrong."""
-    try:
-        doc: Any = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"malformed JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise ValueError("expected a JSON object")
-    weight = doc.get("weight", 1)
-    if not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= 1000:
-        raise ValueError(f"weight must be an integer 1-1000, not {weight!r}")
-    metadata = doc.get("metadata") or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise ValueError("metadata must be an object of string values")
-    health_path = doc.get("health_path")
-    if health_path is not None and (not isinstance(health_path, str) or not health_path.startswith("/")):
-        raise ValueError(f"health_path must be null or start with '/', not {health_path!r}")
-    scheme = doc.get("scheme", "http")
-    if scheme != "http":
-        raise ValueError(f"scheme {scheme!r} is not supported (only 'http')")
-    return Instance(
-        id=instance_id,
-        host=valid_host(doc.get("host")),
-        port=valid_port(doc.get("port")),
-        weight=weight,
-        health_path=health_path,
-        metadata=tuple(sorted(metadata.items())),
-        source="redis",
-    )
+    fingerprint: tuple[int, str] | None = None
 
 
 def parse_legacy(instance_id: str, raw: str) -> Instance:
@@ -128,7 +131,7 @@ def parse_legacy(instance_id: str, raw: str) -> Instance:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"expected 'host:port', got {text!r}")
-    return Instance(id=instance_id, host=valid_host(host), port=valid_port(int(port)), source="redis")
+    return Instance(id=instance_id, host=valid_host(host), port=valid_port(int(port)), source=SOURCE)
 
 
 def _name(name: str) -> str:
@@ -171,7 +174,7 @@ def build_snapshot(
                 instance_id = _id(raw_id)
                 if score is None:
                     raise ValueError(f"no expiry entry in {expiry_key(prefix, name)}")
-                instance = parse_instance(instance_id, raw)
+                instance = codec.decode(raw, source=SOURCE, instance_id=instance_id)
             except ValueError as exc:
                 problems.append(f"{key} field {raw_id!r}: {exc}")
                 continue
@@ -211,7 +214,7 @@ def _pairs(flat: object) -> list[tuple[str, str]]:
 
 def parse_read(payload: bytes, prefix: str = DEFAULT_PREFIX) -> Reading:
     """Parse the JSON answer of ``READ_LUA`` (invalid UTF-8 becomes U+FFFD and fails validation)."""
-    now, raw_services, raw_legacy = orjson.loads(payload.decode("utf-8", "replace"))
+    now, raw_services, raw_legacy, *rest = orjson.loads(payload.decode("utf-8", "replace"))
     services: list[RawService] = []
     problems: list[str] = []
     for name, fields, scores in raw_services:
@@ -223,9 +226,8 @@ def parse_read(payload: bytes, prefix: str = DEFAULT_PREFIX) -> Reading:
         services.append(RawService(name, dict(_pairs(fields)), expiry))
     legacy = {key: dict(_pairs(fields)) for key, fields in raw_legacy if fields}
     reading = build_snapshot(int(now), services, legacy, prefix)
-    if problems:
-        return dataclasses.replace(reading, problems=(*problems, *reading.problems))
-    return reading
+    fingerprint = (int(rest[0][0]), str(rest[0][1])) if rest else None
+    return dataclasses.replace(reading, problems=(*problems, *reading.problems), fingerprint=fingerprint)
 
 
 class RedisProvider:
@@ -239,13 +241,16 @@ class RedisProvider:
         prefix: str = DEFAULT_PREFIX,
         resync_interval: float = 5.0,
         legacy: bool = True,
+        legacy_poll: float = LEGACY_POLL,
     ) -> None:
         self._redis = client
         self._prefix = prefix
         self._resync = resync_interval
         self._legacy = legacy
+        self._poll = legacy_poll
         self._per_service = f"{prefix}:service:"
         self._read = client.register_script(READ_LUA)
+        self._fingerprint = client.register_script(POLL_LUA)
         kw = client.connection_pool.connection_kwargs
         self._where = f"{kw.get('host', kw.get('path', '?'))}:{kw.get('port', '')}"
 
@@ -262,6 +267,11 @@ class RedisProvider:
         payload = await self._read(keys=[services_key(self._prefix), *legacy_keys], args=[self._per_service])
         return parse_read(payload, self._prefix)
 
+    async def fingerprint(self, legacy_keys: Sequence[bytes] = ()) -> tuple[int, str]:
+        """Return ``DBSIZE`` and the digest of the given legacy hashes, as ``read()`` reports them."""
+        size, digest = await self._fingerprint(keys=[services_key(self._prefix), *legacy_keys])
+        return int(size), digest.decode() if isinstance(digest, bytes) else str(digest)
+
     async def scan_legacy(self) -> list[bytes]:
         """Return the keys of the original layout's ``service:{name}`` hashes."""
         if not self._legacy:
@@ -277,10 +287,11 @@ class RedisProvider:
         reported: frozenset[str] = frozenset()
         legacy_keys: list[bytes] = []
         next_resync = 0.0
+        rescan = False
         try:
             await pubsub.subscribe(events_channel(self._prefix))
             while True:
-                if loop.time() >= next_resync:
+                if rescan or loop.time() >= next_resync:
                     legacy_keys = await self.scan_legacy()
                     next_resync = loop.time() + self._resync
                 reading = await self.read(legacy_keys)
@@ -295,7 +306,8 @@ class RedisProvider:
                 if reading.next_expiry_ms is not None:
                     delay = (reading.next_expiry_ms - reading.now_ms) / 1000 + EXPIRY_SLACK
                     wake = min(wake, loop.time() + delay)
-                await self._wait(pubsub, wake)
+                polled = (legacy_keys, reading.fingerprint) if self._legacy and reading.fingerprint else None
+                rescan = await self._wait(pubsub, wake, polled)
         except (RedisError, OSError) as exc:
             with contextlib.suppress(RedisError, OSError):
                 await self._redis.connection_pool.disconnect()  # the next watch() starts afresh
@@ -304,14 +316,26 @@ class RedisProvider:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    async def _wait(self, pubsub: PubSub, wake: float) -> None:
-        """Return at loop time ``wake`` or as soon as an event arrives (draining any burst)."""
+    async def _wait(
+        self, pubsub: PubSub, wake: float, polled: tuple[Sequence[bytes], tuple[int, str]] | None
+    ) -> bool:
+        """Return at loop time ``wake``, as soon as an event arrives (draining any burst) or, with
+        ``polled`` (legacy keys and their fingerprint at the last read), when the fingerprint
+        changes; answer True when ``DBSIZE`` changed, so the legacy keys must be scanned again.
+        """
         loop = asyncio.get_running_loop()
         while (remaining := wake - loop.time()) > 0:
-            if await pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining) is not None:
+            timeout = remaining if polled is None else min(remaining, self._poll)
+            if await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout) is not None:
                 while await pubsub.get_message(ignore_subscribe_messages=True, timeout=0) is not None:
                     pass
-                return
+                return False
+            if polled is not None and loop.time() < wake:
+                keys, seen = polled
+                now = await self.fingerprint(keys)
+                if now != seen:
+                    return now[0] != seen[0]
+        return False
 
     async def aclose(self) -> None:
         """Close the client and its connection pool."""

@@ -9,9 +9,9 @@ primary, not Cluster)::
                                         (+inf: never expires)
     P:events                      pub/sub channel, message = {"op", "service", "id"} JSON
 
-Instance JSON: ``{"id": str, "host": str, "port": int 1-65535, "weight": int 1-1000 (default 1),
-"metadata": {str: str} (default {}), "health_path": "/..." or null, "scheme": "http"}``; only
-``host`` and ``port`` are required, unknown fields are ignored, the hash field is the id.
+Instance JSON: the record of ``codec`` (``{"host", "port", "weight", "metadata", "health_path",
+...}``; only ``host`` and ``port`` are required, unknown fields are ignored, the hash field is
+the id).
 
 An instance is live while its score is greater than the Redis server's ``TIME`` in ms. The hash
 and the zset carry a ``PEXPIREAT`` at their highest score, so a service whose instances all
@@ -34,27 +34,25 @@ when it is +inf, ``DEL`` both when the zset is empty):
 
 Gateways re-read everything on any event, at the next expiry, and every few seconds, so a lost
 message only delays a change. The original layout, ``HSET service:{name} {id} "host:port"``
-(no expiry, no events), is read too, every resync.
+(no expiry, no events), is read too: gateways poll a fingerprint of it twice a second.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
 import logging
 import math
-import re
 from types import TracebackType
 from typing import Any, Self
 
-import orjson
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
+from msa_gateway.discovery import codec
 from msa_gateway.discovery.base import Registrar
+from msa_gateway.discovery.codec import check_ttl, validate_instance_id
 from msa_gateway.errors import DiscoveryError
 from msa_gateway.model import Instance
 from msa_gateway.settings import Settings, validate_service_name
@@ -63,9 +61,6 @@ from msa_gateway.tasks import Supervised, Supervisor
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "msa-gateway"
-MAX_TTL = 366 * 86400.0
-INSTANCE_ID_RE = re.compile(r"^[^\s/\x00-\x1f\x7f]{1,256}$")
-HOST_RE = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,252})$")
 
 _PRELUDE = """
 local t = redis.call('TIME')
@@ -184,79 +179,9 @@ def connect(settings: Settings, retries: int = 0) -> Redis:
 
 def ttl_ms(ttl: float) -> int:
     """Return ``ttl`` seconds as whole milliseconds, 0 for ``math.inf`` (never expires)."""
-    if math.isinf(ttl) and ttl > 0:
+    if math.isinf(check_ttl(ttl)):
         return 0
-    if not (0.001 <= ttl <= MAX_TTL):
-        raise ValueError(f"ttl must be between 0.001 and {MAX_TTL:.0f} seconds (or inf), not {ttl}")
     return max(1, round(ttl * 1000))
-
-
-def validate_instance_id(instance_id: str) -> str | None:
-    """Return why ``instance_id`` cannot be an instance id, or None when it can."""
-    if not INSTANCE_ID_RE.match(instance_id):
-        return "instance ids are 1-256 characters without whitespace, control characters or '/'"
-    return None
-
-
-def valid_host(value: object) -> str:
-    """Return ``value`` as a bare host name or IP (brackets dropped); raise ``ValueError`` if it is not."""
-    if not isinstance(value, str) or not value:
-        raise ValueError("host must be a non-empty string")
-    if HOST_RE.match(value):
-        return value
-    host = value[1:-1] if value.startswith("[") and value.endswith("]") else value
-    if ":" in host:
-        with contextlib.suppress(ValueError):
-            ipaddress.IPv6Address(host)
-            return host
-    raise ValueError(f"host {value!r} is not a bare host name or IP address")
-
-
-def valid_port(value: object) -> int:
-    """Return ``value`` if it is an integer port 1-65535; raise ``ValueError`` saying why not."""
-    if value is None:
-        raise ValueError("missing port")
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"port must be an integer, not {value!r}")
-    if not 1 <= value <= 65535:
-        raise ValueError(f"port {value} out of range 1-65535")
-    return value
-
-
-def default_id(host: str, port: int) -> str:
-    """Return the id an instance gets when none is given: ``host:port`` (``[v6]:port``)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def check_instance(instance: Instance) -> None:
-    """Raise ``ValueError`` unless the provider would read ``instance`` back unchanged."""
-    if valid_host(instance.host) != instance.host:
-        raise ValueError(f"host {instance.host!r} must be given without brackets")
-    valid_port(instance.port)
-    why = validate_instance_id(instance.id)
-    if why:
-        raise ValueError(why)
-    if not 1 <= instance.weight <= 1000:
-        raise ValueError(f"weight must be 1-1000, not {instance.weight}")
-    if instance.health_path is not None and not instance.health_path.startswith("/"):
-        raise ValueError(f"health_path must start with '/', not {instance.health_path!r}")
-    if instance.scheme != "http":
-        raise ValueError(f"scheme {instance.scheme!r} is not supported (only 'http')")
-
-
-def instance_json(instance: Instance) -> bytes:
-    """Return the JSON document the provider reads back as ``instance``."""
-    return orjson.dumps(
-        {
-            "id": instance.id,
-            "host": instance.host,
-            "port": instance.port,
-            "weight": instance.weight,
-            "metadata": dict(instance.metadata),
-            "health_path": instance.health_path,
-            "scheme": instance.scheme,
-        }
-    )
 
 
 def _check(service: str, instance_id: str) -> None:
@@ -282,13 +207,13 @@ class RedisRegistrar:
 
     async def register(self, service: str, instance: Instance, ttl: float) -> None:
         """Add or replace ``instance``; it expires ``ttl`` seconds (Redis clock) after its last heartbeat."""
+        instance = codec.normalize(instance)
         _check(service, instance.id)
-        check_instance(instance)
         keys = [services_key(self._prefix), *self._keys(service)]
         args: list[str | bytes | int] = [
             service,
             instance.id,
-            instance_json(instance),
+            codec.encode(instance),
             ttl_ms(ttl),
             events_channel(self._prefix),
             f"{self._prefix}:service:",

@@ -1,41 +1,29 @@
 """Admin endpoints that register and remove instances through the active provider's registrar.
 
 Off (404) unless ``GATEWAY_ADMIN_TOKEN`` is set; then every call needs
-``Authorization: Bearer <token>`` (401 otherwise). ``ttl`` omitted means the entry never
-expires; remove it with ``DELETE``.
+``Authorization: Bearer <token>`` (401 otherwise). Writes go to the registry
+``SERVICE_DISCOVERY_TYPE`` names (Redis or etcd); with ``static`` or ``consul`` they answer 409
+``registrations_not_supported`` saying where instances are registered instead. The body is an
+instance record (``codec``) plus ``ttl``; ``ttl`` omitted means the entry never expires.
 """
 
 from __future__ import annotations
 
 import hmac
 import math
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from msa_gateway.discovery import codec
 from msa_gateway.discovery.base import Registrar
-from msa_gateway.discovery.redis_registry import MAX_TTL, check_instance, default_id
+from msa_gateway.discovery.providers import NO_REGISTRAR
 from msa_gateway.errors import DiscoveryError, error_body
 from msa_gateway.model import Instance
 from msa_gateway.settings import validate_service_name
 
 router = APIRouter()
-
-
-class InstanceBody(BaseModel):
-    """The JSON body of ``POST /services/{name}/instances``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: Annotated[str, Field(min_length=1, max_length=253)]
-    port: Annotated[int, Field(ge=1, le=65535, strict=True)]
-    id: Annotated[str, Field(min_length=1, max_length=256)] | None = None
-    weight: Annotated[int, Field(ge=1, le=1000, strict=True)] = 1
-    ttl: Annotated[float, Field(gt=0, le=MAX_TTL)] | None = None
-    metadata: dict[str, str] = Field(default_factory=dict)
-    health_path: str | None = None
 
 
 def _error(request: Request, status: int, error: str, detail: str, **headers: str) -> Response:
@@ -63,15 +51,26 @@ def _guard(request: Request, name: str) -> Response | Registrar:
         return _error(request, 400, "bad_request", why)
     registrar: Registrar | None = request.app.state.runtime.registrar
     if registrar is None:
-        return _error(request, 409, "conflict", "the active discovery provider does not accept registrations")
+        kind = request.app.state.settings.service_discovery_type
+        return _error(request, 409, "registrations_not_supported", NO_REGISTRAR.get(kind, kind))
     return registrar
 
 
-def _describe(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "body"
-    reason = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-    return f"{where}: {reason}"
+def _parse_body(body: bytes, source: str) -> tuple[Instance, float]:
+    """Decode the JSON body: an instance record (``codec``, unknown fields rejected) plus ``ttl``."""
+    try:
+        doc: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"body: malformed JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ValueError("body: expected a JSON object")
+    ttl = doc.pop("ttl", None)
+    if ttl is None:
+        ttl = math.inf
+    elif isinstance(ttl, bool) or not isinstance(ttl, int | float) or math.isinf(ttl):
+        raise ValueError(f"ttl: must be a number of seconds or null, not {ttl!r}")
+    instance = codec.decode_record(doc, source=source, unknown="reject")
+    return instance, codec.check_ttl(float(ttl))
 
 
 @router.post("/services/{name}/instances", status_code=201, response_model=None)
@@ -81,36 +80,17 @@ async def register_instance(name: str, request: Request) -> Response:
     if isinstance(guard, Response):
         return guard
     try:
-        body = InstanceBody.model_validate_json(await request.body())
-    except ValidationError as exc:
-        return _error(request, 400, "bad_request", _describe(exc))
-    instance = Instance(
-        id=body.id or default_id(body.host, body.port),
-        host=body.host,
-        port=body.port,
-        weight=body.weight,
-        health_path=body.health_path,
-        metadata=tuple(sorted(body.metadata.items())),
-        source="redis",
-    )
-    ttl = body.ttl if body.ttl is not None else math.inf
+        instance, ttl = _parse_body(await request.body(), request.app.state.settings.service_discovery_type)
+    except ValueError as exc:
+        return _error(request, 400, "bad_request", str(exc))
     try:
-        check_instance(instance)
         await guard.register(name, instance, ttl)
     except ValueError as exc:
         return _error(request, 400, "bad_request", str(exc))
     except DiscoveryError as exc:
         return _error(request, 503, "registry_unavailable", str(exc))
-    doc: dict[str, Any] = {
-        "service": name,
-        "id": instance.id,
-        "host": instance.host,
-        "port": instance.port,
-        "weight": instance.weight,
-        "metadata": dict(instance.metadata),
-        "health_path": instance.health_path,
-        "ttl": body.ttl,
-    }
+    doc = {"service": name, **codec.to_record(instance), "ttl": None if math.isinf(ttl) else ttl}
+    del doc["scheme"]
     return Response(orjson.dumps(doc), status_code=201, media_type="application/json")
 
 

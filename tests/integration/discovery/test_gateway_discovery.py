@@ -194,7 +194,7 @@ async def test_registry_outage_start_down_then_up_then_killed_mid_traffic_then_b
 ) -> None:
     a, b, c = backends["a"], backends["b"], backends["c"]
     kind = registry.kind
-    registry.down()
+    await registry.down()
     async with serve_gateway(NO_PROBES, settings=registry.settings()) as gw, aiohttp.ClientSession() as http:
         async with http.get(f"{gw.url}/health/ready") as r:
             body = await r.json()
@@ -202,7 +202,7 @@ async def test_registry_outage_start_down_then_up_then_killed_mid_traffic_then_b
         assert body["reason"].startswith("registry not loaded: "), body
         assert len(body["reason"]) > len("registry not loaded: ") + 5, "the reason names the failure"
 
-        registry.up()
+        await registry.up()
         came_up = time.perf_counter()
         await registry.register("web", a.instance())
         await registry.register("web", b.instance())
@@ -212,6 +212,9 @@ async def test_registry_outage_start_down_then_up_then_killed_mid_traffic_then_b
                 return r.status
 
         ready_after = await eventually(ready_status, 10.0, expect=200)
+        # Ready means "the registry was read once", which may be before both registrations were:
+        # wait until they are in the routing table, so that every request below must succeed.
+        await eventually(lambda: ids(gw, "web"), 10.0, expect={"a", "b"})
 
         async with Traffic(http, f"{gw.url}/web/echo") as traffic:
             for name in ("a", "b"):
@@ -220,7 +223,7 @@ async def test_registry_outage_start_down_then_up_then_killed_mid_traffic_then_b
                 http, gw.url, "gateway_discovery_last_success_timestamp_seconds", kind
             )
             killed = time.perf_counter()
-            registry.down()
+            await registry.down()
 
             async def discovery_up() -> bool:
                 return bool((await get_json(http, f"{gw.url}/health/"))["discovery"]["up"])
@@ -237,7 +240,7 @@ async def test_registry_outage_start_down_then_up_then_killed_mid_traffic_then_b
         assert health["ready"] is True, "an outage after loading does not make the gateway unready"
         assert await metric_value(http, gw.url, "gateway_discovery_up", kind) == 0.0
 
-        registry.up()
+        await registry.up()
         for backend in (a, b, c):  # Redis restarts empty; registering again is idempotent elsewhere
             await registry.register("web", backend.instance())
 

@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,6 @@ from redis.asyncio import Redis
 
 from msa_gateway.discovery.base import Provider, Registrar
 from msa_gateway.discovery.redis import RedisProvider
-from msa_gateway.discovery.redis_cli import add_commands
 from msa_gateway.discovery.redis_registry import (
     RedisRegistrar,
     ServiceRegistration,
@@ -28,6 +27,7 @@ from msa_gateway.discovery.redis_registry import (
     instances_key,
     services_key,
 )
+from msa_gateway.discovery.registry_cli import add_commands
 from msa_gateway.errors import DiscoveryError
 from msa_gateway.model import Discovered, Instance
 from msa_gateway.settings import GatewayConfig
@@ -274,6 +274,60 @@ async def test_legacy_service_hashes_are_read(redis_server: RedisServer) -> None
             await provider.aclose()
 
 
+CLIENT_COMMANDS = ("evalsha", "eval", "scan", "script|load", "script")
+
+
+async def command_calls(raw: Redis) -> tuple[int, int]:
+    """Return (commands clients sent, all commands including those scripts ran), without INFO itself."""
+    stats = await raw.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    calls.pop("info", None)
+    return sum(calls.get(c, 0) for c in CLIENT_COMMANDS), sum(calls.values())
+
+
+async def test_original_layout_changes_show_up_within_1s_and_idle_polling_is_cheap(
+    redis_server: RedisServer,
+) -> None:
+    provider = RedisProvider(connect(redis_server.settings()))  # the defaults: resync 5 s, poll 0.5 s
+    w = Watcher(provider)
+    delays: dict[str, float] = {}
+    try:
+        await w.wait_for(lambda s: True)
+        async with Redis(port=redis_server.port) as raw:
+
+            async def timed(what: str, write: Awaitable[object], pred: Predicate) -> None:
+                start = time.perf_counter()
+                await write
+                delays[what] = await w.wait_for(pred, timeout=1.0) - start
+
+            await timed("new key", raw.hset("service:old", "a", "127.0.0.1:9001"), has("old", "a", port=9001))
+            await timed("new field", raw.hset("service:old", "b", "127.0.0.1:9002"), has("old", "b"))
+            await timed(
+                "new value", raw.hset("service:old", "a", "127.0.0.1:9005"), has("old", "a", port=9005)
+            )
+            await timed("field removed", raw.hdel("service:old", "b"), lacks("old", "b"))
+            await timed("key deleted", raw.delete("service:old"), lambda s: "old" not in s)
+
+            snapshots = len(w.snapshots)
+            client_before, all_before = await command_calls(raw)
+            started = time.perf_counter()
+            await asyncio.sleep(5.5)  # the measuring window: one resync period with nothing changing
+            elapsed = time.perf_counter() - started
+            client_after, all_after = await command_calls(raw)
+    finally:
+        await w.close()
+        await provider.aclose()
+    client_rate = (client_after - client_before) / elapsed
+    all_rate = (all_after - all_before) / elapsed
+    print(
+        "\noriginal layout: change -> snapshot "
+        + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in delays.items())
+        + f"; idle: {client_rate:.1f} commands/s sent ({all_rate:.1f}/s counting those inside scripts)"
+    )
+    assert len(w.snapshots) == snapshots, "nothing changed, so no new snapshot"
+    assert client_rate <= 2.6, "one fingerprint poll per 0.5 s plus one SCAN and read per 5 s"
+
+
 async def test_bad_data_is_skipped_with_a_log_line_naming_the_key(
     registrar: RedisRegistrar, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -301,8 +355,8 @@ async def test_bad_data_is_skipped_with_a_log_line_naming_the_key(
         lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         for field, reason in (
             ("json", "malformed JSON"),
-            ("noport", "missing port"),
-            ("range", "out of range"),
+            ("noport", "port: missing"),
+            ("range", "port: must be an integer 1-65535, not 70000"),
         ):
             assert any(f"{ikey} field '{field}'" in line and reason in line for line in lines), lines
         assert any("service:old field 'x'" in line for line in lines), lines
@@ -380,7 +434,7 @@ def run_cli(argv: list[str]) -> int:
 
 CLI_SNIPPET = """
 import argparse, sys
-from msa_gateway.discovery.redis_cli import add_commands
+from msa_gateway.discovery.registry_cli import add_commands
 parser = argparse.ArgumentParser(prog="msa-gateway")
 add_commands(parser.add_subparsers(required=True))
 args = parser.parse_args(sys.argv[1:])
@@ -389,7 +443,13 @@ sys.exit(args.func(args))
 
 
 def cli_env(server: RedisServer) -> dict[str, str]:
-    return python_env(REDIS_HOST="127.0.0.1", REDIS_PORT=str(server.port), REDIS_URL="", REDIS_DB="0")
+    return python_env(
+        SERVICE_DISCOVERY_TYPE="redis",
+        REDIS_HOST="127.0.0.1",
+        REDIS_PORT=str(server.port),
+        REDIS_URL="",
+        REDIS_DB="0",
+    )
 
 
 async def test_cli_register_and_deregister(

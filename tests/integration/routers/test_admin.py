@@ -64,7 +64,9 @@ GatewayFactory = Callable[..., contextlib.AbstractAsyncContextManager[Gateway]]
 def gateway(redis_server: RedisServer) -> GatewayFactory:
     @contextlib.asynccontextmanager
     async def start(token: str | None = TOKEN, with_registrar: bool = True) -> AsyncIterator[Gateway]:
-        settings: Settings = redis_server.settings(gateway_admin_token=token)
+        settings: Settings = redis_server.settings(
+            gateway_admin_token=token, service_discovery_type="redis" if with_registrar else "consul"
+        )
         registrar = RedisRegistrar.from_settings(settings) if with_registrar else None
         provider = RedisProvider(connect(settings))
         app = FastAPI()
@@ -209,7 +211,8 @@ async def test_provider_without_registrations_is_409(gateway: GatewayFactory) ->
             "POST", "/services/users/instances", json={"host": "h", "port": 1}, headers=AUTH
         )
         assert status == 409
-        assert doc["detail"] == "the active discovery provider does not accept registrations"
+        assert doc["error"] == "registrations_not_supported"
+        assert doc["detail"].startswith("SERVICE_DISCOVERY_TYPE=consul takes no registrations"), doc
         status, _, _ = await gw.call("DELETE", "/services/users/instances/x", headers=AUTH)
         assert status == 409
 

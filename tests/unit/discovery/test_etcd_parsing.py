@@ -13,14 +13,11 @@ from msa_gateway.discovery.etcd import (
     b64,
     normalize_prefix,
     parse_endpoints,
-    parse_instance,
     parse_key,
     prefix_range_end,
     unb64,
 )
-from msa_gateway.discovery.etcd_registry import instance_value
 from msa_gateway.errors import ConfigError
-from msa_gateway.model import Instance
 
 PREFIX = "/msa-gateway/services/"
 
@@ -51,7 +48,7 @@ def test_parse_key_accepts_service_and_id() -> None:
     [
         ("orders", "expected"),
         ("orders/", "expected"),
-        ("orders/a/b", "without '/'"),
+        ("orders/a/b", "or '/'"),
         ("health/x", "gateway endpoint"),
         ("bad name/x", "service names"),
         ("/x", "service names"),
@@ -65,63 +62,6 @@ def test_parse_key_rejects_bad_keys(suffix: str, reason: str) -> None:
 def test_parse_key_rejects_foreign_prefix() -> None:
     with pytest.raises(ValueError, match="outside"):
         parse_key("/other/orders/1", PREFIX)
-
-
-def test_parse_instance_full_and_defaults() -> None:
-    full = parse_instance(
-        "i1",
-        value(
-            host="10.0.0.5",
-            port=8001,
-            weight=3,
-            health_path="/hz",
-            metadata={"zone": "b", "v": 2, "ok": True},
-        ),
-    )
-    assert full == Instance(
-        id="i1",
-        host="10.0.0.5",
-        port=8001,
-        weight=3,
-        health_path="/hz",
-        metadata=(("ok", "true"), ("v", "2"), ("zone", "b")),
-        source="etcd",
-    )
-    minimal = parse_instance("i2", value(host="svc.local", port=80, extra="ignored"))
-    assert (minimal.weight, minimal.health_path, minimal.metadata, minimal.source) == (1, None, (), "etcd")
-
-
-@pytest.mark.parametrize(
-    ("raw", "reason"),
-    [
-        (b"{not json", "malformed JSON"),
-        (b"[1, 2]", "JSON object"),
-        (value(host="h"), "missing port"),
-        (value(host="h", port=70000), "1-65535"),
-        (value(host="h", port=0), "1-65535"),
-        (value(host="h", port="80"), "1-65535"),
-        (value(host="h", port=True), "1-65535"),
-        (value(port=80), "host"),
-        (value(host="http://h", port=80), "host"),
-        (value(host="h", port=80, weight=0), "weight"),
-        (value(host="h", port=80, health_path="hz"), "health_path"),
-        (value(host="h", port=80, metadata=["a"]), "metadata"),
-        (value(host="h", port=80, metadata={"a": {"b": 1}}), r"metadata\.a"),
-        (value(host="h", port=80, scheme="https"), "scheme"),
-    ],
-)
-def test_parse_instance_rejects_bad_values(raw: bytes, reason: str) -> None:
-    with pytest.raises(ValueError, match=reason):
-        parse_instance("i", raw)
-
-
-def test_registrar_value_round_trips_through_the_parser() -> None:
-    inst = Instance(
-        id="a", host="::1", port=9000, weight=7, health_path="/ready", metadata=(("k", "v"),), source="etcd"
-    )
-    assert parse_instance("a", instance_value(inst)) == inst
-    plain = Instance(id="b", host="h", port=1, source="etcd")
-    assert parse_instance("b", instance_value(plain)) == plain
 
 
 def test_settings_helpers() -> None:

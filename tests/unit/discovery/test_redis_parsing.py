@@ -7,8 +7,8 @@ import math
 import orjson
 import pytest
 
-from msa_gateway.discovery.redis import RawService, build_snapshot, parse_instance, parse_legacy, parse_read
-from msa_gateway.discovery.redis_registry import check_instance, instance_json, ttl_ms
+from msa_gateway.discovery.redis import RawService, build_snapshot, parse_legacy, parse_read
+from msa_gateway.discovery.redis_registry import ttl_ms
 from msa_gateway.model import Instance
 
 NOW = 1_700_000_000_000
@@ -18,62 +18,6 @@ def doc(**fields: object) -> bytes:
     base: dict[str, object] = {"host": "10.0.0.5", "port": 8001}
     base.update(fields)
     return orjson.dumps({k: v for k, v in base.items() if v is not ...})
-
-
-def test_parse_instance_reads_every_field_and_sorts_metadata() -> None:
-    raw = doc(weight=3, metadata={"zone": "b", "version": "2"}, health_path="/healthz")
-    inst = parse_instance("a1", raw)
-    assert inst == Instance(
-        id="a1",
-        host="10.0.0.5",
-        port=8001,
-        weight=3,
-        health_path="/healthz",
-        metadata=(("version", "2"), ("zone", "b")),
-        source="redis",
-    )
-
-
-def test_parse_instance_defaults_and_ignores_unknown_fields() -> None:
-    inst = parse_instance("a1", doc(extra={"x": 1}, id="other"))
-    assert (inst.id, inst.weight, inst.metadata, inst.health_path, inst.source) == (
-        "a1",
-        1,
-        (),
-        None,
-        "redis",
-    )
-
-
-def test_parse_instance_strips_ipv6_brackets() -> None:
-    assert parse_instance("a", doc(host="[::1]")).host == "::1"
-    assert parse_instance("a", doc(host="::1")).address == "[::1]:8001"
-
-
-@pytest.mark.parametrize(
-    ("raw", "reason"),
-    [
-        (b"{not json", "malformed JSON"),
-        (b"[1, 2]", "expected a JSON object"),
-        (doc(port=...), "missing port"),
-        (doc(port=0), "out of range"),
-        (doc(port=70000), "out of range"),
-        (doc(port="8001"), "port must be an integer"),
-        (doc(port=True), "port must be an integer"),
-        (doc(host=""), "host must be a non-empty string"),
-        (doc(host=...), "host must be a non-empty string"),
-        (doc(host="evil.com/path"), "not a bare host"),
-        (doc(host="a:b"), "not a bare host"),
-        (doc(weight=0), "weight"),
-        (doc(weight=1.5), "weight"),
-        (doc(metadata={"a": 1}), "metadata"),
-        (doc(health_path="health"), "health_path"),
-        (doc(scheme="https"), "scheme"),
-    ],
-)
-def test_parse_instance_rejects_bad_data_with_a_reason(raw: bytes, reason: str) -> None:
-    with pytest.raises(ValueError, match=reason):
-        parse_instance("a1", raw)
 
 
 def test_parse_legacy_reads_host_port_including_ipv6() -> None:
@@ -137,8 +81,10 @@ def test_build_snapshot_skips_bad_entries_and_names_the_key() -> None:
     assert [i.id for i in reading.snapshot["users"]] == ["ok"]
     text = "\n".join(reading.problems)
     assert "msa-gateway:service:users:instances field 'broken': malformed JSON" in text
-    assert "msa-gateway:service:users:instances field 'noport': missing port" in text
-    assert "msa-gateway:service:users:instances field 'big': port 99999 out of range" in text
+    assert "msa-gateway:service:users:instances field 'noport': port: missing" in text
+    assert (
+        "msa-gateway:service:users:instances field 'big': port: must be an integer 1-65535, not 99999" in text
+    )
     assert "msa-gateway:service:users:instances field 'bad id': instance id" in text
     assert "msa-gateway:service:users2:instances field 'x': no expiry entry" in text
     assert "msa-gateway:services member 'health'" in text
@@ -193,37 +139,17 @@ def test_parse_read_survives_invalid_utf8() -> None:
     assert "not a bare host" in reading.problems[0]
 
 
-def test_instance_json_round_trips_through_the_parser() -> None:
-    inst = Instance(
-        id="i-1",
-        host="::1",
-        port=80,
-        weight=7,
-        health_path="/h",
-        metadata=(("a", "1"), ("b", "")),
-        source="redis",
-    )
-    assert parse_instance("i-1", instance_json(inst)) == inst
-
-
-def test_check_instance_rejects_what_the_provider_would_skip() -> None:
-    ok = Instance(id="a", host="h", port=1, source="redis")
-    check_instance(ok)
-    for bad in (
-        Instance(id="a b", host="h", port=1),
-        Instance(id="a", host="h/x", port=1),
-        Instance(id="a", host="[::1]", port=1),
-        Instance(id="a", host="h", port=0),
-        Instance(id="a", host="h", port=1, weight=0),
-        Instance(id="a", host="h", port=1, health_path="x"),
-    ):
-        with pytest.raises(ValueError):
-            check_instance(bad)
-
-
 def test_ttl_ms_converts_seconds_and_maps_infinity_to_never() -> None:
     assert ttl_ms(1.5) == 1500
     assert ttl_ms(math.inf) == 0
     for bad in (0.0, -1.0, math.nan, 10**9):
         with pytest.raises(ValueError):
             ttl_ms(bad)
+
+
+def test_parse_read_keeps_the_fingerprint_of_the_original_layout() -> None:
+    payload = b'["1", [], [["service:old", ["a", "127.0.0.1:1"]]], [7, "f00d"]]'
+    reading = parse_read(payload)
+    assert reading.fingerprint == (7, "f00d")
+    assert [i.id for i in reading.snapshot["old"]] == ["a"]
+    assert parse_read(b'["1", [], []]').fingerprint is None

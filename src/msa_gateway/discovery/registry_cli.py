@@ -1,7 +1,10 @@
-"""``msa-gateway register`` and ``msa-gateway deregister``: write instances into Redis by hand.
+"""``msa-gateway register`` and ``msa-gateway deregister``: write instances into the registry by hand.
 
-The connection comes from the same ``REDIS_*`` environment variables (and ``.env``) as the
-gateway. Exit status: 0 done, 1 registry unreachable or instance unknown, 2 invalid input.
+The registry is the one the gateway discovers from: ``SERVICE_DISCOVERY_TYPE`` (``redis`` or
+``etcd``) and the same ``REDIS_*``/``ETCD_*`` environment variables (and ``.env``). With
+``static`` or ``consul`` both commands refuse with one line saying where instances go instead.
+Exit status: 0 done, 1 registry unreachable or instance unknown, 2 invalid input or a provider
+that takes no registrations.
 """
 
 from __future__ import annotations
@@ -15,25 +18,32 @@ import sys
 
 import orjson
 
-from msa_gateway.discovery.redis_registry import (
-    RedisRegistrar,
-    ServiceRegistration,
-    check_instance,
-    default_id,
-)
-from msa_gateway.errors import DiscoveryError
+from msa_gateway.discovery import codec
+from msa_gateway.discovery.base import Registrar
+from msa_gateway.discovery.providers import NO_REGISTRAR, REGISTRARS, create_registrar
+from msa_gateway.discovery.redis_registry import ServiceRegistration
+from msa_gateway.errors import ConfigError, DiscoveryError
 from msa_gateway.model import Instance
-from msa_gateway.settings import Settings, validate_service_name
+from msa_gateway.settings import Settings, env_error, validate_service_name
 
 DEFAULT_HEARTBEAT_TTL = 10.0
+
+
+class Refused(Exception):
+    """The command cannot run: one line for stderr and the exit status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``register`` and ``deregister`` subcommands; each sets ``func(args) -> int``."""
     reg = sub.add_parser(
         "register",
-        help="register a service instance in Redis",
-        description="Register an instance in the Redis registry (REDIS_* environment variables).",
+        help="register a service instance in the registry (Redis or etcd)",
+        description="Register an instance in the registry SERVICE_DISCOVERY_TYPE names (redis or etcd; "
+        "REDIS_* or ETCD_* environment variables).",
     )
     reg.add_argument("service", help="service name, as routed by the gateway (/{service}/...)")
     reg.add_argument("--host", required=True, help="host name or IP the gateway connects to")
@@ -43,8 +53,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     reg.add_argument(
         "--ttl",
         type=float,
-        help=f"seconds until the entry expires without a heartbeat "
-        f"(default: {DEFAULT_HEARTBEAT_TTL:g} with --heartbeat, never without)",
+        help=f"seconds until the entry expires without a heartbeat (etcd: whole seconds, rounded up; "
+        f"default: {DEFAULT_HEARTBEAT_TTL:g} with --heartbeat, never without)",
     )
     reg.add_argument(
         "--meta", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="metadata pairs"
@@ -57,14 +67,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     reg.set_defaults(func=register_command)
 
-    dereg = sub.add_parser("deregister", help="remove a service instance from Redis")
+    dereg = sub.add_parser("deregister", help="remove a service instance from the registry (Redis or etcd)")
     dereg.add_argument("service")
     dereg.add_argument("id", help="instance id given (or printed) at registration")
     dereg.set_defaults(func=deregister_command)
 
 
-def _instance(args: argparse.Namespace) -> tuple[Instance, float]:
-    """Build the instance and TTL from the arguments; raise ``ValueError`` on bad input."""
+def _instance(args: argparse.Namespace, source: str) -> tuple[Instance, float]:
+    """Build the instance and TTL from the arguments with the record rules; raise ``ValueError``."""
     why = validate_service_name(args.service)
     if why:
         raise ValueError(why)
@@ -74,34 +84,60 @@ def _instance(args: argparse.Namespace) -> tuple[Instance, float]:
         if not sep or not key:
             raise ValueError(f"--meta expects KEY=VALUE, got {pair!r}")
         metadata[key] = value
-    instance = Instance(
-        id=args.instance_id or default_id(args.host, args.port),
-        host=args.host,
-        port=args.port,
-        weight=args.weight,
-        health_path=args.health_path,
-        metadata=tuple(sorted(metadata.items())),
-        source="redis",
-    )
-    check_instance(instance)
+    record = {
+        "host": args.host,
+        "port": args.port,
+        "id": args.instance_id,
+        "weight": args.weight,
+        "health_path": args.health_path,
+        "metadata": metadata,
+    }
+    if args.instance_id is None:
+        del record["id"]
+    instance = codec.decode_record(record, source=source, unknown="reject")
     ttl = args.ttl if args.ttl is not None else (DEFAULT_HEARTBEAT_TTL if args.heartbeat else math.inf)
-    if not ttl > 0:
-        raise ValueError("--ttl must be positive")
-    return instance, ttl
+    return instance, codec.check_ttl(ttl)
+
+
+def _settings() -> Settings:
+    """Return the settings when their provider takes registrations; raise ``Refused`` otherwise."""
+    try:
+        settings = Settings()
+    except Exception as exc:  # pydantic's ValidationError: a bad environment variable
+        raise Refused(env_error(exc), 2) from None
+    kind = settings.service_discovery_type
+    if kind not in REGISTRARS:
+        raise Refused(NO_REGISTRAR.get(kind, f"SERVICE_DISCOVERY_TYPE={kind} takes no registrations"), 2)
+    return settings
+
+
+def _open(settings: Settings) -> Registrar:
+    """Return the registrar of the provider ``_settings`` accepted (inside the event loop)."""
+    try:
+        registrar = create_registrar(settings)
+    except ConfigError as exc:
+        raise Refused(f"config error: {exc}", 2) from None
+    if registrar is None:  # _settings() checked the table; kept for the type checker
+        raise Refused(f"SERVICE_DISCOVERY_TYPE={settings.service_discovery_type} takes no registrations", 2)
+    return registrar
 
 
 def register_command(args: argparse.Namespace) -> int:
     """Register once, or keep heartbeating with ``--heartbeat`` until SIGINT/SIGTERM."""
     try:
-        instance, ttl = _instance(args)
+        settings = _settings()
+        instance, ttl = _instance(args, settings.service_discovery_type)
+        return asyncio.run(_register(settings, args.service, instance, ttl, args.heartbeat))
+    except Refused as exc:
+        print(f"msa-gateway register: {exc}", file=sys.stderr)
+        return exc.status
     except ValueError as exc:
         print(f"msa-gateway register: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_register(args.service, instance, ttl, args.heartbeat))
 
 
-async def _register(service: str, instance: Instance, ttl: float, heartbeat: bool) -> int:
-    registrar = RedisRegistrar.from_settings(Settings())
+async def _register(settings: Settings, service: str, instance: Instance, ttl: float, heartbeat: bool) -> int:
+    registrar = _open(settings)
     doc = {"service": service, "id": instance.id, "address": instance.address, "ttl": ttl}
     try:
         if not heartbeat:
@@ -131,15 +167,19 @@ async def _register(service: str, instance: Instance, ttl: float, heartbeat: boo
 
 def deregister_command(args: argparse.Namespace) -> int:
     """Remove one instance; exit 1 when it was not registered."""
-    why = validate_service_name(args.service)
+    why = validate_service_name(args.service) or codec.validate_instance_id(args.id)
     if why:
         print(f"msa-gateway deregister: {why}", file=sys.stderr)
         return 2
-    return asyncio.run(_deregister(args.service, args.id))
+    try:
+        return asyncio.run(_deregister(_settings(), args.service, args.id))
+    except Refused as exc:
+        print(f"msa-gateway deregister: {exc}", file=sys.stderr)
+        return exc.status
 
 
-async def _deregister(service: str, instance_id: str) -> int:
-    registrar = RedisRegistrar.from_settings(Settings())
+async def _deregister(settings: Settings, service: str, instance_id: str) -> int:
+    registrar = _open(settings)
     try:
         removed = await registrar.deregister(service, instance_id)
     except (DiscoveryError, ValueError) as exc:
