@@ -34,7 +34,6 @@ from msa_gateway.model import (
     Timeouts,
 )
 
-DiscoveryType = Literal["static", "consul", "redis", "etcd"]
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$")
 EMBEDDED_CONFIG = "embedded:default_config.yaml"
 
@@ -48,7 +47,7 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     debug: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    service_discovery_type: DiscoveryType = "static"
+    service_discovery_type: str = "static"
     gateway_config: str | None = None
     gateway_admin_token: str | None = None
     upstream_client: str = "native"
@@ -75,6 +74,15 @@ class Settings(BaseSettings):
 
     etcd_endpoints: str = "http://127.0.0.1:2379"
     etcd_prefix: str = "/msa-gateway/services/"
+
+    @field_validator("service_discovery_type")
+    @classmethod
+    def _known_provider(cls, v: str) -> str:
+        from msa_gateway.discovery.providers import PROVIDERS  # the table names the providers
+
+        if v not in PROVIDERS:
+            raise ValueError(f"unknown discovery type {v!r}; known: {', '.join(PROVIDERS)}")
+        return v
 
     @field_validator("upstream_client")
     @classmethod

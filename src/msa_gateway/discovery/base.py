@@ -9,9 +9,13 @@ snapshot, reports the provider down and restarts ``watch()`` with capped backoff
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from msa_gateway.model import Discovered, Instance
+
+if TYPE_CHECKING:
+    from msa_gateway.settings import GatewayConfig, Settings
+    from msa_gateway.tasks import Supervisor
 
 
 @runtime_checkable
@@ -47,4 +51,22 @@ class Registrar(Protocol):
 
     async def aclose(self) -> None:
         """Release clients and connections."""
+        ...
+
+
+class ProviderClass(Protocol):
+    """What the provider table holds: a class that builds its provider from the settings."""
+
+    def from_settings(
+        self, settings: Settings, config: GatewayConfig, tasks: Supervisor | None = None
+    ) -> Provider:
+        """Build the provider; its background tasks start on ``tasks``."""
+        ...
+
+
+class RegistrarClass(Protocol):
+    """What the registrar table holds: a class that connects its registrar from the settings."""
+
+    def from_settings(self, settings: Settings) -> Registrar:
+        """Connect to the registry the settings name."""
         ...

@@ -1,11 +1,15 @@
-"""The provider table: ``SERVICE_DISCOVERY_TYPE`` names an import string, loaded on demand."""
+"""The provider table: ``SERVICE_DISCOVERY_TYPE`` names an import string, loaded on demand.
+
+The setting's allowed values are this table's keys. A new provider is one module plus one entry
+here (and in the TYPE_CHECKING tuples at the end, so mypy checks it against the protocol).
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from msa_gateway.discovery.base import Provider, Registrar
+from msa_gateway.discovery.base import Provider, ProviderClass, Registrar, RegistrarClass
 from msa_gateway.settings import GatewayConfig, Settings
 from msa_gateway.tasks import Supervisor
 
@@ -34,9 +38,8 @@ def _load(ref: str) -> Any:
 
 def create_provider(settings: Settings, config: GatewayConfig, tasks: Supervisor | None = None) -> Provider:
     """Return the provider ``settings.service_discovery_type`` names; it starts its tasks on ``tasks``."""
-    cls = _load(PROVIDERS[settings.service_discovery_type])
-    provider: Provider = cls.from_settings(settings, config, tasks)
-    return provider
+    cls: ProviderClass = _load(PROVIDERS[settings.service_discovery_type])
+    return cls.from_settings(settings, config, tasks)
 
 
 def create_registrar(settings: Settings) -> Registrar | None:
@@ -44,5 +47,17 @@ def create_registrar(settings: Settings) -> Registrar | None:
     ref = REGISTRARS.get(settings.service_discovery_type)
     if ref is None:
         return None
-    registrar: Registrar = _load(ref).from_settings(settings)
-    return registrar
+    cls: RegistrarClass = _load(ref)
+    return cls.from_settings(settings)
+
+
+if TYPE_CHECKING:  # mypy checks every table entry against its protocol
+    from msa_gateway.discovery.consul import ConsulProvider
+    from msa_gateway.discovery.etcd import EtcdProvider
+    from msa_gateway.discovery.etcd_registry import EtcdRegistrar
+    from msa_gateway.discovery.redis import RedisProvider
+    from msa_gateway.discovery.redis_registry import RedisRegistrar
+    from msa_gateway.discovery.static import StaticProvider
+
+    _PROVIDERS: tuple[ProviderClass, ...] = (StaticProvider, ConsulProvider, RedisProvider, EtcdProvider)
+    _REGISTRARS: tuple[RegistrarClass, ...] = (RedisRegistrar, EtcdRegistrar)
