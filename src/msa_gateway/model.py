@@ -10,8 +10,9 @@ snapshot and the aggregator can tell in one ``==`` whether anything changed.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 MIB = 1024 * 1024
 DEFAULT_PANIC_THRESHOLD = 50.0  # percent, Envoy's healthy_panic_threshold default
@@ -159,6 +160,15 @@ class ServiceOptions:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     panic_threshold: float = DEFAULT_PANIC_THRESHOLD
     max_body_size: int | None = None
+    # Parsed ``policies:`` blocks by policy name (policies/chain.py parses them); frozen configs.
+    policies: tuple[tuple[str, Hashable], ...] = ()
+
+    def policy(self, name: str) -> Any:
+        """Return the parsed config of the policy called ``name``, or None when it is not configured."""
+        for key, config in self.policies:
+            if key == name:
+                return config
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from msa_gateway.model import (
     ServiceOptions,
     Timeouts,
 )
+from msa_gateway.policies.chain import PolicyError, merge_policies
 
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$")
 EMBEDDED_CONFIG = "embedded:default_config.yaml"
@@ -162,6 +163,7 @@ class _OptionsModel(_Strict):
     limits: _LimitsModel | None = None
     panic_threshold: Annotated[float, Field(ge=0, le=100)] | None = None
     max_body_size: Annotated[int, Field(ge=0)] | None = None
+    policies: dict[str, Any] | None = None  # parsed by policies/chain.py, one block per policy
 
     @field_validator("balancer")
     @classmethod
@@ -237,6 +239,8 @@ def _merge(base: ServiceOptions, over: _OptionsModel) -> ServiceOptions:
         changes["outlier"] = OutlierConfig(**over.outlier.model_dump())
     if over.limits is not None:
         changes["limits"] = LimitsConfig(**over.limits.model_dump())
+    if over.policies is not None:
+        changes["policies"] = merge_policies(base.policies, over.policies)
     for name in (
         "balancer",
         "pass_host_header",
@@ -300,6 +304,8 @@ def parse_config(data: Any, source: str) -> GatewayConfig:
         raise ConfigError(source, _key(loc), reason) from None
     try:
         defaults = _merge(ServiceOptions(), model.defaults)
+    except PolicyError as exc:
+        raise ConfigError(source, f"defaults.policies.{exc.key}", exc.reason) from None
     except ValueError as exc:
         raise ConfigError(source, "defaults", str(exc)) from None
     services: dict[str, ServiceConfig] = {}
@@ -309,6 +315,8 @@ def parse_config(data: Any, source: str) -> GatewayConfig:
             raise ConfigError(source, f"services.{name}", why)
         try:
             options = _merge(defaults, svc)
+        except PolicyError as exc:
+            raise ConfigError(source, f"services.{name}.policies.{exc.key}", exc.reason) from None
         except ValueError as exc:
             raise ConfigError(source, f"services.{name}", str(exc)) from None
         services[name] = ServiceConfig(

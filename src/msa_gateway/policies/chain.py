@@ -1,34 +1,95 @@
-"""The stage tables, in the order stages run, and their compilation per route.
+"""The policy table, in the order stages run, the parsing of ``policies:`` blocks and compilation per route.
 
-Order of request stages (fixed, documented in the README): IP rules -> authentication -> rate
-limit -> CORS -> transforms -> body size. Policies that are not built yet slot in at their
-place; response stages run in table order on the instance's response head.
+A policy is one module plus one ``PolicyType`` entry here: its name (the key under
+``policies:``), a ``parse`` that turns the YAML block into a frozen config (raising
+``PolicyError(key, reason)``), and factories for its request and/or response stage. Stages run
+in table order; ``max_body_size`` (a service option, not a named policy) runs last.
+
+Order of request stages (documented in the README): IP rules -> CORS (a preflight is answered
+before authentication, which it never carries) -> authentication -> rate limit -> transforms ->
+body size. Policies that are not built yet slot in at their place.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from msa_gateway.policies.body_size import BodySizeLimit
 
 if TYPE_CHECKING:
     from msa_gateway.model import ServiceSpec
-    from msa_gateway.policies.base import (
-        RequestStage,
-        RequestStageFactory,
-        ResponseStage,
-        ResponseStageFactory,
-    )
+    from msa_gateway.policies.base import RequestStage, ResponseStage
 
-REQUEST_STAGES: tuple[RequestStageFactory, ...] = (BodySizeLimit.build,)
-RESPONSE_STAGES: tuple[ResponseStageFactory, ...] = ()
+
+class PolicyError(ValueError):
+    """A ``policies:`` block is wrong; ``key`` is the dotted path inside ``policies``."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key, self.reason = key, reason
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyType:
+    """One configurable policy."""
+
+    name: str
+    parse: Callable[[Any], Hashable]
+    request: Callable[[Any, ServiceSpec], RequestStage] | None = None
+    response: Callable[[Any, ServiceSpec], ResponseStage] | None = None
+
+
+POLICIES: tuple[PolicyType, ...] = ()
+POLICY_NAMES: tuple[str, ...] = tuple(p.name for p in POLICIES)
+
+
+def merge_policies(
+    base: tuple[tuple[str, Hashable], ...],
+    blocks: Mapping[str, Any],
+    table: tuple[PolicyType, ...] | None = None,
+) -> tuple[tuple[str, Hashable], ...]:
+    """Return ``base`` with each block of ``blocks`` parsed and put in its place (``null`` removes one).
+
+    A service's block replaces the default's block of the same name as a whole. The result is in
+    table order, so equal configurations compare equal.
+    """
+    table = POLICIES if table is None else table
+    by_name = {p.name: p for p in table}
+    merged: dict[str, Hashable] = dict(base)
+    for name, raw in blocks.items():
+        policy = by_name.get(name)
+        if policy is None:
+            known = ", ".join(by_name) or "none yet"
+            raise PolicyError(name, f"unknown policy; known: {known}")
+        if raw is None:
+            merged.pop(name, None)
+            continue
+        try:
+            merged[name] = policy.parse(raw)
+        except PolicyError as exc:
+            raise PolicyError(f"{name}.{exc.key}", exc.reason) from None
+        except (TypeError, ValueError) as exc:
+            raise PolicyError(name, str(exc)) from None
+    return tuple((p.name, merged[p.name]) for p in table if p.name in merged)
 
 
 def compile_request_stages(spec: ServiceSpec) -> tuple[RequestStage, ...]:
     """Return the request stages ``spec`` configures, in table order (empty when none)."""
-    return tuple(s for s in (build(spec) for build in REQUEST_STAGES) if s is not None)
+    options = spec.options
+    stages = [
+        p.request(options.policy(p.name), spec) for p in POLICIES if p.request and options.policy(p.name)
+    ]
+    body = BodySizeLimit.build(spec)
+    if body is not None:
+        stages.append(body)
+    return tuple(stages)
 
 
 def compile_response_stages(spec: ServiceSpec) -> tuple[ResponseStage, ...]:
     """Return the response stages ``spec`` configures, in table order (empty when none)."""
-    return tuple(s for s in (build(spec) for build in RESPONSE_STAGES) if s is not None)
+    options = spec.options
+    return tuple(
+        p.response(options.policy(p.name), spec) for p in POLICIES if p.response and options.policy(p.name)
+    )
