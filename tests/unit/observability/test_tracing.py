@@ -1,0 +1,87 @@
+"""W3C Trace Context: what is continued, what is replaced, how new traces are sampled."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from msa_gateway.observability.tracing import Tracer, parse_traceparent, valid_tracestate
+
+GOOD = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_a_valid_traceparent_is_continued_with_a_new_span_and_its_sampled_flag() -> None:
+    trace = Tracer(ratio=0.0).start(GOOD, b"congo=t61rcWkgMzE")
+    assert trace.trace_id == b"4bf92f3577b34da6a3ce929d0e0e4736"
+    assert trace.parent_id == b"00f067aa0ba902b7" and trace.span_id != trace.parent_id
+    assert trace.sampled  # the parent decided, whatever the ratio
+    assert trace.tracestate == b"congo=t61rcWkgMzE"
+    child = trace.child(b"1111111111111111")
+    assert child == b"00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-01"
+    assert parse_traceparent(child) is not None
+
+
+def test_an_unsampled_parent_stays_unsampled() -> None:
+    trace = Tracer(ratio=1.0).start(GOOD[:-2] + b"00", None)
+    assert not trace.sampled and trace.child(b"1" * 16).endswith(b"-00")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"",
+        b"garbage",
+        GOOD.upper(),  # hex must be lower case
+        b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # zero trace id
+        b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  # zero parent id
+        b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # forbidden version
+        GOOD + b"-extra",  # version 00 has exactly four fields
+        b"00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",  # short trace id
+        b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+    ],
+)
+def test_a_malformed_traceparent_starts_a_new_trace_and_is_never_echoed(value: bytes) -> None:
+    trace = Tracer().start(value, b"a=b")
+    assert trace.parent_id is None and trace.tracestate is None
+    assert trace.trace_id not in value and len(trace.trace_id) == 32
+
+
+def test_a_future_version_with_more_fields_is_continued() -> None:
+    assert parse_traceparent(b"01" + GOOD[2:] + b"-what-comes-next") is not None
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        (b"rojo=00f067aa0ba902b7,congo=t61rcWkgMzE", True),
+        (b"tenant@vendor=x", True),
+        (b"a=1,a=2", False),  # duplicate key
+        (b"UPPER=x", False),
+        (b"k=" + b"v" * 300, False),
+        (b",".join(b"k%d=v" % i for i in range(33)), False),
+        (b"novalue", False),
+    ],
+)
+def test_tracestate_is_passed_only_when_well_formed(value: bytes, ok: bool) -> None:
+    assert (valid_tracestate(value) == value) is ok
+
+
+def test_new_traces_are_sampled_at_the_ratio() -> None:
+    tracer = Tracer(ratio=0.05, rng=random.Random(7))
+    sampled = sum(tracer.start(None, None).sampled for _ in range(20_000))
+    assert 800 <= sampled <= 1200  # 5% +- 1%
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.5])
+def test_a_ratio_outside_0_1_is_refused(ratio: float) -> None:
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        Tracer(ratio=ratio)
+
+
+@given(st.binary(max_size=80))
+def test_any_bytes_give_a_valid_trace(value: bytes) -> None:
+    trace = Tracer().start(value, value)
+    assert parse_traceparent(trace.child(Tracer().span_id())) is not None
