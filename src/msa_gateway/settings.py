@@ -76,6 +76,21 @@ class Settings(BaseSettings):
     etcd_endpoints: str = "http://127.0.0.1:2379"
     etcd_prefix: str = "/msa-gateway/services/"
 
+    tracing: Literal["off", "propagate", "otlp"] = "propagate"
+    otel_traces_sampler: Literal[
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    ] = "parentbased_always_on"
+    otel_traces_sampler_arg: Annotated[float, Field(ge=0, le=1)] = 1.0
+    otel_exporter_otlp_endpoint: str = "http://localhost:4318"
+    otel_exporter_otlp_traces_endpoint: str | None = None
+    otel_exporter_otlp_headers: str = ""
+    otel_service_name: str = "msa-gateway"
+
     @field_validator("service_discovery_type")
     @classmethod
     def _known_provider(cls, v: str) -> str:

@@ -85,16 +85,30 @@ class Trace:
 
 
 class Tracer:
-    """Starts or continues traces; one per runtime. ``ratio`` samples new traces (parents decide theirs)."""
+    """Starts or continues traces; one per runtime.
 
-    __slots__ = ("_bound", "_rng", "ratio")
+    ``ratio`` samples new traces; with ``follow_parent`` (the ``parentbased_*`` samplers) a
+    valid parent's sampled flag decides instead, else the ratio decides for every trace.
+    """
 
-    def __init__(self, ratio: float = 1.0, rng: random.Random | None = None) -> None:
+    __slots__ = ("_bound", "_rng", "follow_parent", "ratio")
+
+    def __init__(
+        self, ratio: float = 1.0, rng: random.Random | None = None, *, follow_parent: bool = True
+    ) -> None:
         if not 0.0 <= ratio <= 1.0:
             raise ValueError("the sampling ratio must be between 0 and 1")
         self.ratio = ratio
+        self.follow_parent = follow_parent
         self._bound = int(ratio * (1 << 64))
         self._rng = rng or random.Random()
+
+    @classmethod
+    def from_sampler(cls, sampler: str, arg: float) -> Tracer:
+        """Return a tracer for an ``OTEL_TRACES_SAMPLER`` name and its ``OTEL_TRACES_SAMPLER_ARG``."""
+        base = sampler.removeprefix("parentbased_")
+        ratio = {"always_on": 1.0, "always_off": 0.0}.get(base, arg)
+        return cls(ratio, follow_parent=sampler.startswith("parentbased_"))
 
     def span_id(self) -> bytes:
         """Return a new non-zero 16-hex-digit span id."""
