@@ -78,6 +78,12 @@ class Metrics:
             ["service", "reason"],
             registry=r,
         )
+        self.retries_refused = Counter(
+            "gateway_retries_refused",
+            "Failed attempts not tried again, by the rule that said no (budget_exhausted, max_retries, ...).",
+            ["service", "reason"],
+            registry=r,
+        )
         self.overflow = Counter(
             "gateway_overflow",
             "Requests refused at once because a concurrency cap was full.",

@@ -310,6 +310,7 @@ class Attempts:
         )
         if decision.retry:
             self.fw.metrics.retries.labels(self.route.name, decision.reason).inc()
-        else:
+        else:  # only a refused retry pays for this counter, never a request that succeeded
             self.ex.retry_refused = decision.reason
+            self.fw.metrics.retries_refused.labels(self.route.name, decision.reason).inc()
         return decision

@@ -122,6 +122,7 @@ async def test_max_retries_bounds_the_attempts() -> None:
     answer = await call(ProxyApp(rt), "GET")
     assert answer.status == 502 and len(up.calls) == 2
     assert access_lines(log)[0]["retry_refused"] == "max_retries"
+    assert metric(rt, "gateway_retries_refused_total", service="svc", reason="max_retries") == 1
 
 
 async def test_retry_budget_refuses_retries_beyond_its_share() -> None:
@@ -132,6 +133,7 @@ async def test_retry_budget_refuses_retries_beyond_its_share() -> None:
     answer = await call(ProxyApp(rt), "GET")
     assert answer.status == 502 and len(up.calls) == 1
     assert access_lines(log)[0]["retry_refused"] == "budget_exhausted"
+    assert metric(rt, "gateway_retries_refused_total", service="svc", reason="budget_exhausted") == 1
     guard = rt.guards["svc"]
     assert guard.budget.retries_active == 0 and guard.budget.requests_active == 0
 
