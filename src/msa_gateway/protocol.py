@@ -7,7 +7,14 @@ byte every few seconds) holds a connection as long as it likes and a 1 MB header
 * a request target longer than ``max_request_line`` -> **414**;
 * a head larger than ``max_header_bytes`` or with more than ``max_headers`` headers -> **431**;
 * a head not complete ``head_timeout`` seconds after its first byte -> **408**;
-* a request httptools cannot parse -> **400** (uvicorn answers it in plain text; here JSON).
+* a request httptools cannot parse -> **400** (uvicorn answers it in plain text; here JSON);
+* request framing beyond what llhttp checks (RFC 9112 sections 6 and 7): a ``Transfer-Encoding``
+  other than exactly one ``chunked`` (any case, optional whitespace around it) -> **501**, a second
+  ``Transfer-Encoding`` line, one next to ``Content-Length`` or on HTTP/1.0 -> **400**; all before the
+  request reaches the application, so no byte of it goes upstream;
+* a chunked body that does not parse (bare LF, no CRLF after the data, a bad or overflowing size,
+  an invalid extension, oversized extensions or trailers) -> **400** at once, and the request
+  in progress sees a disconnect, so the proxy aborts its upstream connection instead of pooling it.
 
 Each answer is the gateway's JSON error body with ``Connection: close``, logged once on
 ``msa_gateway.server`` at info level (client address and reason, never a header value). The connection is
@@ -35,6 +42,10 @@ How it is measured, cheaply (this is the hot path):
   answers 408. While the connection still owes earlier (pipelined) responses or uvicorn has
   paused reading, the deadline moves on: the client is not the one keeping it waiting.
 
+The application task of a request is created when ``feed_data`` returns, not inside the parser
+callback: when the same chunk of bytes also holds a malformed body, the request is answered 400
+and never reaches the application (nor the upstream).
+
 Idle connections: uvicorn's keep-alive timeout applies. It is also armed when a connection is
 accepted (uvicorn never closes a connection that sends nothing), and cancelled when a request
 begins rather than on any byte, so bare CRLFs (which httptools skips) do not keep an idle
@@ -61,6 +72,7 @@ log = logging.getLogger("msa_gateway.server")
 LINGER = 2.0  # at most this long, a rejected client's data is read and dropped before closing
 LINGER_IDLE = 0.25  # ... and not longer than this after its last byte (nginx: lingering_time/_timeout)
 _EARLY = 0.005  # a timer may fire this much before its deadline
+_CHUNK_FRAMING = 24  # a chunk's size line (16 hex digits + CRLF) and the CRLF after its data, with room
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +116,42 @@ def _too_large_head(limit: int) -> _Rejection:
     return _Rejection(
         431, "headers_too_large", f"the request head is larger than {limit} bytes", "header_bytes"
     )
+
+
+def framing_problem(headers: list[tuple[bytes, bytes]], http_version: str) -> _Rejection | bool:
+    """Return why a request's framing headers are refused (RFC 9112 6.1, 6.3), else whether it is chunked.
+
+    Only one ``Transfer-Encoding`` line whose value is ``chunked`` (case-insensitive, as RFC 9112
+    section 7 says, and as nginx, HAProxy and Envoy accept) is forwarded: the gateway re-frames the
+    body itself, so the upstream always sees plain ``chunked``.
+    """
+    te: bytes | None = None
+    lines = 0
+    has_length = False
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            te = value
+            lines += 1
+        elif name == b"content-length":
+            has_length = True
+    if te is None:
+        return False
+    if lines > 1:
+        return _Rejection(400, "bad_request", "more than one Transfer-Encoding header", "te_repeated")
+    if has_length:
+        detail = "Transfer-Encoding and Content-Length together"
+        return _Rejection(400, "bad_request", detail, "te_with_length")
+    if http_version == "1.0":
+        return _Rejection(400, "bad_request", "Transfer-Encoding on an HTTP/1.0 request", "te_http10")
+    if te.strip(b" \t").lower() != b"chunked":
+        detail = "only Transfer-Encoding: chunked is supported"
+        return _Rejection(501, "not_implemented", detail, "te_unsupported")
+    return True
+
+
+def _too_much_framing(limit: int) -> _Rejection:
+    detail = f"chunk extensions and trailers are larger than {limit} bytes"
+    return _Rejection(400, "bad_request", detail, "chunk_framing")
 
 
 def head_size(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
@@ -156,6 +204,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._rejection: _Rejection | None = None
         self._linger_last = 0.0
+        self._feeding = False  # inside parser.feed_data: a request's task starts once it returns
+        self._pending: tuple[Any, Any] | None = None  # (cycle, app) whose task is not created yet
+        self._framing_left: int | None = None  # in a chunked body: bytes extensions + trailers may still use
 
     # --- connection ---------------------------------------------------------------------
 
@@ -182,25 +233,53 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._chunk = n = len(data)
         if self._head_deadline:
             self._head_rest += n
+        if self._framing_left is not None:  # inside a chunked body: charge the read, refund its data
+            self._framing_left -= n
+        self._feeding = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError:
+            self._feeding = False
             if self._rejection is None:
                 self._reject(_Rejection(400, "bad_request", "invalid HTTP request", "invalid_http"))
             else:
                 self._answer()
             return
         except httptools.HttpParserError:
-            self._reject(_Rejection(400, "bad_request", "invalid HTTP request", "invalid_http"))
+            self._feeding = False
+            if self._framing_left is not None:
+                self._reject(_Rejection(400, "bad_request", "invalid chunked body", "invalid_chunked"))
+            else:
+                self._reject(_Rejection(400, "bad_request", "invalid HTTP request", "invalid_http"))
             return
         except httptools.HttpParserUpgrade:
+            self._feeding = False
+            self._start_pending()
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
             return
+        self._feeding = False
+        if self._pending is not None:
+            self._start_pending()
+        if self._framing_left is not None and self._framing_left < 0:
+            self._reject(_too_much_framing(self._max_bytes))
+            return
         if self._head_deadline and self._head_first + self._head_rest > self._gate:
             self._check_incomplete_head()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        """Hold a request's task back while its bytes are being parsed (see the module docstring)."""
+        if self._feeding:
+            self._pending = (cycle, app)
+        else:
+            HttpToolsProtocol._start_asgi_task(self, cycle, app)
+
+    def _start_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            HttpToolsProtocol._start_asgi_task(self, *pending)
 
     # --- parser callbacks ---------------------------------------------------------------
 
@@ -229,7 +308,45 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # The URL and the head are no longer than the bytes received since the head began.
         if self._head_first + self._head_rest > self._gate or len(self.headers) > self._max_headers:
             self._check_complete_head()
+        chunked = framing_problem(self.headers, self.parser.get_http_version())
+        if chunked is not False:
+            if chunked is not True:
+                self._rejection = chunked
+                raise _Rejected
+            self._framing_left = self._max_bytes  # budget for chunk extensions and trailers
+            if not self._head_first:  # the head began this run of reads: charge what follows it
+                head = head_size(self.parser.get_method(), self.url, self.headers)
+                self._framing_left -= max(0, self._head_rest - head)
         HttpToolsProtocol.on_headers_complete(self)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Keep head fields; drop trailer fields (they would land in the running request's headers)."""
+        if self._framing_left is None:
+            HttpToolsProtocol.on_header(self, name, value)
+
+    def on_chunk_header(self) -> None:
+        """Count the size line and the CRLF after the data as framing, not as extensions."""
+        if self._framing_left is not None:
+            self._framing_left += _CHUNK_FRAMING
+            self._check_framing()
+
+    def on_body(self, body: bytes) -> None:
+        """Hand the body on; body bytes are not framing overhead."""
+        HttpToolsProtocol.on_body(self, body)
+        if self._framing_left is not None:
+            self._framing_left += len(body)
+
+    def on_message_complete(self) -> None:
+        """A chunked body whose extensions or trailers were too large never completes."""
+        if self._framing_left is not None:
+            self._check_framing()
+            self._framing_left = None
+        HttpToolsProtocol.on_message_complete(self)
+
+    def _check_framing(self) -> None:
+        if self._framing_left is not None and self._framing_left < 0:
+            self._rejection = _too_much_framing(self._max_bytes)
+            raise _Rejected
 
     # --- checks -------------------------------------------------------------------------
 
@@ -287,19 +404,26 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         headers: list[tuple[bytes, bytes]] = getattr(self, "headers", None) or []
         rid = request_id_from(next((v for k, v in headers if k == b"x-request-id"), None))
         client = f"{self.client[0]}:{self.client[1]}" if self.client else ""
-        busy = self._owes_response()
-        log.info(
-            "client_rejected",
-            extra={
-                "status": rejection.status,
-                "reason": rejection.reason,
-                "client": client,
-                "request_id": rid,
-                "head_bytes": self._head_first + self._head_rest,
-                "headers": len(headers),
-                "answered": not busy,
-            },
-        )
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_complete:
+            # The current request's body is broken. Not started yet: it never reaches the
+            # application. Started: it sees a disconnect (the proxy aborts its upstream connection);
+            # the client gets the 400 unless a response began.
+            cycle.disconnected = True
+            if self._pending is not None:
+                self._pending = None
+            else:
+                cycle.message_event.set()
+                if cycle.response_started or self.pipeline:
+                    self.pipeline.clear()
+                    self._log_rejection(rejection, client, rid, len(headers), answered=False)
+                    self.transport.close()
+                    return
+            busy = False
+        else:
+            self._start_pending()  # a complete request parsed before the bad bytes is served
+            busy = self._owes_response()
+        self._log_rejection(rejection, client, rid, len(headers), answered=not busy)
         if self.transport.is_closing():
             return
         if busy:  # earlier pipelined responses come first; the connection closes after the last
@@ -320,6 +444,22 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._timer = self.loop.call_at(now + LINGER_IDLE, self._linger, now + LINGER)
         else:
             self.transport.close()
+
+    def _log_rejection(
+        self, rejection: _Rejection, client: str, rid: str, nheaders: int, *, answered: bool
+    ) -> None:
+        log.info(
+            "client_rejected",
+            extra={
+                "status": rejection.status,
+                "reason": rejection.reason,
+                "client": client,
+                "request_id": rid,
+                "head_bytes": self._head_first + self._head_rest,
+                "headers": nheaders,
+                "answered": answered,
+            },
+        )
 
     def _linger(self, until: float) -> None:
         """Close once the client has been quiet for ``LINGER_IDLE`` or at ``until``."""
