@@ -22,6 +22,7 @@ from msa_gateway import __version__
 from msa_gateway.proxy.handler import ProxyApp
 from msa_gateway.proxy.headers import request_id_from
 from msa_gateway.runtime import Runtime
+from msa_gateway.server import LOST, adopt_uvicorn
 from msa_gateway.settings import GatewayConfig, Settings
 
 log = logging.getLogger("msa_gateway.app")
@@ -128,6 +129,7 @@ class GatewayApp:
             return
         if self.runtime is None:
             # Served without lifespan support: build the runtime on first use.
+            log.warning("client_protections_off", extra={"reason": f"served without lifespan: {LOST}"})
             await self._startup()
         raw = scope.get("raw_path") or scope["path"].encode("utf-8")
         end = raw.find(b"/", 1)
@@ -155,6 +157,7 @@ class GatewayApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
+                    adopt_uvicorn(receive, self.settings)
                     await self._startup()
                 except Exception as exc:
                     log.exception("start-up failed")

@@ -39,19 +39,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from msa_gateway.app import GatewayApp
     from msa_gateway.observability.logging import configure_logging, uvicorn_log_config
-    from msa_gateway.protocol import ServerLimits, make_protocol
-    from msa_gateway.server import GatewayServer
+    from msa_gateway.protocol import make_protocol
+    from msa_gateway.server import GatewayServer, server_limits
 
     settings = _settings(args)
     config = _config(settings.gateway_config)
     configure_logging(settings.debug, settings.log_level)
     app = GatewayApp(settings, config)
-    limits = ServerLimits(
-        max_request_line=settings.max_request_line,
-        max_header_bytes=settings.max_header_bytes,
-        max_headers=settings.max_headers,
-        head_timeout=settings.header_timeout,
-    )
+    limits = server_limits(settings)
     server_config = uvicorn.Config(
         app,
         host=settings.host,

@@ -112,9 +112,12 @@ async def serve_gateway(
 
 
 class GatewayProcess:
-    """``msa-gateway run`` as a real process with its stdout captured to a file."""
+    """``msa-gateway run`` (or ``argv``, ``{port}`` filled in) as a real process, stdout captured to a file."""
 
-    def __init__(self, config: dict[str, Any] | None = None, **env: str) -> None:
+    def __init__(
+        self, config: dict[str, Any] | None = None, *, argv: list[str] | None = None, **env: str
+    ) -> None:
+        self.argv = argv or ["-m", "msa_gateway.cli", "run"]
         self.port = free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="gw-")
         self.log = Path(self._dir.name) / "gateway.log"
@@ -138,7 +141,7 @@ class GatewayProcess:
         """Start the process (and wait until it listens)."""
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [PY, "-m", "msa_gateway.cli", "run"],
+                [PY, *(a.replace("{port}", str(self.port)) for a in self.argv)],
                 env=self.env,
                 cwd=REPO,
                 stdout=out,
