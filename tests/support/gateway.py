@@ -115,7 +115,7 @@ class GatewayProcess:
     """``msa-gateway run`` (or ``argv``, ``{port}`` filled in) as a real process, stdout captured to a file."""
 
     def __init__(
-        self, config: dict[str, Any] | None = None, *, argv: list[str] | None = None, **env: str
+        self, config: dict[str, Any] | None = None, argv: list[str] | None = None, **env: str
     ) -> None:
         self.argv = argv or ["-m", "msa_gateway.cli", "run"]
         self.port = free_port()
@@ -187,7 +187,7 @@ class GatewayProcess:
 @contextlib.contextmanager
 def gateway_process(config: dict[str, Any] | None = None, **env: str) -> Iterator[GatewayProcess]:
     """Run ``msa-gateway run`` for the duration of the block."""
-    gw = GatewayProcess(config, **env)
+    gw = GatewayProcess(config, None, **env)
     try:
         yield gw.start()
     finally:
