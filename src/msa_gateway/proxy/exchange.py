@@ -15,6 +15,7 @@ from typing import Any
 
 from msa_gateway.errors import UpstreamError
 from msa_gateway.proxy.headers import downstream_response_headers
+from msa_gateway.proxy.redirects import Redirects
 from msa_gateway.proxy.upstream import UpstreamResponse
 
 log = logging.getLogger("msa_gateway.proxy")
@@ -59,10 +60,17 @@ class Exchange:
         self.retry_refused: str | None = None
 
 
-async def stream_back(receive: Any, send: Any, ex: Exchange, resp: UpstreamResponse, request_id: str) -> None:
+async def stream_back(
+    receive: Any,
+    send: Any,
+    ex: Exchange,
+    resp: UpstreamResponse,
+    request_id: str,
+    redirects: Redirects | None = None,
+) -> None:
     """Send the response head and body to the client as they arrive; never a whole body in memory."""
     first = await resp.read()
-    out_headers = downstream_response_headers(resp.headers, request_id.encode("ascii"))
+    out_headers = downstream_response_headers(resp.headers, request_id.encode("ascii"), redirects)
     ex.status = resp.status
     ex.started_response = True
     await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})

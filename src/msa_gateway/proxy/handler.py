@@ -48,6 +48,7 @@ from msa_gateway.proxy.headers import (
     upstream_request_headers,
 )
 from msa_gateway.proxy.paths import check_segments, split_service, upstream_target
+from msa_gateway.proxy.redirects import Redirects
 from msa_gateway.proxy.retry import (
     IDEMPOTENT_METHODS,
     NOT_DELIVERED,
@@ -251,6 +252,7 @@ class ProxyApp:
                         trusted=trusted,
                         pass_host_header=options.pass_host_header,
                         content_length=content_length if has_body else None,
+                        allow_underscores=rt.settings.allow_underscores_in_headers,
                     )
                     body: bytes | AsyncIterator[bytes] | None = replay if replay is not None else stream_body
                     try:
@@ -326,7 +328,11 @@ class ProxyApp:
                     else:
                         self._report(route, key, instance.address, outcome_for_status(status))
                     try:
-                        await stream_back(receive, send, ex, resp, request_id)
+                        redirects = None
+                        if rt.settings.rewrite_redirects:
+                            scheme = scope.get("scheme", "http")
+                            redirects = Redirects(instance, scope["headers"], scheme, route.prefix, trusted)
+                        await stream_back(receive, send, ex, resp, request_id, redirects)
                     finally:
                         resp.release()
                     return
