@@ -15,12 +15,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from msa_gateway import __version__
+from msa_gateway.errors import error_response
 from msa_gateway.proxy.handler import ProxyApp
-from msa_gateway.proxy.headers import request_id_from
+from msa_gateway.routers.deps import request_id_of
 from msa_gateway.runtime import Runtime
 from msa_gateway.server import LOST, adopt_uvicorn
 from msa_gateway.settings import GatewayConfig, Settings
@@ -30,23 +31,6 @@ OWN_SEGMENTS = frozenset(
     {b"", b"health", b"metrics", b"services", b"docs", b"redoc", b"openapi.json", b"favicon.ico"}
 )
 READY_WAIT_SECONDS = 2.0
-
-
-def _request_id(request: Request) -> str:
-    """Return this request's id: the client's when safe, else a new one (the same for the whole request)."""
-    rid: str | None = getattr(request.state, "request_id", None)
-    if rid is None:
-        given = request.headers.get("x-request-id")
-        rid = request.state.request_id = request_id_from(given.encode("latin-1") if given else None)
-    return rid
-
-
-def _json_error(status: int, error: str, detail: str, request_id: str) -> JSONResponse:
-    return JSONResponse(
-        status_code=status,
-        content={"error": error, "detail": detail, "request_id": request_id},
-        headers={"x-request-id": request_id},
-    )
 
 
 def build_api(settings: Settings) -> FastAPI:
@@ -67,27 +51,26 @@ def build_api(settings: Settings) -> FastAPI:
     api.include_router(admin_router)
 
     @api.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         names = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
-        return _json_error(
-            exc.status_code, names.get(exc.status_code, "error"), str(exc.detail), _request_id(request)
-        )
+        error = names.get(exc.status_code, "error")
+        return error_response(exc.status_code, error, str(exc.detail), request_id_of(request), exc.headers)
 
     @api.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return _json_error(422, "invalid_request", f"{where}: {first.get('msg')}", _request_id(request))
+        return error_response(422, "invalid_request", f"{where}: {first.get('msg')}", request_id_of(request))
 
     @api.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error in a gateway endpoint", extra={"path": request.url.path})
-        return _json_error(500, "internal_error", "unexpected error", _request_id(request))
+        return error_response(500, "internal_error", "unexpected error", request_id_of(request))
 
     @api.middleware("http")
     async def _request_id_and_access_line(request: Request, call_next: Callable[[Request], Any]) -> Any:
         started = time.perf_counter()
-        rid = _request_id(request)
+        rid = request_id_of(request)
         response = await call_next(request)
         response.headers.setdefault("x-request-id", rid)
         runtime = getattr(request.app.state, "runtime", None)

@@ -64,7 +64,7 @@ from typing import Any, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from msa_gateway.errors import error_body
+from msa_gateway.errors import error_parts
 from msa_gateway.proxy.headers import request_id_from
 
 log = logging.getLogger("msa_gateway.server")
@@ -167,17 +167,10 @@ def response_bytes(
     status: int, error: str, detail: str, request_id: str, extra: list[tuple[bytes, bytes]]
 ) -> bytes:
     """Return a complete ``Connection: close`` JSON error response."""
-    body = error_body(status, error, detail, request_id)
+    own, body = error_parts(status, error, detail, request_id, close=True)
     phrase = http.HTTPStatus(status).phrase.encode()
     lines = [b"HTTP/1.1 %d %s\r\n" % (status, phrase)]
-    headers = [
-        *extra,
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"x-request-id", request_id.encode()),
-        (b"cache-control", b"no-store"),
-        (b"connection", b"close"),
-    ]
+    headers = [*extra, *own]
     lines.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
     lines.append(b"\r\n")
     lines.append(body)

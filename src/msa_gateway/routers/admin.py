@@ -17,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from msa_gateway.discovery.base import Registrar
 from msa_gateway.discovery.redis_registry import MAX_TTL, check_instance, default_id
-from msa_gateway.errors import DiscoveryError, error_body
+from msa_gateway.errors import DiscoveryError, error_response
 from msa_gateway.model import Instance
+from msa_gateway.routers.deps import request_id_of
 from msa_gateway.settings import validate_service_name
 
 router = APIRouter()
@@ -39,9 +40,7 @@ class InstanceBody(BaseModel):
 
 
 def _error(request: Request, status: int, error: str, detail: str, **headers: str) -> Response:
-    request_id = request.headers.get("x-request-id", "-")
-    body = error_body(status, error, detail, request_id)
-    return Response(body, status_code=status, media_type="application/json", headers=headers or None)
+    return error_response(status, error, detail, request_id_of(request), headers)
 
 
 def _guard(request: Request, name: str) -> Response | Registrar:
