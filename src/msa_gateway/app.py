@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from msa_gateway import __version__
 from msa_gateway.errors import error_response
+from msa_gateway.listeners import ManagementListener, Surface, read_denied
 from msa_gateway.proxy.handler import ProxyApp
 from msa_gateway.routers.deps import request_id_of
 from msa_gateway.runtime import Runtime
@@ -33,22 +34,31 @@ OWN_SEGMENTS = frozenset(
 READY_WAIT_SECONDS = 2.0
 
 
-def build_api(settings: Settings) -> FastAPI:
-    """Return the FastAPI app serving the gateway's own endpoints."""
+def build_api(settings: Settings, surface: Surface = Surface.ALL) -> FastAPI:
+    """Return the FastAPI app serving the gateway's own endpoints (those of ``surface``).
+
+    ``/redoc`` is off: it loads its script from a CDN; ``/docs`` and ``/openapi.json`` describe the same.
+    """
     from msa_gateway.routers import admin_router, health, metrics, root, services
 
+    management = surface is not Surface.PUBLIC
     api = FastAPI(
         title="msa-gateway",
         version=__version__,
         description="The gateway's own endpoints. Every other path is proxied to `/{service}/{path}`.",
         redirect_slashes=False,
+        docs_url="/docs" if management else None,
+        openapi_url="/openapi.json" if management else None,
+        redoc_url=None,
     )
     api.state.settings = settings
+    api.state.probe_rounds = services.ProbeRounds()
     api.include_router(root.router)
     api.include_router(health.router)
-    api.include_router(metrics.router)
-    api.include_router(services.router)
-    api.include_router(admin_router)
+    if management:
+        api.include_router(metrics.router)
+        api.include_router(services.router)
+        api.include_router(admin_router)
 
     @api.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -71,7 +81,11 @@ def build_api(settings: Settings) -> FastAPI:
     async def _request_id_and_access_line(request: Request, call_next: Callable[[Request], Any]) -> Any:
         started = time.perf_counter()
         rid = request_id_of(request)
-        response = await call_next(request)
+        if read_denied(settings, request.method, request.url.path, request.headers.get("authorization")):
+            detail = "a valid bearer token (ADMIN_READ_TOKEN) is required"
+            response = error_response(401, "unauthorized", detail, rid, {"www-authenticate": "Bearer"})
+        else:
+            response = await call_next(request)
         response.headers.setdefault("x-request-id", rid)
         runtime = getattr(request.app.state, "runtime", None)
         if runtime is not None:
@@ -100,7 +114,9 @@ class GatewayApp:
         self.settings = settings
         self.config = config
         self._factory = runtime_factory or (lambda: Runtime(settings, config))
-        self.api = build_api(settings)
+        split = settings.admin_port is not None
+        self.api = build_api(settings, Surface.PUBLIC if split else Surface.ALL)
+        self.management = ManagementListener(build_api(settings, Surface.ADMIN), settings) if split else None
         self.runtime: Runtime | None = None
         self.proxy: ProxyApp | None = None
 
@@ -130,6 +146,9 @@ class GatewayApp:
         self.proxy = ProxyApp(runtime)
         await runtime.start()
         await runtime.wait_loaded(READY_WAIT_SECONDS)
+        if self.management is not None:
+            self.management.api.state.runtime = runtime
+            await self.management.start()
         # Everything built so far lives for the whole process: keep it out of the collector's
         # full passes, which otherwise stall the loop for ~100 ms on a large registry.
         gc.collect()
@@ -150,6 +169,8 @@ class GatewayApp:
             elif message["type"] == "lifespan.shutdown":
                 if self.runtime is not None:
                     self.runtime.draining = True
+                    if self.management is not None:
+                        await self.management.stop()
                     await self.runtime.aclose()
                 log.info("gateway stopped")
                 await send({"type": "lifespan.shutdown.complete"})

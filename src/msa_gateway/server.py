@@ -44,6 +44,25 @@ def server_limits(settings: Settings) -> ServerLimits:
     )
 
 
+def uvicorn_config(app: Any, host: str, port: int, limits: ServerLimits, **options: Any) -> uvicorn.Config:
+    """Return a uvicorn config with the gateway's protocol and without uvicorn's own headers or rewriting.
+
+    No ``server``/``date`` headers, no access log of uvicorn's (the gateway writes its own), no
+    ``X-Forwarded-*`` rewriting (the gateway applies its trusted-proxy rules); ``options`` add to it.
+    """
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=make_protocol(limits),
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        proxy_headers=False,
+        **options,
+    )
+
+
 def uvicorn_config_of(receive: Any) -> uvicorn.Config | None:
     """Return the ``uvicorn.Config`` serving this lifespan, or None (another server, or wrapped)."""
     config = getattr(getattr(receive, "__self__", None), "config", None)

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     header_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
     body_timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0
     allow_underscores_in_headers: bool = False
+    admin_host: str = "127.0.0.1"
+    admin_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    admin_read_token: str | None = None
     rewrite_redirects: bool = True
 
     consul_host: str = "localhost"

@@ -18,8 +18,9 @@ import yaml
 from msa_gateway.app import GatewayApp
 from msa_gateway.discovery.base import Provider
 from msa_gateway.observability.access import AccessLog
-from msa_gateway.protocol import ServerLimits, make_protocol
+from msa_gateway.protocol import ServerLimits
 from msa_gateway.runtime import Runtime
+from msa_gateway.server import uvicorn_config
 from msa_gateway.settings import Settings, parse_config
 from tests.support.procs import PY, REPO, free_port, python_env, wait_port
 
@@ -85,18 +86,7 @@ async def serve_gateway(
     app = GatewayApp(settings, cfg, runtime_factory=factory)
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            lifespan="on",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            date_header=False,
-            proxy_headers=False,
-            http=make_protocol(ServerLimits()),
-        )
+        uvicorn_config(app, "127.0.0.1", port, ServerLimits(), lifespan="on", log_config=None)
     )
     task = asyncio.create_task(server.serve(), name="test-gateway")
     try:
