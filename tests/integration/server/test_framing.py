@@ -78,6 +78,16 @@ async def test_ambiguous_transfer_encoding_is_400_and_nothing_goes_upstream(line
         await refused(gw, rec, HEAD + lines + b"\r\n" + BODY, 400, "bad_request")
 
 
+@pytest.mark.parametrize(
+    "lines",
+    [b"Content-Length: 5\r\nContent-Length: 6\r\n", b"Content-Length: +5\r\n", b"Content-Length: 5x\r\n"],
+    ids=["two_lengths", "plus_sign", "not_a_number"],
+)
+async def test_bad_content_length_is_400_and_nothing_goes_upstream(lines: bytes) -> None:
+    async with edge() as (gw, rec):
+        await refused(gw, rec, HEAD + lines + b"\r\nhello!", 400, "bad_request")
+
+
 @pytest.mark.parametrize("method", [b"POST", b"GET"])
 async def test_transfer_encoding_on_http_1_0_is_400(method: bytes) -> None:
     async with edge() as (gw, rec):
