@@ -310,12 +310,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             if not self._head_first:  # the head began this run of reads: charge what follows it
                 head = head_size(self.parser.get_method(), self.url, self.headers)
                 self._framing_left -= max(0, self._head_rest - head)
+            HttpToolsProtocol.on_headers_complete(self)
+            # httptools reports trailer fields through on_header: let them land in a copy, never in
+            # the headers of the request the application is already serving.
+            self.headers = list(self.headers)
+            return
         HttpToolsProtocol.on_headers_complete(self)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        """Keep head fields; drop trailer fields (they would land in the running request's headers)."""
-        if self._framing_left is None:
-            HttpToolsProtocol.on_header(self, name, value)
 
     def on_chunk_header(self) -> None:
         """Count the size line and the CRLF after the data as framing, not as extensions."""
@@ -401,17 +401,16 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if cycle is not None and cycle.more_body and not cycle.response_complete:
             # The current request's body is broken. Not started yet: it never reaches the
             # application. Started: it sees a disconnect (the proxy aborts its upstream connection);
-            # the client gets the 400 unless a response began.
+            # the client gets the 400 unless a response began. Queued behind another: close.
             cycle.disconnected = True
-            if self._pending is not None:
+            cycle.message_event.set()
+            if cycle.response_started or self.pipeline:
+                self.pipeline.clear()
                 self._pending = None
-            else:
-                cycle.message_event.set()
-                if cycle.response_started or self.pipeline:
-                    self.pipeline.clear()
-                    self._log_rejection(rejection, client, rid, len(headers), answered=False)
-                    self.transport.close()
-                    return
+                self._log_rejection(rejection, client, rid, len(headers), answered=False)
+                self.transport.close()
+                return
+            self._pending = None  # nothing queued before it: the pending task, if any, is its own
             busy = False
         else:
             self._start_pending()  # a complete request parsed before the bad bytes is served
