@@ -56,16 +56,24 @@ body nobody reads after its response: the connection is closed at the keep-alive
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from msa_gateway.errors import error_parts
 from msa_gateway.proxy.headers import request_id_from
+from msa_gateway.server_rules import (
+    Rejection,
+    ServerLimits,
+    framing_problem,
+    head_size,
+    response_bytes,
+    too_large_head,
+    too_long_url,
+    too_many_headers,
+    too_much_framing,
+)
 
 log = logging.getLogger("msa_gateway.server")
 
@@ -75,106 +83,8 @@ _EARLY = 0.005  # a timer may fire this much before its deadline
 _CHUNK_FRAMING = 24  # a chunk's size line (16 hex digits + CRLF) and the CRLF after its data, with room
 
 
-@dataclass(frozen=True, slots=True)
-class ServerLimits:
-    """Limits on what a client may send before its request reaches the application."""
-
-    max_request_line: int = 8 * 1024  # bytes of the request target (nginx large_client_header_buffers 8k)
-    max_header_bytes: int = 32 * 1024  # bytes of the whole head (nginx: 4 x 8k)
-    max_headers: int = 100  # header lines (Envoy max_headers_count: 100)
-    head_timeout: float = 10.0  # seconds from the first byte of a request to the end of its head
-
-    def __post_init__(self) -> None:
-        for name in ("max_request_line", "max_header_bytes", "max_headers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if not self.head_timeout > 0:
-            raise ValueError("head_timeout must be > 0")
-
-
 class _Rejected(Exception):
     """Raised from a parser callback to stop parsing; the reason is on the protocol."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Rejection:
-    status: int
-    error: str
-    detail: str
-    reason: str
-
-
-def _too_long_url(limit: int) -> _Rejection:
-    return _Rejection(414, "uri_too_long", f"the request target is longer than {limit} bytes", "request_line")
-
-
-def _too_many_headers(limit: int) -> _Rejection:
-    return _Rejection(431, "headers_too_large", f"the request has more than {limit} headers", "header_count")
-
-
-def _too_large_head(limit: int) -> _Rejection:
-    return _Rejection(
-        431, "headers_too_large", f"the request head is larger than {limit} bytes", "header_bytes"
-    )
-
-
-def framing_problem(headers: list[tuple[bytes, bytes]], http_version: str) -> _Rejection | bool:
-    """Return why a request's framing headers are refused (RFC 9112 6.1, 6.3), else whether it is chunked.
-
-    Only one ``Transfer-Encoding`` line whose value is ``chunked`` (case-insensitive, as RFC 9112
-    section 7 says, and as nginx, HAProxy and Envoy accept) is forwarded: the gateway re-frames the
-    body itself, so the upstream always sees plain ``chunked``.
-    """
-    te: bytes | None = None
-    lines = 0
-    has_length = False
-    for name, value in headers:
-        if name == b"transfer-encoding":
-            te = value
-            lines += 1
-        elif name == b"content-length":
-            has_length = True
-    if te is None:
-        return False
-    if lines > 1:
-        return _Rejection(400, "bad_request", "more than one Transfer-Encoding header", "te_repeated")
-    if has_length:
-        detail = "Transfer-Encoding and Content-Length together"
-        return _Rejection(400, "bad_request", detail, "te_with_length")
-    if http_version == "1.0":
-        return _Rejection(400, "bad_request", "Transfer-Encoding on an HTTP/1.0 request", "te_http10")
-    if te.strip(b" \t").lower() != b"chunked":
-        detail = "only Transfer-Encoding: chunked is supported"
-        return _Rejection(501, "not_implemented", detail, "te_unsupported")
-    return True
-
-
-def _too_much_framing(limit: int) -> _Rejection:
-    detail = f"chunk extensions and trailers are larger than {limit} bytes"
-    return _Rejection(400, "bad_request", detail, "chunk_framing")
-
-
-def head_size(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
-    """Return the size of a parsed head written canonically (``Name: value`` lines, CRLF ends).
-
-    That is its size on the wire unless the client pads it with extra whitespace.
-    """
-    request_line = len(method) + 1 + len(url) + len(b" HTTP/1.1\r\n")
-    return request_line + sum(len(name) + len(value) + 4 for name, value in headers) + 2
-
-
-def response_bytes(
-    status: int, error: str, detail: str, request_id: str, extra: list[tuple[bytes, bytes]]
-) -> bytes:
-    """Return a complete ``Connection: close`` JSON error response."""
-    own, body = error_parts(status, error, detail, request_id, close=True)
-    phrase = http.HTTPStatus(status).phrase.encode()
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, phrase)]
-    headers = [*extra, *own]
-    lines.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
-    lines.append(b"\r\n")
-    lines.append(body)
-    return b"".join(lines)
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
@@ -195,7 +105,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._head_rest = 0  # bytes received since that chunk, while the head is incomplete
         self._head_deadline = 0.0  # loop time by which the head must be complete; 0.0: no head open
         self._timer: asyncio.TimerHandle | None = None
-        self._rejection: _Rejection | None = None
+        self._rejection: Rejection | None = None
         self._linger_last = 0.0
         self._feeding = False  # inside parser.feed_data: a request's task starts once it returns
         self._pending: tuple[Any, Any] | None = None  # (cycle, app) whose task is not created yet
@@ -234,16 +144,16 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         except httptools.HttpParserCallbackError:
             self._feeding = False
             if self._rejection is None:
-                self._reject(_Rejection(400, "bad_request", "invalid HTTP request", "invalid_http"))
+                self._reject(Rejection(400, "bad_request", "invalid HTTP request", "invalid_http"))
             else:
                 self._answer()
             return
         except httptools.HttpParserError:
             self._feeding = False
             if self._framing_left is not None:
-                self._reject(_Rejection(400, "bad_request", "invalid chunked body", "invalid_chunked"))
+                self._reject(Rejection(400, "bad_request", "invalid chunked body", "invalid_chunked"))
             else:
-                self._reject(_Rejection(400, "bad_request", "invalid HTTP request", "invalid_http"))
+                self._reject(Rejection(400, "bad_request", "invalid HTTP request", "invalid_http"))
             return
         except httptools.HttpParserUpgrade:
             self._feeding = False
@@ -254,11 +164,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 self._unsupported_upgrade_warning()
             return
         self._feeding = False
+        if self._framing_left is not None and self._framing_left < 0:
+            self._reject(too_much_framing(self._max_bytes))  # before its task starts, if it has not
+            return
         if self._pending is not None:
             self._start_pending()
-        if self._framing_left is not None and self._framing_left < 0:
-            self._reject(_too_much_framing(self._max_bytes))
-            return
         if self._head_deadline and self._head_first + self._head_rest > self._gate:
             self._check_incomplete_head()
 
@@ -338,28 +248,28 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def _check_framing(self) -> None:
         if self._framing_left is not None and self._framing_left < 0:
-            self._rejection = _too_much_framing(self._max_bytes)
+            self._rejection = too_much_framing(self._max_bytes)
             raise _Rejected
 
     # --- checks -------------------------------------------------------------------------
 
     def _check_complete_head(self) -> None:
         if len(self.url) > self._max_url:
-            self._rejection = _too_long_url(self._max_url)
+            self._rejection = too_long_url(self._max_url)
         elif len(self.headers) > self._max_headers:
-            self._rejection = _too_many_headers(self._max_headers)
+            self._rejection = too_many_headers(self._max_headers)
         elif head_size(self.parser.get_method(), self.url, self.headers) > self._max_bytes:
-            self._rejection = _too_large_head(self._max_bytes)
+            self._rejection = too_large_head(self._max_bytes)
         if self._rejection is not None:
             raise _Rejected  # stops the parser; data_received answers
 
     def _check_incomplete_head(self) -> None:
         if len(self.url) > self._max_url:
-            self._reject(_too_long_url(self._max_url))
+            self._reject(too_long_url(self._max_url))
         elif len(self.headers) > self._max_headers:
-            self._reject(_too_many_headers(self._max_headers))
+            self._reject(too_many_headers(self._max_headers))
         elif self._head_rest > self._max_bytes:
-            self._reject(_too_large_head(self._max_bytes))
+            self._reject(too_large_head(self._max_bytes))
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -374,14 +284,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._timer = self.loop.call_at(deadline, self._on_timer)
         else:
             detail = f"the request head was not received within {self._head_timeout:g} s"
-            self._reject(_Rejection(408, "request_timeout", detail, "head_timeout"))
+            self._reject(Rejection(408, "request_timeout", detail, "head_timeout"))
 
     # --- answering ----------------------------------------------------------------------
 
     def _owes_response(self) -> bool:
         return self.cycle is not None and not self.cycle.response_complete
 
-    def _reject(self, rejection: _Rejection) -> None:
+    def _reject(self, rejection: Rejection) -> None:
         self._rejection = rejection
         self._answer()
 
@@ -438,7 +348,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _log_rejection(
-        self, rejection: _Rejection, client: str, rid: str, nheaders: int, *, answered: bool
+        self, rejection: Rejection, client: str, rid: str, nheaders: int, *, answered: bool
     ) -> None:
         log.info(
             "client_rejected",
@@ -479,6 +389,7 @@ __all__ = [
     "LINGER_IDLE",
     "GatewayHttpProtocol",
     "ServerLimits",
+    "framing_problem",
     "head_size",
     "make_protocol",
     "response_bytes",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from msa_gateway.protocol import framing_problem
 from msa_gateway.proxy.native_conn import plain_framing
+from msa_gateway.server_rules import framing_problem
 
 TE = b"transfer-encoding"
 
