@@ -7,7 +7,6 @@ expires; remove it with ``DELETE``.
 
 from __future__ import annotations
 
-import hmac
 import math
 from typing import Annotated, Any
 
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from msa_gateway.discovery.base import Registrar
 from msa_gateway.discovery.redis_registry import MAX_TTL, check_instance, default_id
 from msa_gateway.errors import DiscoveryError, error_response
+from msa_gateway.listeners import bearer_ok
 from msa_gateway.model import Instance
 from msa_gateway.routers.deps import request_id_of
 from msa_gateway.settings import validate_service_name
@@ -48,8 +48,7 @@ def _guard(request: Request, name: str) -> Response | Registrar:
     token: str | None = request.app.state.settings.gateway_admin_token
     if not token:
         return _error(request, 404, "not_found", "admin endpoints are off (GATEWAY_ADMIN_TOKEN is not set)")
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    if not bearer_ok(request.headers.get("authorization"), token):
         return _error(
             request,
             401,
