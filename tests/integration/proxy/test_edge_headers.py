@@ -81,3 +81,14 @@ async def test_redirects_to_other_hosts_and_relative_ones_pass_untouched() -> No
             got = dict(headers)
             assert got[b"location"] == f"http://127.0.0.2:{rec.port}/x".encode()
             assert got[b"content-location"] == b"/y"
+
+
+async def test_h2c_upgrade_request_is_served_as_http_1_1_without_its_upgrade_headers() -> None:
+    """``Connection: Upgrade`` + ``Upgrade: h2c`` is not a supported upgrade: plain request, headers dropped."""
+    h2c = (
+        b"GET /svc/a HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+    )
+    req = await forwarded(h2c)
+    names = {n.lower() for n in req.header_names()}
+    assert not names & {b"upgrade", b"http2-settings", b"connection"}
