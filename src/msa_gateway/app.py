@@ -15,13 +15,16 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from msa_gateway import __version__
+from msa_gateway.errors import error_response
+from msa_gateway.listeners import ManagementListener, Surface, read_denied
 from msa_gateway.proxy.handler import ProxyApp
-from msa_gateway.proxy.headers import request_id_from
+from msa_gateway.routers.deps import request_id_of
 from msa_gateway.runtime import Runtime
+from msa_gateway.server import LOST, adopt_uvicorn
 from msa_gateway.settings import GatewayConfig, Settings
 
 log = logging.getLogger("msa_gateway.app")
@@ -31,63 +34,58 @@ OWN_SEGMENTS = frozenset(
 READY_WAIT_SECONDS = 2.0
 
 
-def _request_id(request: Request) -> str:
-    """Return this request's id: the client's when safe, else a new one (the same for the whole request)."""
-    rid: str | None = getattr(request.state, "request_id", None)
-    if rid is None:
-        given = request.headers.get("x-request-id")
-        rid = request.state.request_id = request_id_from(given.encode("latin-1") if given else None)
-    return rid
+def build_api(settings: Settings, surface: Surface = Surface.ALL) -> FastAPI:
+    """Return the FastAPI app serving the gateway's own endpoints (those of ``surface``).
 
-
-def _json_error(status: int, error: str, detail: str, request_id: str) -> JSONResponse:
-    return JSONResponse(
-        status_code=status,
-        content={"error": error, "detail": detail, "request_id": request_id},
-        headers={"x-request-id": request_id},
-    )
-
-
-def build_api(settings: Settings) -> FastAPI:
-    """Return the FastAPI app serving the gateway's own endpoints."""
+    ``/redoc`` is off: it loads its script from a CDN; ``/docs`` and ``/openapi.json`` describe the same.
+    """
     from msa_gateway.routers import admin_router, health, metrics, root, services
 
+    management = surface is not Surface.PUBLIC
     api = FastAPI(
         title="msa-gateway",
         version=__version__,
         description="The gateway's own endpoints. Every other path is proxied to `/{service}/{path}`.",
         redirect_slashes=False,
+        docs_url="/docs" if management else None,
+        openapi_url="/openapi.json" if management else None,
+        redoc_url=None,
     )
     api.state.settings = settings
+    api.state.probe_rounds = services.ProbeRounds()
     api.include_router(root.router)
     api.include_router(health.router)
-    api.include_router(metrics.router)
-    api.include_router(services.router)
-    api.include_router(admin_router)
+    if management:
+        api.include_router(metrics.router)
+        api.include_router(services.router)
+        api.include_router(admin_router)
 
     @api.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         names = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
-        return _json_error(
-            exc.status_code, names.get(exc.status_code, "error"), str(exc.detail), _request_id(request)
-        )
+        error = names.get(exc.status_code, "error")
+        return error_response(exc.status_code, error, str(exc.detail), request_id_of(request), exc.headers)
 
     @api.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return _json_error(422, "invalid_request", f"{where}: {first.get('msg')}", _request_id(request))
+        return error_response(422, "invalid_request", f"{where}: {first.get('msg')}", request_id_of(request))
 
     @api.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error in a gateway endpoint", extra={"path": request.url.path})
-        return _json_error(500, "internal_error", "unexpected error", _request_id(request))
+        return error_response(500, "internal_error", "unexpected error", request_id_of(request))
 
     @api.middleware("http")
     async def _request_id_and_access_line(request: Request, call_next: Callable[[Request], Any]) -> Any:
         started = time.perf_counter()
-        rid = _request_id(request)
-        response = await call_next(request)
+        rid = request_id_of(request)
+        if read_denied(settings, request.method, request.url.path, request.headers.get("authorization")):
+            detail = "a valid bearer token (ADMIN_READ_TOKEN) is required"
+            response = error_response(401, "unauthorized", detail, rid, {"www-authenticate": "Bearer"})
+        else:
+            response = await call_next(request)
         response.headers.setdefault("x-request-id", rid)
         runtime = getattr(request.app.state, "runtime", None)
         if runtime is not None:
@@ -116,7 +114,9 @@ class GatewayApp:
         self.settings = settings
         self.config = config
         self._factory = runtime_factory or (lambda: Runtime(settings, config))
-        self.api = build_api(settings)
+        split = settings.admin_port is not None
+        self.api = build_api(settings, Surface.PUBLIC if split else Surface.ALL)
+        self.management = ManagementListener(build_api(settings, Surface.ADMIN), settings) if split else None
         self.runtime: Runtime | None = None
         self.proxy: ProxyApp | None = None
 
@@ -128,6 +128,7 @@ class GatewayApp:
             return
         if self.runtime is None:
             # Served without lifespan support: build the runtime on first use.
+            log.warning("client_protections_off", extra={"reason": f"served without lifespan: {LOST}"})
             await self._startup()
         raw = scope.get("raw_path") or scope["path"].encode("utf-8")
         end = raw.find(b"/", 1)
@@ -145,6 +146,9 @@ class GatewayApp:
         self.proxy = ProxyApp(runtime)
         await runtime.start()
         await runtime.wait_loaded(READY_WAIT_SECONDS)
+        if self.management is not None:
+            self.management.api.state.runtime = runtime
+            await self.management.start()
         # Everything built so far lives for the whole process: keep it out of the collector's
         # full passes, which otherwise stall the loop for ~100 ms on a large registry.
         gc.collect()
@@ -155,6 +159,7 @@ class GatewayApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
+                    adopt_uvicorn(receive, self.settings)
                     await self._startup()
                 except Exception as exc:
                     log.exception("start-up failed")
@@ -164,6 +169,8 @@ class GatewayApp:
             elif message["type"] == "lifespan.shutdown":
                 if self.runtime is not None:
                     self.runtime.draining = True
+                    if self.management is not None:
+                        await self.management.stop()
                     await self.runtime.aclose()
                 log.info("gateway stopped")
                 await send({"type": "lifespan.shutdown.complete"})

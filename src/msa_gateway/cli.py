@@ -35,35 +35,22 @@ def _config(path: str | None) -> GatewayConfig:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Serve the gateway with uvicorn (uvloop + httptools, our JSON logging)."""
-    import uvicorn
-
     from msa_gateway.app import GatewayApp
     from msa_gateway.observability.logging import configure_logging, uvicorn_log_config
-    from msa_gateway.protocol import ServerLimits, make_protocol
-    from msa_gateway.server import GatewayServer
+    from msa_gateway.server import GatewayServer, server_limits, uvicorn_config
 
     settings = _settings(args)
     config = _config(settings.gateway_config)
     configure_logging(settings.debug, settings.log_level)
     app = GatewayApp(settings, config)
-    limits = ServerLimits(
-        max_request_line=settings.max_request_line,
-        max_header_bytes=settings.max_header_bytes,
-        max_headers=settings.max_headers,
-        head_timeout=settings.header_timeout,
-    )
-    server_config = uvicorn.Config(
+    server_config = uvicorn_config(
         app,
-        host=settings.host,
-        port=settings.port,
+        settings.host,
+        settings.port,
+        server_limits(settings),
         loop="uvloop",
-        http=make_protocol(limits),
         lifespan="on",
-        access_log=False,
         log_config=uvicorn_log_config(settings.debug),
-        server_header=False,
-        date_header=False,
-        proxy_headers=False,
         timeout_keep_alive=75,
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout),
         backlog=2048,

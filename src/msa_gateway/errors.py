@@ -13,12 +13,18 @@
         ├── UpstreamError            502  refused, reset, invalid response
         └── UpstreamTimeout          504
 
-Bodies never carry a stack trace or an upstream address.
+Bodies never carry a stack trace or an upstream address. Every error the gateway answers, from
+the proxy (``render``), the HTTP protocol before the application (``protocol.response_bytes``)
+or its own endpoints (``error_response``), has the same body ``{"error", "detail",
+"request_id"}`` and the same headers, built by ``error_parts`` with the request's real id.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import orjson
+from starlette.responses import Response
 
 
 class GatewayError(Exception):
@@ -101,17 +107,43 @@ def error_body(status: int, error: str, detail: str, request_id: str) -> bytes:
     return orjson.dumps({"error": error, "detail": detail, "request_id": request_id})
 
 
-def render(exc: HTTPError, request_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Turn ``exc`` into status, headers and body: the one place errors become HTTP."""
-    body = error_body(exc.status, exc.error, exc.detail, request_id)
+def error_parts(
+    status: int,
+    error: str,
+    detail: str,
+    request_id: str,
+    *,
+    retry_after: int | None = None,
+    close: bool = False,
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Return the headers and body of an error answer: the one shape every error has."""
+    body = error_body(status, error, detail, request_id)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         (b"x-request-id", request_id.encode()),
         (b"cache-control", b"no-store"),
     ]
-    if exc.retry_after is not None:
-        headers.append((b"retry-after", str(exc.retry_after).encode()))
-    if exc.close:
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    if close:
         headers.append((b"connection", b"close"))
+    return headers, body
+
+
+def render(exc: HTTPError, request_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Turn ``exc`` into status, headers and body: the one place errors become HTTP."""
+    headers, body = error_parts(
+        exc.status, exc.error, exc.detail, request_id, retry_after=exc.retry_after, close=exc.close
+    )
     return exc.status, headers, body
+
+
+def error_response(
+    status: int, error: str, detail: str, request_id: str, extra: Mapping[str, str] | None = None
+) -> Response:
+    """Return an error answer of the gateway's own endpoints (FastAPI), same shape as the proxy's."""
+    headers, body = error_parts(status, error, detail, request_id)
+    response = Response(body, status_code=status)
+    response.raw_headers = [*headers, *((k.encode(), v.encode()) for k, v in (extra or {}).items())]
+    return response

@@ -1,6 +1,9 @@
 """``uvicorn msa_gateway.main:app``: the gateway built from the environment and its YAML file.
 
 A configuration mistake ends the process at import with one line naming file, key and reason.
+At lifespan start-up the app puts the gateway's HTTP protocol, drain timeout and proxy-header
+policy into uvicorn's config (``server.adopt_uvicorn``), so the client-side limits and the
+framing checks hold as under ``msa-gateway run``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,14 @@ byte every few seconds) holds a connection as long as it likes and a 1 MB header
 * a request target longer than ``max_request_line`` -> **414**;
 * a head larger than ``max_header_bytes`` or with more than ``max_headers`` headers -> **431**;
 * a head not complete ``head_timeout`` seconds after its first byte -> **408**;
-* a request httptools cannot parse -> **400** (uvicorn answers it in plain text; here JSON).
+* a request httptools cannot parse -> **400** (uvicorn answers it in plain text; here JSON);
+* request framing beyond what llhttp checks (RFC 9112 sections 6 and 7): a ``Transfer-Encoding``
+  other than exactly one ``chunked`` (any case, optional whitespace around it) -> **501**, a second
+  ``Transfer-Encoding`` line, one next to ``Content-Length`` or on HTTP/1.0 -> **400**; all before the
+  request reaches the application, so no byte of it goes upstream;
+* a chunked body that does not parse (bare LF, no CRLF after the data, a bad or overflowing size,
+  an invalid extension, oversized extensions or trailers) -> **400** at once, and the request
+  in progress sees a disconnect, so the proxy aborts its upstream connection instead of pooling it.
 
 Each answer is the gateway's JSON error body with ``Connection: close``, logged once on
 ``msa_gateway.server`` at info level (client address and reason, never a header value). The connection is
@@ -35,6 +42,10 @@ How it is measured, cheaply (this is the hot path):
   answers 408. While the connection still owes earlier (pipelined) responses or uvicorn has
   paused reading, the deadline moves on: the client is not the one keeping it waiting.
 
+The application task of a request is created when ``feed_data`` returns, not inside the parser
+callback: when the same chunk of bytes also holds a malformed body, the request is answered 400
+and never reaches the application (nor the upstream).
+
 Idle connections: uvicorn's keep-alive timeout applies. It is also armed when a connection is
 accepted (uvicorn never closes a connection that sends nothing), and cancelled when a request
 begins rather than on any byte, so bare CRLFs (which httptools skips) do not keep an idle
@@ -45,95 +56,35 @@ body nobody reads after its response: the connection is closed at the keep-alive
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from msa_gateway.errors import error_body
 from msa_gateway.proxy.headers import request_id_from
+from msa_gateway.server_rules import (
+    Rejection,
+    ServerLimits,
+    framing_problem,
+    head_size,
+    response_bytes,
+    too_large_head,
+    too_long_url,
+    too_many_headers,
+    too_much_framing,
+)
 
 log = logging.getLogger("msa_gateway.server")
 
 LINGER = 2.0  # at most this long, a rejected client's data is read and dropped before closing
 LINGER_IDLE = 0.25  # ... and not longer than this after its last byte (nginx: lingering_time/_timeout)
 _EARLY = 0.005  # a timer may fire this much before its deadline
-
-
-@dataclass(frozen=True, slots=True)
-class ServerLimits:
-    """Limits on what a client may send before its request reaches the application."""
-
-    max_request_line: int = 8 * 1024  # bytes of the request target (nginx large_client_header_buffers 8k)
-    max_header_bytes: int = 32 * 1024  # bytes of the whole head (nginx: 4 x 8k)
-    max_headers: int = 100  # header lines (Envoy max_headers_count: 100)
-    head_timeout: float = 10.0  # seconds from the first byte of a request to the end of its head
-
-    def __post_init__(self) -> None:
-        for name in ("max_request_line", "max_header_bytes", "max_headers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if not self.head_timeout > 0:
-            raise ValueError("head_timeout must be > 0")
+_CHUNK_FRAMING = 24  # a chunk's size line (16 hex digits + CRLF) and the CRLF after its data, with room
 
 
 class _Rejected(Exception):
     """Raised from a parser callback to stop parsing; the reason is on the protocol."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Rejection:
-    status: int
-    error: str
-    detail: str
-    reason: str
-
-
-def _too_long_url(limit: int) -> _Rejection:
-    return _Rejection(414, "uri_too_long", f"the request target is longer than {limit} bytes", "request_line")
-
-
-def _too_many_headers(limit: int) -> _Rejection:
-    return _Rejection(431, "headers_too_large", f"the request has more than {limit} headers", "header_count")
-
-
-def _too_large_head(limit: int) -> _Rejection:
-    return _Rejection(
-        431, "headers_too_large", f"the request head is larger than {limit} bytes", "header_bytes"
-    )
-
-
-def head_size(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
-    """Return the size of a parsed head written canonically (``Name: value`` lines, CRLF ends).
-
-    That is its size on the wire unless the client pads it with extra whitespace.
-    """
-    request_line = len(method) + 1 + len(url) + len(b" HTTP/1.1\r\n")
-    return request_line + sum(len(name) + len(value) + 4 for name, value in headers) + 2
-
-
-def response_bytes(
-    status: int, error: str, detail: str, request_id: str, extra: list[tuple[bytes, bytes]]
-) -> bytes:
-    """Return a complete ``Connection: close`` JSON error response."""
-    body = error_body(status, error, detail, request_id)
-    phrase = http.HTTPStatus(status).phrase.encode()
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, phrase)]
-    headers = [
-        *extra,
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"x-request-id", request_id.encode()),
-        (b"cache-control", b"no-store"),
-        (b"connection", b"close"),
-    ]
-    lines.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
-    lines.append(b"\r\n")
-    lines.append(body)
-    return b"".join(lines)
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
@@ -154,8 +105,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._head_rest = 0  # bytes received since that chunk, while the head is incomplete
         self._head_deadline = 0.0  # loop time by which the head must be complete; 0.0: no head open
         self._timer: asyncio.TimerHandle | None = None
-        self._rejection: _Rejection | None = None
+        self._rejection: Rejection | None = None
         self._linger_last = 0.0
+        self._feeding = False  # inside parser.feed_data: a request's task starts once it returns
+        self._pending: tuple[Any, Any] | None = None  # (cycle, app) whose task is not created yet
+        self._framing_left: int | None = None  # in a chunked body: bytes extensions + trailers may still use
 
     # --- connection ---------------------------------------------------------------------
 
@@ -182,25 +136,59 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._chunk = n = len(data)
         if self._head_deadline:
             self._head_rest += n
+        if self._framing_left is not None:  # inside a chunked body: charge the read, refund its data
+            self._framing_left -= n
+        if not self._feed(data):
+            return
+        if self._framing_left is not None and self._framing_left < 0:
+            self._reject(too_much_framing(self._max_bytes))  # before its task starts, if it has not
+            return
+        if self._pending is not None:
+            self._start_pending()
+        if self._head_deadline and self._head_first + self._head_rest > self._gate:
+            self._check_incomplete_head()
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse ``data``; return False when parsing ended the exchange (rejected or upgraded)."""
+        self._feeding = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError:
+            self._feeding = False
             if self._rejection is None:
-                self._reject(_Rejection(400, "bad_request", "invalid HTTP request", "invalid_http"))
+                self._reject(Rejection(400, "bad_request", "invalid HTTP request", "invalid_http"))
             else:
                 self._answer()
-            return
+            return False
         except httptools.HttpParserError:
-            self._reject(_Rejection(400, "bad_request", "invalid HTTP request", "invalid_http"))
-            return
+            self._feeding = False
+            if self._framing_left is not None:
+                self._reject(Rejection(400, "bad_request", "invalid chunked body", "invalid_chunked"))
+            else:
+                self._reject(Rejection(400, "bad_request", "invalid HTTP request", "invalid_http"))
+            return False
         except httptools.HttpParserUpgrade:
+            self._feeding = False
+            self._start_pending()
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
-            return
-        if self._head_deadline and self._head_first + self._head_rest > self._gate:
-            self._check_incomplete_head()
+            return False
+        self._feeding = False
+        return True
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        """Hold a request's task back while its bytes are being parsed (see the module docstring)."""
+        if self._feeding:
+            self._pending = (cycle, app)
+        else:
+            HttpToolsProtocol._start_asgi_task(self, cycle, app)
+
+    def _start_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            HttpToolsProtocol._start_asgi_task(self, *pending)
 
     # --- parser callbacks ---------------------------------------------------------------
 
@@ -229,27 +217,65 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # The URL and the head are no longer than the bytes received since the head began.
         if self._head_first + self._head_rest > self._gate or len(self.headers) > self._max_headers:
             self._check_complete_head()
+        chunked = framing_problem(self.headers, self.parser.get_http_version())
+        if chunked is not False:
+            if chunked is not True:
+                self._rejection = chunked
+                raise _Rejected
+            self._framing_left = self._max_bytes  # budget for chunk extensions and trailers
+            if not self._head_first:  # the head began this run of reads: charge what follows it
+                head = head_size(self.parser.get_method(), self.url, self.headers)
+                self._framing_left -= max(0, self._head_rest - head)
+            HttpToolsProtocol.on_headers_complete(self)
+            # httptools reports trailer fields through on_header: let them land in a copy, never in
+            # the headers of the request the application is already serving.
+            self.headers = list(self.headers)
+            return
         HttpToolsProtocol.on_headers_complete(self)
+
+    def on_chunk_header(self) -> None:
+        """Count the size line and the CRLF after the data as framing, not as extensions."""
+        if self._framing_left is not None:
+            self._framing_left += _CHUNK_FRAMING
+            self._check_framing()
+
+    def on_body(self, body: bytes) -> None:
+        """Hand the body on; body bytes are not framing overhead."""
+        HttpToolsProtocol.on_body(self, body)
+        if self._framing_left is not None:
+            self._framing_left += len(body)
+
+    def on_message_complete(self) -> None:
+        """A chunked body whose extensions or trailers were too large never completes."""
+        if self._framing_left is not None:
+            self._check_framing()
+            self._framing_left = None
+        HttpToolsProtocol.on_message_complete(self)
+
+    def _check_framing(self) -> None:
+        if self._framing_left is not None and self._framing_left < 0:
+            self._rejection = too_much_framing(self._max_bytes)
+            raise _Rejected
 
     # --- checks -------------------------------------------------------------------------
 
     def _check_complete_head(self) -> None:
         if len(self.url) > self._max_url:
-            self._rejection = _too_long_url(self._max_url)
+            self._rejection = too_long_url(self._max_url)
         elif len(self.headers) > self._max_headers:
-            self._rejection = _too_many_headers(self._max_headers)
+            self._rejection = too_many_headers(self._max_headers)
         elif head_size(self.parser.get_method(), self.url, self.headers) > self._max_bytes:
-            self._rejection = _too_large_head(self._max_bytes)
+            self._rejection = too_large_head(self._max_bytes)
         if self._rejection is not None:
             raise _Rejected  # stops the parser; data_received answers
 
     def _check_incomplete_head(self) -> None:
         if len(self.url) > self._max_url:
-            self._reject(_too_long_url(self._max_url))
+            self._reject(too_long_url(self._max_url))
         elif len(self.headers) > self._max_headers:
-            self._reject(_too_many_headers(self._max_headers))
+            self._reject(too_many_headers(self._max_headers))
         elif self._head_rest > self._max_bytes:
-            self._reject(_too_large_head(self._max_bytes))
+            self._reject(too_large_head(self._max_bytes))
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -264,14 +290,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._timer = self.loop.call_at(deadline, self._on_timer)
         else:
             detail = f"the request head was not received within {self._head_timeout:g} s"
-            self._reject(_Rejection(408, "request_timeout", detail, "head_timeout"))
+            self._reject(Rejection(408, "request_timeout", detail, "head_timeout"))
 
     # --- answering ----------------------------------------------------------------------
 
     def _owes_response(self) -> bool:
         return self.cycle is not None and not self.cycle.response_complete
 
-    def _reject(self, rejection: _Rejection) -> None:
+    def _reject(self, rejection: Rejection) -> None:
         self._rejection = rejection
         self._answer()
 
@@ -287,19 +313,25 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         headers: list[tuple[bytes, bytes]] = getattr(self, "headers", None) or []
         rid = request_id_from(next((v for k, v in headers if k == b"x-request-id"), None))
         client = f"{self.client[0]}:{self.client[1]}" if self.client else ""
-        busy = self._owes_response()
-        log.info(
-            "client_rejected",
-            extra={
-                "status": rejection.status,
-                "reason": rejection.reason,
-                "client": client,
-                "request_id": rid,
-                "head_bytes": self._head_first + self._head_rest,
-                "headers": len(headers),
-                "answered": not busy,
-            },
-        )
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_complete:
+            # The current request's body is broken. Not started yet: it never reaches the
+            # application. Started: it sees a disconnect (the proxy aborts its upstream connection);
+            # the client gets the 400 unless a response began. Queued behind another: close.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if cycle.response_started or self.pipeline:
+                self.pipeline.clear()
+                self._pending = None
+                self._log_rejection(rejection, client, rid, len(headers), answered=False)
+                self.transport.close()
+                return
+            self._pending = None  # nothing queued before it: the pending task, if any, is its own
+            busy = False
+        else:
+            self._start_pending()  # a complete request parsed before the bad bytes is served
+            busy = self._owes_response()
+        self._log_rejection(rejection, client, rid, len(headers), answered=not busy)
         if self.transport.is_closing():
             return
         if busy:  # earlier pipelined responses come first; the connection closes after the last
@@ -320,6 +352,22 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._timer = self.loop.call_at(now + LINGER_IDLE, self._linger, now + LINGER)
         else:
             self.transport.close()
+
+    def _log_rejection(
+        self, rejection: Rejection, client: str, rid: str, nheaders: int, *, answered: bool
+    ) -> None:
+        log.info(
+            "client_rejected",
+            extra={
+                "status": rejection.status,
+                "reason": rejection.reason,
+                "client": client,
+                "request_id": rid,
+                "head_bytes": self._head_first + self._head_rest,
+                "headers": nheaders,
+                "answered": answered,
+            },
+        )
 
     def _linger(self, until: float) -> None:
         """Close once the client has been quiet for ``LINGER_IDLE`` or at ``until``."""
@@ -347,6 +395,7 @@ __all__ = [
     "LINGER_IDLE",
     "GatewayHttpProtocol",
     "ServerLimits",
+    "framing_problem",
     "head_size",
     "make_protocol",
     "response_bytes",

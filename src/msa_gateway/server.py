@@ -1,13 +1,93 @@
-"""The uvicorn server the CLI runs: SIGTERM means drain and exit 0, as orchestrators expect."""
+"""How uvicorn serves the gateway, whichever way it is started.
+
+``msa-gateway run`` builds ``GatewayServer`` with the gateway's protocol (``protocol.py``) and
+settings. ``uvicorn msa_gateway.main:app`` builds uvicorn's own config; at lifespan start-up,
+before uvicorn opens its listening socket, ``adopt_uvicorn`` puts the same protocol, drain timeout
+and proxy-header policy into that config, so the client-side protections hold there too. This
+relies on uvicorn internals (the lifespan's ``receive`` is a method of ``LifespanOn``, which holds
+the ``Config``; ``Server.startup`` runs the lifespan before ``create_server``): the version range
+is pinned in ``pyproject.toml`` and tested. When the server is not uvicorn (or not with lifespan),
+one warning line says the protections are off.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 import signal
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from msa_gateway.app import GatewayApp
+from msa_gateway.protocol import GatewayHttpProtocol, ServerLimits, make_protocol
+from msa_gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from msa_gateway.app import GatewayApp
+
+log = logging.getLogger("msa_gateway.server")
+LOST = (
+    "MAX_REQUEST_LINE, MAX_HEADER_BYTES, MAX_HEADERS, HEADER_TIMEOUT, strict request framing "
+    "and DRAIN_TIMEOUT are NOT enforced; start it with `msa-gateway run`"
+)
+
+
+def server_limits(settings: Settings) -> ServerLimits:
+    """Return the client-side limits the settings ask for."""
+    return ServerLimits(
+        max_request_line=settings.max_request_line,
+        max_header_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+        head_timeout=settings.header_timeout,
+    )
+
+
+def uvicorn_config(app: Any, host: str, port: int, limits: ServerLimits, **options: Any) -> uvicorn.Config:
+    """Return a uvicorn config with the gateway's protocol and without uvicorn's own headers or rewriting.
+
+    No ``server``/``date`` headers, no access log of uvicorn's (the gateway writes its own), no
+    ``X-Forwarded-*`` rewriting (the gateway applies its trusted-proxy rules); ``options`` add to it.
+    """
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=make_protocol(limits),
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        proxy_headers=False,
+        **options,
+    )
+
+
+def uvicorn_config_of(receive: Any) -> uvicorn.Config | None:
+    """Return the ``uvicorn.Config`` serving this lifespan, or None (another server, or wrapped)."""
+    config = getattr(getattr(receive, "__self__", None), "config", None)
+    return config if isinstance(config, uvicorn.Config) else None
+
+
+def adopt_uvicorn(receive: Any, settings: Settings) -> bool:
+    """Give a plain ``uvicorn msa_gateway.main:app`` the gateway's protocol; return whether it holds."""
+    config = uvicorn_config_of(receive)
+    if config is None:
+        log.warning("client_protections_off", extra={"reason": f"not served by uvicorn: {LOST}"})
+        return False
+    current = config.http_protocol_class
+    if isinstance(current, type) and issubclass(current, GatewayHttpProtocol):
+        return True  # msa-gateway run, or --http given the gateway's protocol
+    config.http_protocol_class = make_protocol(server_limits(settings))
+    config.timeout_graceful_shutdown = math.ceil(settings.drain_timeout)
+    if isinstance(config.loaded_app, ProxyHeadersMiddleware):
+        # uvicorn's X-Forwarded-For rewriting would bypass the gateway's trusted_proxies rule.
+        config.loaded_app = config.loaded_app.app
+    log.info(
+        "uvicorn_protocol_replaced",
+        extra={"replaced": getattr(current, "__name__", str(current)), "limits": "client limits enforced"},
+    )
+    return True
 
 
 class GatewayServer(uvicorn.Server):

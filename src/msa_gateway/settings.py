@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     max_headers: Annotated[int, Field(ge=1, le=10_000)] = 100
     header_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
     body_timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    allow_underscores_in_headers: bool = False
+    admin_host: str = "127.0.0.1"
+    admin_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    admin_read_token: str | None = None
+    rewrite_redirects: bool = True
 
     consul_host: str = "localhost"
     consul_port: Annotated[int, Field(ge=1, le=65535)] = 8500

@@ -18,8 +18,9 @@ import yaml
 from msa_gateway.app import GatewayApp
 from msa_gateway.discovery.base import Provider
 from msa_gateway.observability.access import AccessLog
-from msa_gateway.protocol import ServerLimits, make_protocol
+from msa_gateway.protocol import ServerLimits
 from msa_gateway.runtime import Runtime
+from msa_gateway.server import uvicorn_config
 from msa_gateway.settings import Settings, parse_config
 from tests.support.procs import PY, REPO, free_port, python_env, wait_port
 
@@ -85,18 +86,7 @@ async def serve_gateway(
     app = GatewayApp(settings, cfg, runtime_factory=factory)
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            lifespan="on",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            date_header=False,
-            proxy_headers=False,
-            http=make_protocol(ServerLimits()),
-        )
+        uvicorn_config(app, "127.0.0.1", port, ServerLimits(), lifespan="on", log_config=None)
     )
     task = asyncio.create_task(server.serve(), name="test-gateway")
     try:
@@ -112,9 +102,12 @@ async def serve_gateway(
 
 
 class GatewayProcess:
-    """``msa-gateway run`` as a real process with its stdout captured to a file."""
+    """``msa-gateway run`` (or ``argv``, ``{port}`` filled in) as a real process, stdout captured to a file."""
 
-    def __init__(self, config: dict[str, Any] | None = None, **env: str) -> None:
+    def __init__(
+        self, config: dict[str, Any] | None = None, argv: list[str] | None = None, **env: str
+    ) -> None:
+        self.argv = argv or ["-m", "msa_gateway.cli", "run"]
         self.port = free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="gw-")
         self.log = Path(self._dir.name) / "gateway.log"
@@ -138,7 +131,7 @@ class GatewayProcess:
         """Start the process (and wait until it listens)."""
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [PY, "-m", "msa_gateway.cli", "run"],
+                [PY, *(a.replace("{port}", str(self.port)) for a in self.argv)],
                 env=self.env,
                 cwd=REPO,
                 stdout=out,
@@ -184,7 +177,7 @@ class GatewayProcess:
 @contextlib.contextmanager
 def gateway_process(config: dict[str, Any] | None = None, **env: str) -> Iterator[GatewayProcess]:
     """Run ``msa-gateway run`` for the duration of the block."""
-    gw = GatewayProcess(config, **env)
+    gw = GatewayProcess(config, None, **env)
     try:
         yield gw.start()
     finally:

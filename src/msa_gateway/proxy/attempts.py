@@ -95,14 +95,20 @@ class Outcome:
 class Forwarder:
     """Forwards requests for the proxy: one per runtime, no state of its own per request."""
 
-    __slots__ = ("metrics", "trusted_proxies", "upstream")
+    __slots__ = ("allow_underscores", "metrics", "trusted_proxies", "upstream")
 
     def __init__(
-        self, upstream: UpstreamClient, metrics: Metrics, trusted_proxies: tuple[Network, ...]
+        self,
+        upstream: UpstreamClient,
+        metrics: Metrics,
+        trusted_proxies: tuple[Network, ...],
+        *,
+        allow_underscores: bool = False,
     ) -> None:
         self.upstream = upstream
         self.metrics = metrics
         self.trusted_proxies = trusted_proxies
+        self.allow_underscores = allow_underscores
 
     async def forward(self, route: ServiceRoute, req: ProxyRequest, ex: Exchange, body: Body) -> Outcome:
         """Run the attempts of ``req`` against ``route``'s instances."""
@@ -234,6 +240,7 @@ class Attempts:
             trusted=is_trusted(req.peer, fw.trusted_proxies),
             pass_host_header=options.pass_host_header,
             content_length=req.body_length if req.has_body else None,
+            allow_underscores=fw.allow_underscores,
         )
         sending = fw.upstream.send(
             instance, options, req.method, req.target, headers, self.body, req.body_length

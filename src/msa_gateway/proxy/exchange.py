@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from msa_gateway.errors import HTTPError, PayloadTooLarge, RequestTimeout, UpstreamError
 from msa_gateway.model import ServiceOptions
 from msa_gateway.proxy.headers import downstream_response_headers
+from msa_gateway.proxy.redirects import Redirects
 from msa_gateway.proxy.retry import IDEMPOTENT_METHODS
 from msa_gateway.proxy.upstream import UpstreamResponse
 
@@ -98,12 +99,16 @@ async def open_body(
 
 
 async def stream_back(
-    req: ProxyRequest, ex: Exchange, resp: UpstreamResponse, stages: tuple[ResponseStage, ...]
+    req: ProxyRequest,
+    ex: Exchange,
+    resp: UpstreamResponse,
+    stages: tuple[ResponseStage, ...],
+    redirects: Redirects | None = None,
 ) -> None:
     """Send the response head and body to the client as they arrive; never a whole body in memory."""
     receive, send, request_id = req.receive, req.send, req.request_id
     first = await resp.read()
-    out_headers = downstream_response_headers(resp.headers, request_id.encode("ascii"))
+    out_headers = downstream_response_headers(resp.headers, request_id.encode("ascii"), redirects)
     for stage in stages:
         out_headers = stage(req, resp.status, out_headers)
     ex.status = resp.status

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from msa_gateway.errors import HTTPError, UpstreamError, render
 from msa_gateway.observability.metrics import UNKNOWN_SERVICE, method_label
-from msa_gateway.proxy.attempts import Forwarder
+from msa_gateway.proxy.attempts import Forwarder, Lease
 from msa_gateway.proxy.exchange import (
     STATUS_CLIENT_GONE,
     ClientGone,
@@ -27,10 +27,13 @@ from msa_gateway.proxy.exchange import (
     open_body,
     stream_back,
 )
+from msa_gateway.proxy.headers import is_trusted
+from msa_gateway.proxy.redirects import Redirects
 from msa_gateway.proxy.request import ProxyRequest, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from msa_gateway.policies.base import Reply
+    from msa_gateway.registry.snapshot import ServiceRoute
     from msa_gateway.runtime import Runtime
 
 
@@ -39,8 +42,15 @@ class ProxyApp:
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
-        self.forwarder = Forwarder(runtime.upstream, runtime.metrics, runtime.config.trusted_proxies)
-        self.body_timeout = runtime.settings.body_timeout
+        settings = runtime.settings
+        self.forwarder = Forwarder(
+            runtime.upstream,
+            runtime.metrics,
+            runtime.config.trusted_proxies,
+            allow_underscores=settings.allow_underscores_in_headers,
+        )
+        self.body_timeout = settings.body_timeout
+        self.rewrite_redirects = settings.rewrite_redirects
 
     async def __call__(
         self,
@@ -80,9 +90,17 @@ class ProxyApp:
             if outcome.response is None:
                 assert outcome.error is not None
                 raise outcome.error
-            await stream_back(req, ex, outcome.response, route.response_stages)
+            redirects = self._redirects(req, route, outcome.lease) if self.rewrite_redirects else None
+            await stream_back(req, ex, outcome.response, route.response_stages, redirects)
         finally:
             outcome.finish()
+
+    def _redirects(self, req: ProxyRequest, route: ServiceRoute, lease: Lease | None) -> Redirects | None:
+        """Return the rewrite of redirect headers that point at the answering instance."""
+        if lease is None:
+            return None
+        trusted = is_trusted(req.peer, self.forwarder.trusted_proxies)
+        return Redirects(lease.instance, req.headers, req.scope.get("scheme", "http"), route.prefix, trusted)
 
     async def _client_gone(self, req: ProxyRequest, ex: Exchange) -> None:
         """The client's body stalled, grew too large, or the client went away."""

@@ -1,11 +1,14 @@
 """Pure header rules for both directions of the proxy.
 
-Request: end-to-end headers pass; hop-by-hop ones, every header the ``Connection`` header
-names, and the client's framing headers are dropped; ``Host``, ``X-Forwarded-*`` and
-``X-Request-ID`` are set by the gateway. ``X-Forwarded-*`` from the client are kept only when
-the peer is a trusted proxy. Response: hop-by-hop and framing headers (except a
-``Content-Length`` that matches the bytes) are dropped, repeated headers such as ``Set-Cookie``
-stay repeated, ``Content-Encoding`` is untouched.
+Request: end-to-end headers pass; hop-by-hop ones (``HTTP2-Settings``, ``Proxy-Connection`` and
+``Upgrade`` too: no upgrade is forwarded), every header the ``Connection`` header names, the
+client's framing headers, and names with ``_`` (unless allowed: a service that maps ``_`` to
+``-`` would take ``X_Forwarded_For`` for the gateway's header; nginx drops them too) are
+dropped; ``Host``, ``X-Forwarded-*`` and ``X-Request-ID`` are set by the gateway.
+``X-Forwarded-*`` from the client are kept only when the peer is a trusted proxy. Response:
+hop-by-hop and framing headers (except a ``Content-Length`` that matches the bytes) are dropped,
+repeated headers such as ``Set-Cookie`` stay repeated, ``Content-Encoding`` is untouched, and
+URLs pointing at the instance itself are rewritten (``proxy/redirects.py``).
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
+from msa_gateway.proxy.redirects import REDIRECT_HEADERS, Redirects
+
 HOP_BY_HOP = frozenset(
     {
         b"connection",
+        b"http2-settings",
         b"keep-alive",
         b"proxy-connection",
         b"proxy-authenticate",
@@ -48,6 +54,7 @@ _REQUEST_OWN = frozenset(
 )
 _FORWARDED_KEEP = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
 _RESPONSE_OWN = frozenset({b"x-request-id"})
+_UNDERSCORE = ord("_")  # an int: ``95 in name`` is ~10x faster than ``b"_" in name``
 _REQUEST_ID_OK = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,200}$")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -99,6 +106,7 @@ def upstream_request_headers(  # noqa: PLR0913, PLR0912 - one pass over the head
     trusted: bool,
     pass_host_header: bool = False,
     content_length: int | None = None,
+    allow_underscores: bool = False,
 ) -> list[tuple[bytes, bytes]]:
     """Return the headers to send upstream, in the client's order, then the gateway's own."""
     drop = connection_tokens(headers) if any(n == b"connection" for n, _ in headers) else frozenset()
@@ -107,7 +115,7 @@ def upstream_request_headers(  # noqa: PLR0913, PLR0912 - one pass over the head
     prior_for: list[bytes] = []
     prior_proto = prior_host = None
     for name, value in headers:
-        if name in HOP_BY_HOP or name in drop:
+        if name in HOP_BY_HOP or name in drop or (_UNDERSCORE in name and not allow_underscores):
             continue
         if name in _REQUEST_OWN:
             if name == b"host":
@@ -142,7 +150,7 @@ def upstream_request_headers(  # noqa: PLR0913, PLR0912 - one pass over the head
 
 
 def downstream_response_headers(
-    raw_headers: Sequence[tuple[bytes, bytes]], request_id: bytes
+    raw_headers: Sequence[tuple[bytes, bytes]], request_id: bytes, redirects: Redirects | None = None
 ) -> list[tuple[bytes, bytes]]:
     """Return the upstream's response headers fit to send to the client, plus ``x-request-id``."""
     out = []
@@ -152,7 +160,10 @@ def downstream_response_headers(
         if lname in HOP_BY_HOP or lname in _RESPONSE_OWN:
             listed = listed or lname == b"connection"
             continue
-        out.append((lname, value))
+        if redirects is not None and lname in REDIRECT_HEADERS:
+            out.append((lname, redirects.rewrite(lname, value)))
+        else:
+            out.append((lname, value))
     if listed:  # drop what the Connection header names, when it names more than hop-by-hop headers
         drop = connection_tokens(raw_headers) - HOP_BY_HOP
         if drop:

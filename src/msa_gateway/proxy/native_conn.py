@@ -5,7 +5,8 @@ at a time: ``start()`` resets the per-exchange state, the caller writes the requ
 ``transport``, and the protocol callbacks fill in the response as bytes arrive:
 
 - the head is parsed strictly by ``httptools.HttpResponseParser`` (llhttp without leniencies:
-  garbage, bad chunk sizes, duplicate or conflicting Content-Length are errors), capped at
+  garbage, bad chunk sizes, duplicate or conflicting Content-Length are errors; so is a
+  ``Transfer-Encoding`` other than one ``chunked``, see ``plain_framing``), capped at
   ``MAX_HEAD`` bytes and ``MAX_HEADERS`` fields; 1xx interim responses are skipped;
 - body bytes are queued as they arrive; more than ``HIGH_WATER`` unread bytes pause reading the
   socket until the reader has taken enough of them;
@@ -77,6 +78,21 @@ def is_framed(headers: Headers) -> bool:
         if lname == b"transfer-encoding" and value.rsplit(b",", 1)[-1].strip().lower() == b"chunked":
             return True
     return False
+
+
+def plain_framing(headers: Headers) -> bool:
+    """Return False for a ``Transfer-Encoding`` that is not one plain ``chunked`` line.
+
+    Another coding (``gzip, chunked``) would be dropped with the hop-by-hop header, leaving the
+    client a body it cannot decode: such a response is invalid (502), as nginx answers.
+    """
+    seen = False
+    for name, value in headers:
+        if len(name) == 17 and name.lower() == b"transfer-encoding":
+            if seen or value.strip(b" \t").lower() != b"chunked":
+                return False
+            seen = True
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +331,8 @@ class Conn(asyncio.Protocol):
         if status < 200:
             self.headers = []
             return
+        if not plain_framing(headers):
+            raise _Stop
         self.status = status
         self.head_done = True
         self._wake()

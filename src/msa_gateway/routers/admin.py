@@ -9,7 +9,6 @@ instance record (``codec``) plus ``ttl``; ``ttl`` omitted means the entry never 
 
 from __future__ import annotations
 
-import hmac
 import math
 from typing import Any
 
@@ -19,17 +18,17 @@ from fastapi import APIRouter, Request, Response
 from msa_gateway.discovery import codec
 from msa_gateway.discovery.base import Registrar
 from msa_gateway.discovery.providers import NO_REGISTRAR
-from msa_gateway.errors import DiscoveryError, error_body
+from msa_gateway.errors import DiscoveryError, error_response
+from msa_gateway.listeners import bearer_ok
 from msa_gateway.model import Instance
+from msa_gateway.routers.deps import request_id_of
 from msa_gateway.settings import validate_service_name
 
 router = APIRouter()
 
 
 def _error(request: Request, status: int, error: str, detail: str, **headers: str) -> Response:
-    request_id = request.headers.get("x-request-id", "-")
-    body = error_body(status, error, detail, request_id)
-    return Response(body, status_code=status, media_type="application/json", headers=headers or None)
+    return error_response(status, error, detail, request_id_of(request), headers)
 
 
 def _guard(request: Request, name: str) -> Response | Registrar:
@@ -37,8 +36,7 @@ def _guard(request: Request, name: str) -> Response | Registrar:
     token: str | None = request.app.state.settings.gateway_admin_token
     if not token:
         return _error(request, 404, "not_found", "admin endpoints are off (GATEWAY_ADMIN_TOKEN is not set)")
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    if not bearer_ok(request.headers.get("authorization"), token):
         return _error(
             request,
             401,

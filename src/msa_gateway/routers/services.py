@@ -9,12 +9,15 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from msa_gateway.health.active import ProbeResult
 from msa_gateway.model import Instance
 from msa_gateway.registry.snapshot import ServiceRoute
 from msa_gateway.routers.deps import route_of, runtime_of
 from msa_gateway.runtime import Runtime
 
 router = APIRouter(prefix="/services", tags=["services"])
+PROBE_ROUND_TTL = 1.0  # seconds a probe round of /services/{name}/health is reused
+MAX_ROUNDS = 1024  # past this many remembered rounds, expired ones are dropped
 
 
 def _instance(rt: Runtime, route: ServiceRoute, inst: Instance, key: str) -> dict[str, Any]:
@@ -60,18 +63,45 @@ async def list_services(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/{name}/health", summary="Probe every instance of a service now")
+class ProbeRounds:
+    """At most one probe round per service per ``ttl`` seconds; concurrent callers share it.
+
+    ``/services/{name}/health`` probes every instance on demand; without this, any client could
+    make the gateway send a request to every instance per request it receives (an amplifier).
+    """
+
+    def __init__(self, ttl: float = PROBE_ROUND_TTL) -> None:
+        self.ttl = ttl
+        # service -> (monotonic start, registry version, wall-clock start, the round's results)
+        self._rounds: dict[str, tuple[float, int, float, asyncio.Future[list[ProbeResult]]]] = {}
+
+    async def get(self, rt: Runtime, route: ServiceRoute) -> tuple[float, list[ProbeResult]]:
+        """Return when the round began (wall clock) and its results: a recent round's, or a new one's."""
+        now = time.monotonic()
+        version = rt.snapshot.version
+        entry = self._rounds.get(route.name)
+        if entry is None or now - entry[0] >= self.ttl or entry[1] != version:
+            if len(self._rounds) > MAX_ROUNDS:
+                self._rounds = {k: v for k, v in self._rounds.items() if now - v[0] < self.ttl}
+            check = route.spec.options.health_check
+            probes = [
+                rt.checker.probe(i, i.health_path or check.path or "/", check.timeout)
+                for i in route.instances
+            ]
+            entry = (now, version, time.time(), asyncio.gather(*probes))
+            self._rounds[route.name] = entry
+        results = await asyncio.shield(entry[3])
+        return entry[2], results
+
+
+@router.get("/{name}/health", summary="Probe every instance of a service (at most once a second)")
 async def service_health(request: Request, name: str) -> dict[str, Any]:
-    """Probe each instance of ``name`` now and report status and latency."""
+    """Probe each instance of ``name`` (or reuse a round under a second old); report status and latency."""
     rt = runtime_of(request)
     route = route_of(request, name)
-    check = route.spec.options.health_check
+    rounds: ProbeRounds = request.app.state.probe_rounds
+    checked_at, outcomes = await rounds.get(rt, route)
     results = []
-    probes = []
-    for inst in route.instances:
-        path = inst.health_path or check.path or "/"
-        probes.append(rt.checker.probe(inst, path, check.timeout))
-    outcomes = await asyncio.gather(*probes)
     now = time.monotonic()
     outlier = route.guard.outlier.snapshot(now)
     for inst, key, res in zip(route.instances, route.keys, outcomes, strict=True):
@@ -101,7 +131,7 @@ async def service_health(request: Request, name: str) -> dict[str, Any]:
         else ("degraded" if healthy else "unhealthy"),
         "healthy_instances": healthy,
         "total_instances": len(results),
-        "checked_at": time.time(),
+        "checked_at": checked_at,
         "instances": results,
     }
 

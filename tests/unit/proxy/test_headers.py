@@ -116,3 +116,31 @@ def test_trusted_networks() -> None:
     assert not is_trusted("not-an-ip", nets)
     assert not is_trusted("10.2.3.4", ())
     assert not is_trusted(None, nets)
+
+
+def test_underscore_names_dropped_unless_allowed() -> None:
+    headers = [(b"x_forwarded_for", b"1.2.3.4"), (b"x-custom_id", b"7"), (b"x-ok", b"1")]
+    dropped = _up(headers)
+    assert b"x_forwarded_for" not in dropped and b"x-custom_id" not in dropped and dropped[b"x-ok"] == [b"1"]
+    allowed = _up(headers, allow_underscores=True)
+    assert allowed[b"x_forwarded_for"] == [b"1.2.3.4"] and allowed[b"x-custom_id"] == [b"7"]
+    assert allowed[b"x-forwarded-for"] == [b"10.0.0.9"]  # the gateway's own header is still its own
+
+
+def test_http2_settings_proxy_connection_and_upgrade_are_hop_by_hop() -> None:
+    h = _up(
+        [(b"http2-settings", b"AAMAAABkAAQAAP__"), (b"proxy-connection", b"keep-alive"), (b"upgrade", b"h2c")]
+    )
+    assert not {b"http2-settings", b"proxy-connection", b"upgrade"} & set(h)
+
+
+def test_response_location_rewritten_only_with_a_rewrite() -> None:
+    from msa_gateway.model import Instance
+    from msa_gateway.proxy.redirects import Redirects
+
+    inst = Instance(id="i", host="10.1.1.1", port=8001)
+    raw = [(b"Location", b"http://10.1.1.1:8001/a"), (b"Link", b"<http://10.1.1.1:8001/b>")]
+    redirects = Redirects(inst, [(b"host", b"gw.example")], "https", "/svc", False)
+    out = dict(downstream_response_headers(raw, b"rid", redirects))
+    assert out[b"location"] == b"https://gw.example/svc/a"
+    assert dict(downstream_response_headers(raw, b"rid"))[b"location"] == b"http://10.1.1.1:8001/a"

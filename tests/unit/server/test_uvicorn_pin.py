@@ -1,0 +1,75 @@
+"""The uvicorn internals ``protocol.py`` and ``server.py`` rely on, on the pinned uvicorn version."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+import tomllib
+from importlib.metadata import version
+from typing import Any
+
+import uvicorn
+from uvicorn.lifespan.on import LifespanOn
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from msa_gateway.protocol import GatewayHttpProtocol
+from msa_gateway.server import adopt_uvicorn
+from msa_gateway.settings import Settings
+from tests.support.procs import REPO
+
+
+def _pin() -> tuple[str, str]:
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    spec = next(d for d in deps if d.startswith("uvicorn"))
+    match = re.fullmatch(r"uvicorn>=([\d.]+),<([\d.]+)", spec)
+    assert match, f"uvicorn must be pinned with an upper bound, got {spec!r}"
+    return match.group(1), match.group(2)
+
+
+def _tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in v.split(".")[:3])
+
+
+def test_installed_uvicorn_is_inside_the_pinned_range() -> None:
+    low, high = _pin()
+    assert _tuple(low) <= _tuple(version("uvicorn")) < _tuple(high)
+
+
+def test_protocol_hooks_exist_with_the_signatures_relied_on() -> None:
+    for name in ("_start_asgi_task", "on_headers_complete", "on_header", "on_body", "on_message_complete"):
+        assert callable(getattr(HttpToolsProtocol, name)), name
+    assert list(inspect.signature(HttpToolsProtocol._start_asgi_task).parameters) == ["self", "cycle", "app"]
+    cycle_init = inspect.getsource(RequestResponseCycle.__init__)
+    for attr in ("disconnected", "more_body", "response_started", "response_complete", "message_event"):
+        assert f"self.{attr}" in cycle_init, attr
+    # Server.startup runs the lifespan before it builds the protocol factory from the config.
+    startup = inspect.getsource(uvicorn.Server.startup)
+    assert startup.index("lifespan.startup()") < startup.index("config.http_protocol_class")
+
+
+async def _noop(scope: Any, receive: Any, send: Any) -> None:
+    return None
+
+
+def test_adopt_puts_the_gateway_protocol_drain_and_no_proxy_headers_into_a_plain_config() -> None:
+    config = uvicorn.Config(_noop, http="h11", proxy_headers=True, timeout_graceful_shutdown=None)
+    config.load()
+    assert isinstance(config.loaded_app, ProxyHeadersMiddleware)
+    lifespan = LifespanOn(config)
+    settings = Settings(_env_file=None, max_request_line=100, drain_timeout=7.5)  # type: ignore[call-arg]
+    assert adopt_uvicorn(lifespan.receive, settings)
+    protocol = config.http_protocol_class
+    assert isinstance(protocol, type) and issubclass(protocol, GatewayHttpProtocol)
+    assert protocol.limits.max_request_line == 100
+    assert config.timeout_graceful_shutdown == 8
+    assert config.loaded_app is _noop
+
+
+def test_adopt_reports_an_unknown_server() -> None:
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(0)
+        return {}
+
+    assert not adopt_uvicorn(receive, Settings(_env_file=None))  # type: ignore[call-arg]
