@@ -22,6 +22,7 @@ from msa_gateway.health.table import HealthState, HealthTable, instance_key
 from msa_gateway.model import Discovered, Instance, ServiceSpec
 from msa_gateway.observability.access import AccessLog
 from msa_gateway.observability.metrics import UNKNOWN_SERVICE, Metrics
+from msa_gateway.observability.otlp import tracing_from_settings
 from msa_gateway.proxy.attempts import note_panic
 from msa_gateway.proxy.resilience import ServiceGuard
 from msa_gateway.proxy.upstream import UpstreamClient, create_client
@@ -52,6 +53,8 @@ class Runtime:
         self.metrics = Metrics()
         self.metrics.track_tasks(self.tasks)
         self.access = access or AccessLog(console=settings.debug)
+        self.tracer, self.exporter = tracing_from_settings(settings)
+        self.metrics.track_exporter(self.exporter)
         self.health = HealthTable()
         self.health.set_listener(self._on_health_change)
         self.checker = ActiveHealthChecker(self.health, tasks=self.tasks)
@@ -76,6 +79,8 @@ class Runtime:
         """Start discovery (probes start as snapshots arrive)."""
         self.registrar = create_registrar(self.settings)
         self._discovery = self.spawn("discovery", self.aggregator.run, key=self.provider.name)
+        if self.exporter is not None:
+            self.spawn("trace_export", self.exporter.run)
         log.info(
             "gateway starting",
             extra={"discovery": self.provider.name, "config": self.config.source, "version": self.version},
@@ -99,6 +104,9 @@ class Runtime:
         await self.checker.aclose()
         await self.upstream.aclose()
         await self.tasks.aclose()
+        if self.exporter is not None:
+            with contextlib.suppress(Exception):
+                await self.exporter.aclose()
         self.access.flush()
 
     # --- snapshots -------------------------------------------------------------------

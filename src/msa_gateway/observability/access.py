@@ -67,6 +67,7 @@ class AccessLog:
         client: str,
         error: str | None = None,
         retry_refused: str | None = None,
+        trace_id: str | None = None,
     ) -> None:
         """Write one line describing a finished request; ``started`` is a ``perf_counter`` value."""
         if not self._enabled:
@@ -90,6 +91,8 @@ class AccessLog:
             line["error"] = error
         if retry_refused is not None:
             line["retry_refused"] = retry_refused
+        if trace_id is not None:
+            line["trace_id"] = trace_id
         if self._console:
             extras = " ".join(
                 f"{k}={v}" for k, v in line.items() if k not in {"timestamp", "level", "logger"}

@@ -8,6 +8,7 @@ a registered instance. A raw path never becomes a label value.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -16,6 +17,9 @@ from prometheus_client.registry import Collector
 
 from msa_gateway.observability.requests import RequestStats
 from msa_gateway.tasks import Supervisor
+
+if TYPE_CHECKING:
+    from msa_gateway.observability.otlp import Exporter
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 UNKNOWN_SERVICE = "unknown"
@@ -101,6 +105,11 @@ class Metrics:
         """Export the background tasks of ``tasks`` (counted at scrape time, by kind)."""
         self.registry.register(TaskStats(tasks))
 
+    def track_exporter(self, exporter: Exporter | None) -> None:
+        """Export ``gateway_trace_spans_total{result}`` (exported, dropped, failed) when spans go out."""
+        if exporter is not None:
+            self.registry.register(SpanStats(exporter))
+
     def render(self) -> tuple[bytes, str]:
         """Return the exposition text and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -127,3 +136,19 @@ class TaskStats(Collector):
             crashes.add_metric([kind], row["crashes"])
         yield running
         yield crashes
+
+
+class SpanStats(Collector):
+    """``gateway_trace_spans_total{result}``, read from the exporter's counts at scrape time."""
+
+    def __init__(self, exporter: Exporter) -> None:
+        self._exporter = exporter
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the spans exported, dropped (queue full) and failed (receiver down or refusing)."""
+        family = CounterMetricFamily(
+            "gateway_trace_spans", "Spans of sampled requests, by what became of them.", labels=["result"]
+        )
+        for result, count in self._exporter.counts.items():
+            family.add_metric([result], count)
+        yield family

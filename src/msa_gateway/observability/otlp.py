@@ -12,13 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from msa_gateway.errors import ConfigError
+from msa_gateway.observability.tracing import Tracer
+
 if TYPE_CHECKING:
+    from msa_gateway.proxy.exchange import Exchange
+    from msa_gateway.proxy.request import ProxyRequest
     from msa_gateway.settings import Settings
 
 log = logging.getLogger("msa_gateway.tracing")
@@ -66,6 +72,29 @@ class OtlpConfig:
             (k.strip(), v.strip()) for k, _, v in (p.partition("=") for p in raw.split(",")) if k.strip()
         )
         return cls(endpoint, headers, settings.otel_service_name)
+
+
+def server_span(req: ProxyRequest, ex: Exchange) -> SpanRecord:
+    """Return the span of a whole proxied request (its start from the request's monotonic clock)."""
+    trace = req.trace
+    assert trace is not None
+    end = time.time_ns()
+    start = end - int((time.perf_counter() - req.started) * 1e9)
+    service = req.route.name if req.route is not None else "unknown"
+    attributes: dict[str, str | int] = {
+        "http.request.method": req.method,
+        "url.path": req.raw_path.decode("latin-1")[:2048],
+        "http.response.status_code": ex.status,
+        "msa.service": service,
+        "msa.request_id": req.request_id,
+        "msa.response_bytes": ex.nbytes,
+    }
+    if ex.error is not None:
+        attributes["error.type"] = ex.error
+    name = f"{req.method} {service}"
+    return SpanRecord(
+        trace.trace_id, trace.span_id, trace.parent_id, name, SERVER, start, end, attributes, ex.status >= 500
+    )
 
 
 def encode(spans: list[SpanRecord], service_name: str) -> bytes:
@@ -160,3 +189,19 @@ class Exporter:
             await self.flush()
         if self._session is not None:
             await self._session.close()
+
+
+def tracing_from_settings(settings: Settings) -> tuple[Tracer | None, Exporter | None]:
+    """Return the tracer (None with ``TRACING=off``) and the exporter (only with ``TRACING=otlp``)."""
+    if settings.tracing == "off":
+        return None, None
+    tracer = Tracer.from_sampler(settings.otel_traces_sampler, settings.otel_traces_sampler_arg)
+    if settings.tracing != "otlp":
+        return tracer, None
+    try:
+        import opentelemetry.proto.collector.trace.v1.trace_service_pb2  # noqa: F401 - fail at start-up
+    except ImportError:
+        raise ConfigError(
+            "environment", "TRACING", "otlp needs the otel extra: pip install 'msa-gateway[otel]'"
+        ) from None
+    return tracer, Exporter(OtlpConfig.from_settings(settings))

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from msa_gateway.errors import HTTPError, NoHealthyInstance, Overloaded, UpstreamError, UpstreamTimeout
 from msa_gateway.health import outlier
 from msa_gateway.model import Instance
+from msa_gateway.observability.otlp import CLIENT, SpanRecord
 from msa_gateway.proxy.exchange import Exchange, client_error
 from msa_gateway.proxy.headers import is_trusted, upstream_request_headers
 from msa_gateway.proxy.retry import NOT_DELIVERED, Decision, FailureKind, failure_from_kind, should_retry
@@ -31,6 +32,8 @@ from msa_gateway.proxy.upstream import UpstreamClient, UpstreamResponse
 
 if TYPE_CHECKING:
     from msa_gateway.observability.metrics import Metrics
+    from msa_gateway.observability.otlp import Exporter
+    from msa_gateway.observability.tracing import Tracer
     from msa_gateway.proxy.request import ProxyRequest
     from msa_gateway.proxy.resilience import ServiceGuard
     from msa_gateway.registry.snapshot import ServiceRoute
@@ -95,7 +98,7 @@ class Outcome:
 class Forwarder:
     """Forwards requests for the proxy: one per runtime, no state of its own per request."""
 
-    __slots__ = ("allow_underscores", "metrics", "trusted_proxies", "upstream")
+    __slots__ = ("allow_underscores", "exporter", "metrics", "tracer", "trusted_proxies", "upstream")
 
     def __init__(
         self,
@@ -104,11 +107,13 @@ class Forwarder:
         trusted_proxies: tuple[Network, ...],
         *,
         allow_underscores: bool = False,
+        tracing: tuple[Tracer | None, Exporter | None] = (None, None),
     ) -> None:
         self.upstream = upstream
         self.metrics = metrics
         self.trusted_proxies = trusted_proxies
         self.allow_underscores = allow_underscores
+        self.tracer, self.exporter = tracing
 
     async def forward(self, route: ServiceRoute, req: ProxyRequest, ex: Exchange, body: Body) -> Outcome:
         """Run the attempts of ``req`` against ``route``'s instances."""
@@ -147,7 +152,19 @@ def note_panic(metrics: Metrics, route: ServiceRoute, panic: bool) -> None:
 class Attempts:
     """The attempt loop of one request (one small object per request)."""
 
-    __slots__ = ("body", "deadline", "ex", "fw", "n", "req", "retry_slot", "route", "tried")
+    __slots__ = (
+        "body",
+        "deadline",
+        "ex",
+        "fw",
+        "n",
+        "req",
+        "retry_reason",
+        "retry_slot",
+        "route",
+        "span_id",
+        "tried",
+    )
 
     def __init__(
         self, fw: Forwarder, route: ServiceRoute, req: ProxyRequest, ex: Exchange, body: Body
@@ -158,6 +175,8 @@ class Attempts:
         self.tried: list[str] = []
         self.n = 0
         self.retry_slot = False  # the next attempt is a retry holding a slot of the budget
+        self.span_id = b""  # the current attempt's span, when the request is traced
+        self.retry_reason: str | None = None  # why the last failed attempt is tried again
 
     async def run(self) -> Outcome:
         """Try instances until one answers or a rule says stop."""
@@ -210,17 +229,25 @@ class Attempts:
 
     async def _attempt(self, lease: Lease) -> Outcome | None:
         """Return the outcome, or None to try again."""
+        trace = self.req.trace
+        start_ns = time.time_ns() if trace is not None and trace.sampled and self.fw.exporter else 0
         try:
             resp = await self._send(lease.instance)
         except UpstreamError as exc:
             lease.release()
-            if self._retry_error(lease, exc):
+            retry = self._retry_error(lease, exc)
+            if start_ns:
+                self._span(lease, start_ns, None, exc.kind, retry)
+            if retry:
                 return None
             raise
         except BaseException:
             lease.release()
             raise
-        if self._retry_status(lease, resp.status):
+        retry = self._retry_status(lease, resp.status)
+        if start_ns:
+            self._span(lease, start_ns, resp.status, None, retry)
+        if retry:
             lease.release()
             resp.close()
             return None
@@ -242,6 +269,7 @@ class Attempts:
             content_length=req.body_length if req.has_body else None,
             allow_underscores=fw.allow_underscores,
         )
+        self._trace_headers(headers)
         sending = fw.upstream.send(
             instance, options, req.method, req.target, headers, self.body, req.body_length
         )
@@ -264,6 +292,58 @@ class Attempts:
                 else "the request's deadline passed"
             )
             raise UpstreamTimeout(detail, kind) from None
+
+    def _trace_headers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """Send a child ``traceparent`` for this attempt (the client's, untouched, with TRACING=off)."""
+        req = self.req
+        trace = req.trace
+        if trace is None:
+            if req.traceparent is not None:
+                headers.append((b"traceparent", req.traceparent))
+            if req.tracestate is not None:
+                headers.append((b"tracestate", req.tracestate))
+            return
+        tracer = self.fw.tracer
+        assert tracer is not None
+        self.span_id = tracer.span_id()
+        headers.append((b"traceparent", trace.child(self.span_id)))
+        if trace.tracestate is not None:
+            headers.append((b"tracestate", trace.tracestate))
+
+    def _span(
+        self, lease: Lease, start_ns: int, status: int | None, error: str | None, retried: bool
+    ) -> None:
+        """Export this attempt as a client span, a child of the request's server span."""
+        trace, exporter = self.req.trace, self.fw.exporter
+        assert trace is not None and exporter is not None
+        attributes: dict[str, str | int] = {
+            "http.request.method": self.req.method,
+            "server.address": lease.instance.host,
+            "server.port": lease.instance.port,
+            "msa.service": self.route.name,
+            "msa.attempt": self.n,
+        }
+        if status is not None:
+            attributes["http.response.status_code"] = status
+        if error is not None:
+            attributes["error.type"] = error
+        if retried:
+            attributes["msa.retry_reason"] = self.retry_reason or ""
+        elif self.ex.retry_refused is not None:
+            attributes["msa.retry_refused"] = self.ex.retry_refused
+        exporter.submit(
+            SpanRecord(
+                trace.trace_id,
+                self.span_id,
+                trace.span_id,
+                self.req.method,
+                CLIENT,
+                start_ns,
+                time.time_ns(),
+                attributes,
+                error is not None or (status is not None and status >= 500),
+            )
+        )
 
     @property
     def _buffered(self) -> bool:
@@ -316,6 +396,7 @@ class Attempts:
             budget=self.route.guard.budget if charged else None,
         )
         if decision.retry:
+            self.retry_reason = decision.reason
             self.fw.metrics.retries.labels(self.route.name, decision.reason).inc()
         else:  # only a refused retry pays for this counter, never a request that succeeded
             self.ex.retry_refused = decision.reason

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from msa_gateway.errors import HTTPError, UpstreamError, render
 from msa_gateway.observability.metrics import UNKNOWN_SERVICE, method_label
+from msa_gateway.observability.otlp import server_span
 from msa_gateway.proxy.attempts import Forwarder, Lease
 from msa_gateway.proxy.exchange import (
     STATUS_CLIENT_GONE,
@@ -48,7 +49,10 @@ class ProxyApp:
             runtime.metrics,
             runtime.config.trusted_proxies,
             allow_underscores=settings.allow_underscores_in_headers,
+            tracing=(runtime.tracer, runtime.exporter),
         )
+        self.tracer = runtime.tracer
+        self.exporter = runtime.exporter
         self.body_timeout = settings.body_timeout
         self.rewrite_redirects = settings.rewrite_redirects
 
@@ -64,6 +68,8 @@ class ProxyApp:
                 await send({"type": "websocket.close", "code": 1003})
             return
         req = ProxyRequest(scope, receive, send)
+        if self.tracer is not None:
+            req.trace = self.tracer.start(req.traceparent, req.tracestate)
         ex = Exchange()
         stats = self.rt.metrics.requests
         stats.in_flight += 1
@@ -161,4 +167,7 @@ class ProxyApp:
             client=req.peer or "-",
             error=ex.error,
             retry_refused=ex.retry_refused,
+            trace_id=None if req.trace is None else req.trace.trace_id.decode(),
         )
+        if req.trace is not None and req.trace.sampled and self.exporter is not None:
+            self.exporter.submit(server_span(req, ex))

@@ -50,6 +50,8 @@ _REQUEST_OWN = frozenset(
         b"x-forwarded-port",
         b"x-real-ip",
         b"forwarded",
+        b"traceparent",  # replaced by a child (or passed on as it was with TRACING=off): proxy/attempts.py
+        b"tracestate",
     }
 )
 _FORWARDED_KEEP = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})

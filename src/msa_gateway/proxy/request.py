@@ -16,6 +16,7 @@ from msa_gateway.proxy.headers import request_id_from
 from msa_gateway.proxy.paths import check_segments, split_service, upstream_target
 
 if TYPE_CHECKING:
+    from msa_gateway.observability.tracing import Trace
     from msa_gateway.registry.snapshot import ServiceRoute, Snapshot
 
 Scope = dict[str, Any]
@@ -42,6 +43,9 @@ class ProxyRequest:
         "scope",
         "send",
         "started",
+        "trace",
+        "traceparent",
+        "tracestate",
     )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -56,7 +60,10 @@ class ProxyRequest:
         self.headers: Headers = scope["headers"]
         self.route: ServiceRoute | None = None
         self.rest = b"/"
-        rid = None
+        rid: bytes | None = None
+        self.traceparent: bytes | None = None
+        self.tracestate: bytes | None = None
+        self.trace: Trace | None = None
         self.content_length: int | None = None
         self.chunked = False
         for name, value in self.headers:
@@ -66,6 +73,10 @@ class ProxyRequest:
                 self.content_length = int(value) if value.isdigit() else -1
             elif name == b"transfer-encoding":
                 self.chunked = True
+            elif name == b"traceparent":
+                self.traceparent = value
+            elif name == b"tracestate":
+                self.tracestate = value
         self.request_id = request_id_from(rid)
 
     @property
