@@ -324,9 +324,15 @@ class RedisProvider:
         changes; answer True when ``DBSIZE`` changed, so the legacy keys must be scanned again.
         """
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
         while (remaining := wake - loop.time()) > 0:
             timeout = remaining if polled is None else min(remaining, self._poll)
-            if await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout) is not None:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+            if task is not None and task.cancelling():
+                # redis-py's read timeout can swallow a cancellation that lands as it fires
+                # (redis-py #2551): honour it here, or the watch would never stop.
+                raise asyncio.CancelledError
+            if message is not None:
                 while await pubsub.get_message(ignore_subscribe_messages=True, timeout=0) is not None:
                     pass
                 return False
