@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 DEB_PACKAGES := nginx-light wrk redis-server etcd-server etcd-client prometheus
 
-.PHONY: run test lint unit integration bench bench-compare bench-stream bench-discovery bench-faults deps venv clean check-config
+.PHONY: run test lint unit coverage integration bench bench-compare bench-stream bench-discovery bench-faults deps venv clean check-config
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test: deps venv lint
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
+
+# Line coverage of the request path by the unit tests alone (no sockets): handler, attempts, exchange.
+coverage: venv
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit --cov=msa_gateway.proxy --cov=msa_gateway.policies --cov-report=term
 
 integration: deps venv
 	$(VENV)/bin/pytest -q tests/integration
