@@ -109,14 +109,21 @@ class GatewayApp:
     """The ASGI entry point: lifespan, own endpoints, proxy."""
 
     def __init__(
-        self, settings: Settings, config: GatewayConfig, runtime_factory: Callable[[], Runtime] | None = None
+        self,
+        settings: Settings,
+        config: GatewayConfig,
+        runtime_factory: Callable[[], Runtime] | None = None,
+        *,
+        management: bool = True,
     ):
+        """``management=False`` (workers but 0) leaves the ``ADMIN_PORT`` listener to another process."""
         self.settings = settings
         self.config = config
         self._factory = runtime_factory or (lambda: Runtime(settings, config))
         split = settings.admin_port is not None
         self.api = build_api(settings, Surface.PUBLIC if split else Surface.ALL)
-        self.management = ManagementListener(build_api(settings, Surface.ADMIN), settings) if split else None
+        admin = split and management
+        self.management = ManagementListener(build_api(settings, Surface.ADMIN), settings) if admin else None
         self.runtime: Runtime | None = None
         self.proxy: ProxyApp | None = None
 

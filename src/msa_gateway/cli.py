@@ -7,16 +7,21 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from msa_gateway import __version__
 from msa_gateway.discovery.registry_cli import add_commands as add_registry_commands
 from msa_gateway.errors import ConfigError
 from msa_gateway.settings import EMBEDDED_CONFIG, GatewayConfig, Settings, env_error, load_config
 
+if TYPE_CHECKING:
+    from msa_gateway.app import GatewayApp
+    from msa_gateway.server import GatewayServer
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {}
-    for key in ("host", "port", "service_discovery_type", "gateway_config"):
+    for key in ("host", "port", "service_discovery_type", "gateway_config", "workers"):
         value = getattr(args, key, None)
         if value is not None:
             overrides[key] = value
@@ -34,15 +39,37 @@ def _config(path: str | None) -> GatewayConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Serve the gateway with uvicorn (uvloop + httptools, our JSON logging)."""
+    """Serve the gateway with uvicorn (uvloop + httptools, our JSON logging); ``--workers N`` supervises N."""
     from msa_gateway.app import GatewayApp
-    from msa_gateway.observability.logging import configure_logging, uvicorn_log_config
-    from msa_gateway.server import GatewayServer, server_limits, uvicorn_config
+    from msa_gateway.observability.logging import configure_logging
+    from msa_gateway.workers.link import WorkerEnv
 
     settings = _settings(args)
     config = _config(settings.gateway_config)
     configure_logging(settings.debug, settings.log_level)
+    worker = WorkerEnv.from_environ()
+    if worker is not None:
+        from msa_gateway.workers.worker import serve_worker
+
+        return serve_worker(worker, settings, config)
+    if settings.workers > 1:
+        from msa_gateway.workers.supervisor import WorkerSupervisor
+
+        try:
+            return WorkerSupervisor(settings, args.argv).run()
+        except OSError as exc:
+            raise SystemExit(f"msa-gateway: {exc}") from None
     app = GatewayApp(settings, config)
+    server = gateway_server(app, settings)
+    server.run()
+    return 0 if server.started else 1
+
+
+def gateway_server(app: GatewayApp, settings: Settings) -> GatewayServer:
+    """Return the uvicorn server ``msa-gateway run`` serves ``app`` with (one process or one worker)."""
+    from msa_gateway.observability.logging import uvicorn_log_config
+    from msa_gateway.server import GatewayServer, server_limits, uvicorn_config
+
     server_config = uvicorn_config(
         app,
         settings.host,
@@ -55,9 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout),
         backlog=2048,
     )
-    server = GatewayServer(server_config, app)
-    server.run()
-    return 0 if server.started else 1
+    return GatewayServer(server_config, app)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -88,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, help="listen port (PORT, default 8000)")
     run.add_argument("--config", dest="gateway_config", help="YAML file (GATEWAY_CONFIG)")
     run.add_argument("--discovery", dest="service_discovery_type", help="static|consul|redis|etcd")
+    run.add_argument("--workers", help="worker processes: a number or auto (WORKERS, default 1)")
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check-config", help="validate a YAML config file without starting")
     check.add_argument("file", nargs="?", help="the YAML file (default: GATEWAY_CONFIG or the embedded one)")
@@ -101,9 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(given)
     if not getattr(args, "func", None):
-        args = parser.parse_args(["run", *(argv or [])])
+        given = ["run", *given]
+        args = parser.parse_args(given)
+    args.argv = given  # what workers are started with
     result: int = args.func(args)
     return result
 

@@ -18,6 +18,8 @@ from msa_gateway.discovery.aggregator import Aggregator
 from msa_gateway.discovery.base import Provider, Registrar
 from msa_gateway.discovery.providers import create_provider, create_registrar
 from msa_gateway.health.active import ActiveHealthChecker, ProbeTarget
+from msa_gateway.health.hints import start_hints
+from msa_gateway.health.sync import EjectionSync
 from msa_gateway.health.table import HealthState, HealthTable, instance_key
 from msa_gateway.model import Discovered, Instance, ServiceSpec
 from msa_gateway.observability.access import AccessLog
@@ -66,6 +68,7 @@ class Runtime:
         self.draining = False
         self._discovery: Supervised | None = None
         self.guards: dict[str, ServiceGuard] = {}
+        self.sync = EjectionSync(self.guards)  # ejections to/from other workers and replicas
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -81,6 +84,9 @@ class Runtime:
         self._discovery = self.spawn("discovery", self.aggregator.run, key=self.provider.name)
         if self.exporter is not None:
             self.spawn("trace_export", self.exporter.run)
+        start_hints(self)
+        if self.sync.sinks:
+            self.spawn("ejection_sync", self.sync.run)
         log.info(
             "gateway starting",
             extra={"discovery": self.provider.name, "config": self.config.source, "version": self.version},

@@ -8,6 +8,7 @@ is one line naming the file, the key and the reason.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -17,7 +18,7 @@ from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from msa_gateway.balancing.table import BALANCER_NAMES
@@ -95,6 +96,23 @@ class Settings(BaseSettings):
     otel_exporter_otlp_traces_endpoint: str | None = None
     otel_exporter_otlp_headers: str = ""
     otel_service_name: str = "msa-gateway"
+
+    workers: Annotated[int, Field(ge=1, le=256)] = 1
+    shared_health_hints: bool = False
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, v: Any) -> Any:
+        """``auto`` is the number of cores this process may run on."""
+        return len(os.sched_getaffinity(0)) if isinstance(v, str) and v.strip().lower() == "auto" else v
+
+    @field_validator("shared_health_hints")
+    @classmethod
+    def _hints_backend(cls, v: bool, info: ValidationInfo) -> bool:
+        kind = info.data.get("service_discovery_type")
+        if v and kind not in ("redis", "etcd"):
+            raise ValueError(f"needs SERVICE_DISCOVERY_TYPE redis or etcd (where hints live), not {kind!r}")
+        return v
 
     @field_validator("service_discovery_type")
     @classmethod

@@ -196,6 +196,25 @@ class OutlierDetector:
         self._ejected.pop(key, None)
         return True
 
+    def eject_until(self, key: str, until: float) -> bool:
+        """Keep ``key`` out until ``until`` as another process decided; return whether that extends it.
+
+        Only ever ejects or lengthens an ejection (a hint never makes an instance eligible); the
+        cap on the ejected share is the deciding process's, and ejection counts stay its own.
+        """
+        state = self._states.get(key)
+        if state is None or until <= state.ejected_until:
+            return False
+        state.ejected_until = state.returned_at = until
+        state.consecutive = 0
+        self._ejected[key] = until
+        return True
+
+    def ejected_until(self, key: str) -> float:
+        """Return when ``key``'s ejection ends on the monotonic clock (``NEVER`` when never ejected)."""
+        state = self._states.get(key)
+        return NEVER if state is None else state.ejected_until
+
     def is_ejected(self, key: str, now: float) -> bool:
         """Return whether ``key`` is ejected at ``now`` (unknown keys are not)."""
         state = self._states.get(key)

@@ -133,6 +133,13 @@ class HealthTable:
             self._listener(service, key, state)
         return changed
 
+    def assign(self, service: str, key: str, state: HealthState) -> None:
+        """Take ``state`` as found by another process's probe (workers share one prober); notify on a flip."""
+        before = self.get(key).status
+        self._states[key] = state
+        if state.status != before and self._listener is not None:
+            self._listener(service, key, state)
+
     def retain(self, keys: Iterable[str]) -> None:
         """Forget every instance not in ``keys`` (they left the registry)."""
         keep = set(keys)

@@ -7,7 +7,7 @@ a registered instance. A raw path never becomes a label value.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -36,6 +36,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Set by a supervised worker: one scrape answers with every worker's numbers merged.
+        self.aggregate: Callable[[], Awaitable[bytes]] | None = None
         r = self.registry
         self.requests = RequestStats(BUCKETS)
         r.register(self.requests)
@@ -113,6 +115,12 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """Return the exposition text and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    async def scrape(self) -> tuple[bytes, str]:
+        """Return what ``/metrics`` shows: this process's metrics, or all workers' when supervised."""
+        if self.aggregate is None:
+            return self.render()
+        return await self.aggregate(), CONTENT_TYPE_LATEST
 
 
 class TaskStats(Collector):

@@ -14,5 +14,5 @@ router = APIRouter(tags=["metrics"])
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     """Return every gateway metric in the Prometheus text format."""
-    body, content_type = runtime_of(request).metrics.render()
+    body, content_type = await runtime_of(request).metrics.scrape()
     return Response(content=body, media_type=content_type)
