@@ -88,6 +88,8 @@ def build_api(settings: Settings, surface: Surface = Surface.ALL) -> FastAPI:
             response = await call_next(request)
         response.headers.setdefault("x-request-id", rid)
         runtime = getattr(request.app.state, "runtime", None)
+        if runtime is not None and runtime.worker is not None:
+            response.headers["x-gateway-worker"] = str(runtime.worker)
         if runtime is not None:
             runtime.access.log(
                 method=request.method,

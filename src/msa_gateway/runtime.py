@@ -69,6 +69,7 @@ class Runtime:
         self._discovery: Supervised | None = None
         self.guards: dict[str, ServiceGuard] = {}
         self.sync = EjectionSync(self.guards)  # ejections to/from other workers and replicas
+        self.worker: int | None = None  # the worker index under ``--workers N``
 
     # --- lifecycle ---------------------------------------------------------------------
 

@@ -82,6 +82,7 @@ class Hub:
             self._retire(old)
         self.conns[conn.index] = conn
         self._replay(conn)
+        log.info("worker_ready", extra={"worker": conn.index, "pid": first.get("pid")})
         async with self.hello:
             self.hello.notify_all()
         try:

@@ -90,6 +90,7 @@ class WorkerLink:
     def attach(self) -> None:
         """Wire the runtime to the hub: shared checks, ejections out, metrics through the hub."""
         rt = self.rt
+        rt.worker = self.env.index
         rt.checker = SharedChecker(rt.health, self, probing=self.env.probes, tasks=rt.tasks)
         rt.sync.sinks.append(self.publish_eject)
         rt.metrics.aggregate = self.scrape

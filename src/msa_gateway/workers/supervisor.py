@@ -193,8 +193,8 @@ class WorkerSupervisor:
 
     def metrics(self) -> Sequence[Metric]:
         """Return the supervisor's own metrics for the merged scrape."""
-        live = sum(1 for s in self.slots if s.proc is not None and s.proc.returncode is None)
-        workers = GaugeMetricFamily("gateway_workers", "Worker processes running now.", value=live)
+        live = len(self.hub.conns) if self.hub is not None else 0
+        workers = GaugeMetricFamily("gateway_workers", "Worker processes up and connected now.", value=live)
         restarts = CounterMetricFamily(
             "gateway_worker_restarts", "Worker processes started again after they exited.", labels=["worker"]
         )

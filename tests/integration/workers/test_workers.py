@@ -1,0 +1,138 @@
+"""``msa-gateway run --workers 2`` as real processes: totals that add up, spread, restarts, signals.
+
+The figures the issue asks for are printed (``-s``); the bounds asserted here are looser where a
+shared 2-core machine makes timing noisy, and exact where the number is exact (the request total).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+
+from tests.support.backend import BackendProcess
+from tests.support.gateway import GatewayProcess, service_yaml
+from tests.support.workers import children, fresh_connections, scrape, total, wait_workers
+
+SENT = 20_000
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[BackendProcess]:
+    with BackendProcess("a") as started:
+        yield started
+
+
+@pytest.fixture
+def gateway(backend: BackendProcess) -> Iterator[GatewayProcess]:
+    with GatewayProcess(service_yaml({"svc": [backend.port]}), WORKERS="2", DRAIN_TIMEOUT="5") as gw:
+        yield gw
+
+
+async def send(session: aiohttp.ClientSession, url: str, count: int, concurrency: int) -> dict[int, int]:
+    """Send ``count`` GETs from ``concurrency`` tasks; return how many got each status (0: failed)."""
+    statuses: dict[int, int] = {}
+    left = iter(range(count))
+
+    async def one_client() -> None:
+        for _ in left:
+            try:
+                async with session.get(url) as r:
+                    await r.read()
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+            except aiohttp.ClientError:
+                statuses[0] = statuses.get(0, 0) + 1
+
+    await asyncio.gather(*(one_client() for _ in range(concurrency)))
+    return statuses
+
+
+async def test_20000_requests_add_up_exactly_in_one_scrape_and_spread_within_20_percent(
+    gateway: GatewayProcess,
+) -> None:
+    async with fresh_connections() as session:
+        await wait_workers(session, gateway.url, 2)
+        started = time.monotonic()
+        statuses = await send(session, f"{gateway.url}/svc/items", SENT, 32)
+        took = time.monotonic() - started
+        assert statuses == {200: SENT}
+        samples = await scrape(session, gateway.url)
+    assert total(samples, "gateway_requests_total") == SENT
+    assert total(samples, "gateway_requests_total", service="svc", code="200") == SENT
+    assert total(samples, "gateway_request_duration_seconds_count", service="svc") == SENT
+    per_worker = [total(samples, "gateway_worker_requests_total", worker=str(i)) for i in (0, 1)]
+    print(f"\n{SENT} requests in {took:.1f}s; per worker {per_worker}")
+    assert sum(per_worker) == SENT
+    for n in per_worker:
+        assert abs(n - SENT / 2) <= 0.2 * SENT / 2, per_worker
+
+
+async def test_a_killed_worker_is_replaced_and_only_requests_in_flight_on_it_fail(
+    gateway: GatewayProcess,
+) -> None:
+    statuses: dict[int, int] = {}
+    stop = asyncio.Event()
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        for status, n in (await send(session, f"{gateway.url}/svc/items", 1, 1)).items():
+            statuses[status] = statuses.get(status, 0) + n
+
+    async def traffic(session: aiohttp.ClientSession) -> None:  # one request every 5 ms: <= 200 a second
+        pending: set[asyncio.Task[None]] = set()
+        while not stop.is_set():
+            pending.add(asyncio.create_task(one(session)))
+            await asyncio.sleep(0.005)
+        await asyncio.gather(*pending)
+
+    async with fresh_connections() as session:
+        await wait_workers(session, gateway.url, 2)
+        old = children(gateway.pid())
+        load = asyncio.create_task(traffic(session))
+        await asyncio.sleep(1.0)  # traffic running before the kill
+        killed_at = time.monotonic()
+        os.kill(old[1], signal.SIGKILL)
+        while True:  # back = the supervisor counted the restart and the new worker is connected
+            samples = await scrape(session, gateway.url)
+            restarted = total(samples, "gateway_worker_restarts_total", worker="1") == 1
+            if restarted and total(samples, "gateway_workers") == 2:
+                break
+            assert time.monotonic() - killed_at < 15, "the worker did not come back"
+            await asyncio.sleep(0.01)
+        back = time.monotonic() - killed_at
+        await asyncio.sleep(1.0)  # traffic goes on with the new worker
+        stop.set()
+        await load
+        rate = sum(statuses.values()) / (time.monotonic() - killed_at + 1.0)
+    failed = statuses.get(0, 0) + sum(n for s, n in statuses.items() if s >= 500)
+    sent = sum(statuses.values())
+    print(f"\nworker back after {back:.2f}s; {sent} requests (~{rate:.0f}/s), {failed} failed")
+    assert back < 5.0
+    assert failed <= 3, statuses
+    assert '"event":"worker_exited"' in gateway.output() and '"restart_in":0.1' in gateway.output()
+
+
+async def test_sighup_reaches_every_worker_and_sigterm_drains_them_and_exits_0(
+    gateway: GatewayProcess,
+) -> None:
+    async with fresh_connections() as session:
+        await wait_workers(session, gateway.url, 2)
+        workers = children(gateway.pid())
+        os.kill(gateway.pid(), signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while '"event":"reload_forwarded"' not in gateway.output():
+            assert time.monotonic() < deadline, gateway.output()[-2000:]
+            await asyncio.sleep(0.02)
+        assert children(gateway.pid()) == workers  # forwarded, and no worker died of it
+        async with session.get(f"{gateway.url}/svc/items") as r:
+            assert r.status == 200
+    assert gateway.terminate(timeout=30) == 0
+    for pid in workers:
+        assert not os.path.exists(f"/proc/{pid}")
+    out = gateway.output()
+    assert out.count('"event":"Finished server process') == 2
+    assert '"exit_codes":[0,0]' in out
