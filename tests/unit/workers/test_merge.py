@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from msa_gateway.observability.metrics import Metrics
 from msa_gateway.workers import merge
 
 
-def exposition(requests: int, in_flight: int, up: int, seconds: float = 0.01) -> list[merge.Metric]:
+def exposition(requests: int, in_flight: int, up: int, seconds: float = 0.01) -> list[Metric]:
     """Return the parsed exposition of a worker that answered ``requests`` requests."""
     m = Metrics()
     for _ in range(requests):
