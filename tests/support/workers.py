@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -58,3 +59,24 @@ def children(pid: int) -> list[int]:
     """Return the pids of ``pid``'s child processes."""
     text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     return sorted(int(p) for p in text.split())
+
+
+async def first_seen(
+    session: aiohttp.ClientSession,
+    url: str,
+    check: Callable[[Any], bool],
+    workers: int,
+    timeout: float = 10.0,
+) -> dict[str, float]:
+    """Poll ``url`` on fresh connections; return when each worker first answered a body ``check`` accepts."""
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(seen) < workers:
+        async with session.get(url) as r:
+            body = await r.json(content_type=None)
+            worker = r.headers["x-gateway-worker"]
+        if worker not in seen and check(body):
+            seen[worker] = time.monotonic()
+        assert time.monotonic() < deadline, f"only workers {sorted(seen)} saw it; last answer {body}"
+        await asyncio.sleep(0.005)
+    return seen

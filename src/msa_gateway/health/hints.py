@@ -9,9 +9,9 @@ check returns the instance as usual. Hints from this process (``origin``) are ig
 
 * Redis: one sorted set ``msa-gateway:health-hints``; member ``[service, key, origin]``, score
   the expiry in the server's clock (``TIME`` in a script), so clocks of the replicas never matter.
-* etcd: one key per hint under ``/msa-gateway/health-hints/``, attached to a lease with the
-  ejection's TTL (etcd may round a short TTL up to its minimum); the time left comes from the
-  lease.
+* etcd: one key per hint under ``ETCD_PREFIX`` without its last ``/`` + ``.health-hints/``, on a
+  lease with the ejection's TTL in whole seconds (etcd may round a short TTL up to its minimum);
+  the time left comes from the lease, in whole seconds too (so up to 1 s longer).
 """
 
 from __future__ import annotations
@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
-from msa_gateway.discovery.etcd import EtcdClient, b64, parse_endpoints, prefix_range_end, unb64
+from msa_gateway.discovery.etcd import (
+    EtcdClient,
+    b64,
+    normalize_prefix,
+    parse_endpoints,
+    prefix_range_end,
+    unb64,
+)
 from msa_gateway.discovery.redis_registry import DEFAULT_PREFIX, connect
 from msa_gateway.health.sync import EjectionSync
 from msa_gateway.settings import Settings
@@ -37,7 +44,7 @@ log = logging.getLogger("msa_gateway.health")
 POLL = 0.2
 Hint = tuple[str, str, str, float]  # service, key, origin, seconds left
 REDIS_KEY = f"{DEFAULT_PREFIX}:health-hints"
-ETCD_PREFIX = "/msa-gateway/health-hints/"
+HINTS_SUFFIX = ".health-hints/"  # /msa-gateway/services/ -> /msa-gateway/services.health-hints/
 
 _NOW = """
 local t = redis.call('TIME')
@@ -103,18 +110,19 @@ class EtcdHints:
 
     def __init__(self, settings: Settings) -> None:
         self.client = EtcdClient(parse_endpoints(settings.etcd_endpoints))
+        self.prefix = normalize_prefix(settings.etcd_prefix).rstrip("/") + HINTS_SUFFIX
         self._until: dict[tuple[str, str], float] = {}  # (key, mod_revision) -> monotonic end, from its lease
 
     async def publish(self, service: str, key: str, origin: str, seconds: float) -> None:
         """Store one hint for ``seconds`` (whole seconds, rounded up)."""
         lease = await self.client.call("/lease/grant", {"TTL": max(1, math.ceil(seconds))})
-        name = f"{ETCD_PREFIX}{origin}/{service}/{key}"
+        name = f"{self.prefix}{origin}/{service}/{key}"
         value = orjson.dumps({"service": service, "key": key, "origin": origin})
         await self.client.call("/kv/put", {"key": b64(name), "value": b64(value), "lease": lease["ID"]})
 
     async def read(self) -> list[Hint]:
         """Return every live hint with its time left (asked from its lease once per revision)."""
-        prefix = ETCD_PREFIX.encode()
+        prefix = self.prefix.encode()
         answer = await self.client.call(
             "/kv/range", {"key": b64(prefix), "range_end": b64(prefix_range_end(prefix))}
         )
@@ -123,7 +131,10 @@ class EtcdHints:
             ident = (str(kv["key"]), str(kv.get("mod_revision")))
             if ident not in self._until:
                 ttl = await self.client.call("/lease/timetolive", {"ID": kv.get("lease", "0")})
-                self._until[ident] = time.monotonic() + float(ttl.get("TTL", 0))
+                # etcd reports whole seconds, rounded down: count the fraction as a full one.
+                self._until[ident] = (
+                    time.monotonic() + float(ttl.get("TTL", 0)) + 1.0
+                )  # 0 is left out of the JSON
             seen[ident] = self._until[ident]
             hint = orjson.loads(unb64(kv["value"]))
             left = seen[ident] - time.monotonic()
