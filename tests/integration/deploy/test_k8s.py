@@ -61,6 +61,7 @@ def test_the_base_has_what_the_issue_lists() -> None:
 
 def container() -> dict[str, Any]:
     (c,) = RESOURCES["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert isinstance(c, dict)
     return c
 
 
@@ -109,5 +110,6 @@ def test_the_configmap_is_a_valid_gateway_config_and_the_env_valid_settings() ->
     assert set(config.services) == {"user-service", "order-service"}
     mount = next(m for m in container()["volumeMounts"] if m["name"] == "config")["mountPath"]
     assert env()["GATEWAY_CONFIG"] == f"{mount}/gateway.yaml"
-    settings = Settings(_env_file=None, **{k.lower(): v for k, v in env().items()})  # type: ignore[call-arg]
+    values: dict[str, Any] = {k.lower(): v for k, v in env().items()}
+    settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
     assert settings.workers == 2
