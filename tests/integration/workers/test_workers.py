@@ -17,6 +17,7 @@ import pytest
 
 from tests.support.backend import BackendProcess
 from tests.support.gateway import GatewayProcess, service_yaml
+from tests.support.procs import free_port
 from tests.support.workers import children, fresh_connections, scrape, total, wait_workers
 
 SENT = 20_000
@@ -136,3 +137,25 @@ async def test_sighup_reaches_every_worker_and_sigterm_drains_them_and_exits_0(
     out = gateway.output()
     assert out.count('"event":"Finished server process') == 2
     assert '"exit_codes":[0,0]' in out
+
+
+async def test_with_admin_port_worker_0_serves_the_management_listener_with_merged_metrics(
+    backend: BackendProcess,
+) -> None:
+    admin = free_port()
+    config = service_yaml({"svc": [backend.port]})
+    with GatewayProcess(config, WORKERS="2", ADMIN_PORT=str(admin)) as gw:
+        admin_url = f"http://127.0.0.1:{admin}"
+        async with fresh_connections() as session:
+            await wait_workers(session, admin_url, 2)
+            statuses = await send(session, f"{gw.url}/svc/items", 200, 8)
+            assert statuses == {200: 200}
+            samples = await scrape(session, admin_url)
+            assert total(samples, "gateway_requests_total") == 200
+            assert all(total(samples, "gateway_worker_requests_total", worker=w) > 0 for w in "01")
+            public = set()
+            for _ in range(20):  # neither worker serves management endpoints on the public port
+                async with session.get(f"{gw.url}/metrics/") as r:
+                    assert r.status == 404
+                    public.add(r.headers["x-gateway-worker"])
+            assert public == {"0", "1"}
