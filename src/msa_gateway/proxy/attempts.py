@@ -15,7 +15,6 @@ or the service's own cap is, the answer is 503 with the service's ``limits.retry
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("msa_gateway.proxy")
 
 Body = bytes | AsyncIterator[bytes] | None
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Lease:
@@ -95,14 +93,11 @@ class Outcome:
 class Forwarder:
     """Forwards requests for the proxy: one per runtime, no state of its own per request."""
 
-    __slots__ = ("metrics", "trusted_proxies", "upstream")
+    __slots__ = ("metrics", "upstream")
 
-    def __init__(
-        self, upstream: UpstreamClient, metrics: Metrics, trusted_proxies: tuple[Network, ...]
-    ) -> None:
+    def __init__(self, upstream: UpstreamClient, metrics: Metrics) -> None:
         self.upstream = upstream
         self.metrics = metrics
-        self.trusted_proxies = trusted_proxies
 
     async def forward(self, route: ServiceRoute, req: ProxyRequest, ex: Exchange, body: Body) -> Outcome:
         """Run the attempts of ``req`` against ``route``'s instances."""
@@ -231,7 +226,7 @@ class Attempts:
             prefix=route.prefix,
             request_id=req.request_id,
             upstream_host=instance.address,
-            trusted=is_trusted(req.peer, fw.trusted_proxies),
+            trusted=is_trusted(req.peer, req.trusted),
             pass_host_header=options.pass_host_header,
             content_length=req.body_length if req.has_body else None,
         )

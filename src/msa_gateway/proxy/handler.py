@@ -39,7 +39,7 @@ class ProxyApp:
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
-        self.forwarder = Forwarder(runtime.upstream, runtime.metrics, runtime.config.trusted_proxies)
+        self.forwarder = Forwarder(runtime.upstream, runtime.metrics)
         self.body_timeout = runtime.settings.body_timeout
 
     async def __call__(
@@ -109,6 +109,9 @@ class ProxyApp:
     @staticmethod
     async def _send_error(req: ProxyRequest, ex: Exchange, exc: HTTPError) -> None:
         status, headers, body = render(exc, req.request_id)
+        if req.route is not None:  # CORS and header transforms also on the gateway's own answers
+            for stage in req.route.response_stages:
+                headers = stage(req, status, headers)
         await req.send({"type": "http.response.start", "status": status, "headers": headers})
         await req.send({"type": "http.response.body", "body": body})
         ex.status, ex.nbytes = status, len(body)
@@ -116,7 +119,8 @@ class ProxyApp:
     @staticmethod
     async def _reply(req: ProxyRequest, ex: Exchange, reply: Reply) -> None:
         headers: list[tuple[bytes, bytes]] = [*reply.headers, (b"x-request-id", req.request_id.encode())]
-        headers.append((b"content-length", b"%d" % len(reply.body)))
+        if reply.status != 204:  # RFC 9110 8.6: no Content-Length on a 204
+            headers.append((b"content-length", b"%d" % len(reply.body)))
         await req.send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await req.send({"type": "http.response.body", "body": reply.body})
         ex.status, ex.nbytes = reply.status, len(reply.body)
