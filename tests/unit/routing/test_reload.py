@@ -63,7 +63,7 @@ def reloads(rt: Runtime, result: str) -> float:
 async def test_a_changed_file_swaps_routes_and_policies_in(tmp_path: Path) -> None:
     path = tmp_path / "gw.yaml"
     write(path, config("/old", "one"))
-    rt, _ = runtime(path)
+    rt, upstream = runtime(path)
     proxy = ProxyApp(rt)
     assert (await call(proxy, "GET", "/old/x")).headers[b"x-config"] == b"one"
     before = rt.snapshot.version
@@ -75,6 +75,12 @@ async def test_a_changed_file_swaps_routes_and_policies_in(tmp_path: Path) -> No
     assert (await call(proxy, "GET", "/old/x")).status == 404
     assert await rt.reloader.reload() == "unchanged"
     assert (reloads(rt, "ok"), reloads(rt, "unchanged")) == (1, 1)
+    moved = config("/new", "two")
+    moved["services"]["svc"]["instances"][0]["port"] = 9002  # static instances reload with the file
+    write(path, moved)
+    assert await rt.reloader.reload() == "ok"
+    await call(proxy, "GET", "/new/x")
+    assert upstream.calls[-1].address == "127.0.0.1:9002"
     assert rt.reloader.summary()["hash"] == rt.config.digest
 
 
