@@ -52,8 +52,11 @@ class ConfigReloader:
         self._signal = False
 
     def start(self) -> None:
-        """Start the watch task and take SIGHUP (when running on the main thread's loop)."""
-        if self.path is None:
+        """Start the watch task and take SIGHUP (when running on the main thread's loop).
+
+        Nothing to watch for the embedded file, or a config that was not read from a file.
+        """
+        if self.path is None or self._stat is None:
             return
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._wake.set)
