@@ -113,13 +113,13 @@ def parse(raw: Any) -> TransformsConfig:
     return config
 
 
-def _render(parts: Template, request: ProxyRequest) -> bytes | None:
+def _render(parts: Template, request: ProxyRequest | None) -> bytes | None:
     out = []
     for is_var, text in parts:
         if not is_var:
             out.append(text)
             continue
-        value = _variable(text, request)
+        value = None if request is None else _variable(text, request)
         if value is None:
             return None
         out.append(value)
@@ -137,18 +137,43 @@ def _variable(name: str, request: ProxyRequest) -> str | None:
     return route.name if route is not None else None
 
 
-def apply(side: SideConfig, request: ProxyRequest, headers: Headers) -> Headers:
-    """Return ``headers`` with the operations applied in order: remove, rename, set, add (a new list)."""
-    renames = dict(side.rename)
-    out = [(renames.get(n, n), v) for n, v in headers if n not in side.remove]
-    if side.set:
-        replaced = {n for n, _ in side.set}
-        out = [(n, v) for n, v in out if n not in replaced]
-    for name, parts in (*side.set, *side.add):
-        value = _render(parts, request)
-        if value is not None:
-            out.append((name, value))
-    return out
+class SideOps:
+    """One side's operations prepared for the request path: what to drop, rename and append."""
+
+    __slots__ = ("append", "drop", "fixed", "renames", "replaced", "side")
+
+    def __init__(self, side: SideConfig) -> None:
+        self.side = side
+        self.renames = dict(side.rename)
+        self.replaced = frozenset(n for n, _ in side.set)
+        self.drop = side.remove | self.replaced  # one pass when nothing is renamed
+        self.append = (*side.set, *side.add)
+        # No variable anywhere: the appended headers are the same for every request, rendered once.
+        literal = all(not is_var for _, parts in self.append for is_var, _ in parts)
+        self.fixed: list[tuple[bytes, bytes]] | None = (
+            [(n, "".join(t for _, t in parts).encode("latin-1", "replace")) for n, parts in self.append]
+            if literal
+            else None
+        )
+
+    def apply(self, request: ProxyRequest | None, headers: Headers) -> Headers:
+        """Return ``headers`` with the operations applied in order: remove, rename, set, add (a new list)."""
+        renames = self.renames
+        if renames:
+            out = [(renames.get(n, n), v) for n, v in headers if n not in self.side.remove]
+            if self.replaced:
+                out = [(n, v) for n, v in out if n not in self.replaced]
+        else:
+            drop = self.drop
+            out = [(n, v) for n, v in headers if n not in drop]
+        if self.fixed is not None:
+            out.extend(self.fixed)
+            return out
+        for name, parts in self.append:
+            value = _render(parts, request)
+            if value is not None:
+                out.append((name, value))
+        return out
 
 
 class _SideStage(ConfigStage):
@@ -156,8 +181,12 @@ class _SideStage(ConfigStage):
 
     name = "headers"
     side: ClassVar[str]
-    __slots__ = ()
+    __slots__ = ("ops",)
     config: SideConfig
+
+    def __init__(self, config: SideConfig) -> None:
+        super().__init__(config)
+        self.ops = SideOps(config)
 
     @classmethod
     def build(cls, config: TransformsConfig, spec: ServiceSpec) -> Self | None:
@@ -175,7 +204,7 @@ class RequestTransforms(_SideStage):
 
     async def __call__(self, request: ProxyRequest) -> Reply | None:
         """Replace the request's header list (the scope's own list is left alone)."""
-        request.headers = apply(self.config, request, request.headers)
+        request.headers = self.ops.apply(request, request.headers)
         return None
 
 
@@ -188,4 +217,4 @@ class ResponseTransforms(_SideStage):
     def __call__(self, request: ProxyRequest, status: int, headers: Headers) -> Headers:
         """Return the changed headers."""
         del status
-        return apply(self.config, request, headers)
+        return self.ops.apply(request, headers)

@@ -87,7 +87,7 @@ def test_header_transforms_remove_set_and_keep_the_rest_in_order(
         }
     ).request
     assert side is not None
-    out = transforms.apply(side, None, headers)  # type: ignore[arg-type]
+    out = transforms.SideOps(side).apply(None, headers)
     untouched = [(n, v) for n, v in headers if n not in removed and n not in replaced]
     assert out[: len(untouched)] == untouched
     for name in replaced:
