@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from msa_gateway.proxy.request import ProxyRequest
 
 MAX_PATTERN = 256
-_NESTED = re.compile(r"\((?:[^()\\]|\\.)*(?:[*+]|\{\d*,\d*\})(?:[^()\\]|\\.)*\)\s*(?:[*+]|\{\d*,?\d*\})")
+_QUANTIFIER = re.compile(r"[*+?]|\{\d*,?\d*\}")
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
 
 
@@ -51,6 +51,55 @@ class RewriteConfig:
             return path
         assert self.regex is not None
         return self.regex.sub(self.to, path, count=1)
+
+
+def _class_end(pattern: str, start: int) -> int:
+    """Return the index after the character class that opens at ``start`` (``[]a]`` and ``[^]a]`` too)."""
+    j = start + 1
+    j += pattern.startswith("^", j)
+    j += pattern.startswith("]", j)
+    while j < len(pattern) and pattern[j] != "]":
+        j += 2 if pattern[j] == "\\" else 1
+    return j + 1
+
+
+def nested_repeat(pattern: str) -> bool:
+    """Return whether a quantified group of ``pattern`` holds a quantifier itself, at any depth.
+
+    ``(a+)+``, ``((ab)*c)*`` or ``(?:x{2,})+`` can take exponential time on a path that nearly
+    matches; a group is tracked from its ``(`` to its ``)``, escapes and character classes skipped.
+    """
+    stack: list[bool] = []  # per open group: whether it holds a quantifier
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":
+            i = _class_end(pattern, i)
+            continue
+        if c == "(":
+            stack.append(False)
+            i += 2 if pattern.startswith("(?", i) else 1
+            continue
+        quantifier = _QUANTIFIER.match(pattern, i)
+        if c == ")" and stack:
+            inner = stack.pop()
+            after = _QUANTIFIER.match(pattern, i + 1)
+            if inner and after is not None and after.group() != "?":
+                return True
+            if stack and inner:
+                stack[-1] = True
+            i += 1
+            continue
+        if quantifier is not None and quantifier.group() != "?":
+            if stack:
+                stack[-1] = True
+            i = quantifier.end()
+            continue
+        i += 1
+    return False
 
 
 def _path(raw: Any, key: str) -> bytes:
@@ -80,7 +129,7 @@ def parse(raw: Any) -> RewriteConfig:
     pattern = data["regex"]
     if not isinstance(pattern, str) or not pattern or len(pattern) > MAX_PATTERN:
         raise PolicyError("regex", f"must be a pattern of 1-{MAX_PATTERN} characters")
-    if _NESTED.search(pattern):
+    if nested_repeat(pattern):
         raise PolicyError("regex", "a repeated group may not itself repeat (catastrophic backtracking)")
     try:
         compiled = re.compile(pattern.encode("utf-8"))

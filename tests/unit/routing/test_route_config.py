@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from msa_gateway.errors import ConfigError
+from msa_gateway.policies.rewrite import nested_repeat
 from msa_gateway.settings import parse_config
 
 
@@ -150,3 +151,23 @@ def test_bad_policy_blocks_name_the_key(policies: dict[str, Any], key: str, reas
         load(s={"policies": policies})
     assert err.value.key == f"services.s.policies.{key}"
     assert reason in err.value.reason
+
+
+@pytest.mark.parametrize(
+    ("pattern", "nested"),
+    [
+        ("(a+)+", True),
+        ("((ab)*c)*", True),
+        ("(?:x{2,})+", True),
+        ("((a+))+", True),
+        ("(a|b)+", False),
+        ("^/v1/items/([0-9]+)$", False),
+        ("([0-9]+)/(x)*", False),
+        ("[(+)]+", False),
+        ("[]a+)]+", False),
+        (r"\(a+\)+", False),
+        ("(a+)?", False),
+    ],
+)
+def test_a_repeated_group_that_repeats_inside_is_found_at_any_depth(pattern: str, nested: bool) -> None:
+    assert nested_repeat(pattern) is nested
