@@ -5,6 +5,7 @@
     ├── DiscoveryError         a registry could not be read (the provider is retried)
     └── HTTPError              answered to the client as JSON with ``status``
         ├── BadRequest               400  e.g. a path that climbs out of its service
+        ├── Forbidden                403  e.g. an IP rule refuses the client
         ├── ServiceNotFound          404
         ├── RequestTimeout           408  the request body stalled (Connection: close)
         ├── PayloadTooLarge          413  (Connection: close)
@@ -58,6 +59,10 @@ class HTTPError(GatewayError):
 
 class BadRequest(HTTPError):
     status, error = 400, "bad_request"
+
+
+class Forbidden(HTTPError):
+    status, error = 403, "forbidden"
 
 
 class ServiceNotFound(HTTPError):

@@ -7,6 +7,7 @@ is one line naming the file, the key and the reason.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -34,6 +35,7 @@ from msa_gateway.model import (
     Timeouts,
 )
 from msa_gateway.policies.chain import PolicyError, merge_policies
+from msa_gateway.routing.config import RouteConfig, RouteModel, parse_routes
 
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$")
 EMBEDDED_CONFIG = "embedded:default_config.yaml"
@@ -199,6 +201,10 @@ class _ServiceModel(_OptionsModel):
 
 class _GatewayModel(_Strict):
     trusted_proxies: list[str] = Field(default_factory=list)
+    default_route: bool = True  # /{service}/{path} next to the routes: list
+    reload_interval: Annotated[float, Field(ge=0, le=3600)] = (
+        2.0  # seconds between file checks; 0: SIGHUP only
+    )
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -215,6 +221,7 @@ class _FileModel(_Strict):
     gateway: _GatewayModel = Field(default_factory=_GatewayModel)
     defaults: _OptionsModel = Field(default_factory=_OptionsModel)
     services: dict[str, _ServiceModel] = Field(default_factory=dict)
+    routes: list[RouteModel] = Field(default_factory=list)
 
 
 # --- frozen result ------------------------------------------------------------------------
@@ -237,6 +244,10 @@ class GatewayConfig:
     defaults: ServiceOptions = field(default_factory=ServiceOptions)
     services: Mapping[str, ServiceConfig] = field(default_factory=lambda: MappingProxyType({}))
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+    default_route: bool = True
+    reload_interval: float = 2.0
+    digest: str = ""  # sha256 of the file's bytes: which config is running (``/health/``)
 
     def options_for(self, service: str) -> ServiceOptions:
         """Return the configured options of ``service``, or the defaults."""
@@ -342,12 +353,18 @@ def parse_config(data: Any, source: str) -> GatewayConfig:
         services[name] = ServiceConfig(
             name=name, options=options, instances=_instances(source, f"services.{name}", svc.instances)
         )
-    return GatewayConfig(
+    config = GatewayConfig(
         source=source,
         defaults=defaults,
         services=MappingProxyType(services),
         trusted_proxies=tuple(ipaddress.ip_network(c, strict=False) for c in model.gateway.trusted_proxies),
+        default_route=model.gateway.default_route,
+        reload_interval=model.gateway.reload_interval,
     )
+    if model.routes:
+        routes = parse_routes(model.routes, source, config.options_for, validate_service_name)
+        config = replace(config, routes=routes)
+    return config
 
 
 def load_config(path: str | None) -> GatewayConfig:
@@ -364,13 +381,14 @@ def load_config(path: str | None) -> GatewayConfig:
         except UnicodeDecodeError:
             raise ConfigError(source, "(file)", "not UTF-8 text") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "(file)"
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(source, where, str(problem)) from None
-    return parse_config(data, source)
+    config = parse_config(data, source)
+    return replace(config, digest="sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest())
 
 
 def env_error(exc: Exception) -> str:

@@ -161,12 +161,22 @@ def instances(*ports: int, service: str = "svc") -> Discovered:
 
 
 def make_runtime(
-    services: dict[str, Any] | None = None, **defaults: Any
+    services: dict[str, Any] | None = None,
+    *,
+    routes: list[dict[str, Any]] | None = None,
+    gateway: dict[str, Any] | None = None,
+    **defaults: Any,
 ) -> tuple[Runtime, FakeUpstream, io.StringIO]:
     """A runtime over the fake upstream, no probes, an in-memory access log."""
-    config = parse_config(
-        {"defaults": {"health_check": {"path": None}, **defaults}, "services": services or {}}, "test.yaml"
-    )
+    data: dict[str, Any] = {
+        "defaults": {"health_check": {"path": None}, **defaults},
+        "services": services or {},
+    }
+    if routes is not None:
+        data["routes"] = routes
+    if gateway is not None:
+        data["gateway"] = gateway
+    config = parse_config(data, "test.yaml")
     upstream = FakeUpstream()
     log = io.StringIO()
     settings = Settings(_env_file=None)  # type: ignore[call-arg]

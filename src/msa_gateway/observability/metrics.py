@@ -45,6 +45,12 @@ class Metrics:
             ["service", "kind"],
             registry=r,
         )
+        self.config_reloads = Counter(
+            "gateway_config_reloads",
+            "Reloads of the YAML file by result: ok, error (the running config stays), unchanged.",
+            ["result"],
+            registry=r,
+        )
         self.instance_up = Gauge(
             "gateway_instance_up",
             "1 when the instance passes its health checks, else 0.",

@@ -15,7 +15,6 @@ or the service's own cap is, the answer is 503 with the service's ``limits.retry
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("msa_gateway.proxy")
 
 Body = bytes | AsyncIterator[bytes] | None
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Lease:
@@ -98,20 +96,18 @@ class Outcome:
 class Forwarder:
     """Forwards requests for the proxy: one per runtime, no state of its own per request."""
 
-    __slots__ = ("allow_underscores", "exporter", "metrics", "tracer", "trusted_proxies", "upstream")
+    __slots__ = ("allow_underscores", "exporter", "metrics", "tracer", "upstream")
 
     def __init__(
         self,
         upstream: UpstreamClient,
         metrics: Metrics,
-        trusted_proxies: tuple[Network, ...],
         *,
         allow_underscores: bool = False,
         tracing: tuple[Tracer | None, Exporter | None] = (None, None),
     ) -> None:
         self.upstream = upstream
         self.metrics = metrics
-        self.trusted_proxies = trusted_proxies
         self.allow_underscores = allow_underscores
         self.tracer, self.exporter = tracing
 
@@ -264,7 +260,7 @@ class Attempts:
             prefix=route.prefix,
             request_id=req.request_id,
             upstream_host=instance.address,
-            trusted=is_trusted(req.peer, fw.trusted_proxies),
+            trusted=is_trusted(req.peer, req.trusted),
             pass_host_header=options.pass_host_header,
             content_length=req.body_length if req.has_body else None,
             allow_underscores=fw.allow_underscores,

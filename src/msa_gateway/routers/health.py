@@ -40,6 +40,7 @@ def _summary(request: Request) -> dict[str, Any]:
             "registry_version": rt.snapshot.version,
         },
         "services": services,
+        "config": rt.reloader.summary(),
         "tasks": tasks,
     }
 
