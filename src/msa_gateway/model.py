@@ -17,10 +17,12 @@ from typing import Any
 MIB = 1024 * 1024
 DEFAULT_PANIC_THRESHOLD = 50.0  # percent, Envoy's healthy_panic_threshold default
 
-# Path segments that belong to the gateway itself; a service may never be named like one.
-RESERVED_NAMES: frozenset[str] = frozenset(
-    {"health", "metrics", "services", "docs", "redoc", "openapi.json", "favicon.ico", "admin", "static"}
+# First path segments the gateway's own endpoints answer; no route or service may take them.
+OWN_PATHS: frozenset[str] = frozenset(
+    {"health", "metrics", "services", "docs", "redoc", "openapi.json", "favicon.ico"}
 )
+# Names a service may never have (its own endpoints, and two kept for later ones).
+RESERVED_NAMES: frozenset[str] = OWN_PATHS | {"admin", "static"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,14 +23,14 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from msa_gateway.errors import ConfigError
-from msa_gateway.model import ServiceOptions
+from msa_gateway.model import OWN_PATHS, ServiceOptions
 from msa_gateway.policies.base import PolicyError
 from msa_gateway.policies.chain import merge_policies
 
 _PREFIX = re.compile(r"^/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]+(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]+)*)?/?$")
 _HOST = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*$")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
-OWN_PREFIXES = frozenset({"health", "metrics", "services", "docs", "redoc", "openapi.json", "favicon.ico"})
+OWN_PREFIXES = OWN_PATHS
 
 
 class RouteModel(BaseModel):
