@@ -24,6 +24,18 @@ if TYPE_CHECKING:
     from msa_gateway.proxy.request import Headers, ProxyRequest
 
 
+class PolicyError(ValueError):
+    """A ``policies:`` block is wrong; ``key`` is the dotted path inside ``policies``.
+
+    Defined here (and re-exported by ``chain``) so that policy modules can raise it while
+    ``chain`` imports them for its table.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key, self.reason = key, reason
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """A complete answer a request stage gives instead of the instance."""

@@ -16,19 +16,24 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from msa_gateway.policies import api_key, jwt_config
+from msa_gateway.policies.base import PolicyError
 from msa_gateway.policies.body_size import BodySizeLimit
+from msa_gateway.policies.jwt_auth import JwtAuth
 
 if TYPE_CHECKING:
     from msa_gateway.model import ServiceSpec
     from msa_gateway.policies.base import RequestStage, ResponseStage
 
-
-class PolicyError(ValueError):
-    """A ``policies:`` block is wrong; ``key`` is the dotted path inside ``policies``."""
-
-    def __init__(self, key: str, reason: str) -> None:
-        super().__init__(f"{key}: {reason}")
-        self.key, self.reason = key, reason
+__all__ = [
+    "POLICIES",
+    "POLICY_NAMES",
+    "PolicyError",  # defined in base.py so that policy modules can raise it; re-exported here
+    "PolicyType",
+    "compile_request_stages",
+    "compile_response_stages",
+    "merge_policies",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +46,11 @@ class PolicyType:
     response: Callable[[Any, ServiceSpec], ResponseStage] | None = None
 
 
-POLICIES: tuple[PolicyType, ...] = ()
+POLICIES: tuple[PolicyType, ...] = (
+    # authentication
+    PolicyType("api_key", api_key.parse, api_key.ApiKeyAuth.build),
+    PolicyType("jwt", jwt_config.parse, JwtAuth.build),
+)
 POLICY_NAMES: tuple[str, ...] = tuple(p.name for p in POLICIES)
 
 

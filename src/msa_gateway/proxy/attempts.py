@@ -235,6 +235,8 @@ class Attempts:
             pass_host_header=options.pass_host_header,
             content_length=req.body_length if req.has_body else None,
         )
+        if req.extra_headers:
+            headers.extend(req.extra_headers)
         sending = fw.upstream.send(
             instance, options, req.method, req.target, headers, self.body, req.body_length
         )

@@ -46,6 +46,8 @@ _REQUEST_OWN = frozenset(
         b"forwarded",
     }
 )
+# Headers a policy may neither read a credential from nor set upstream: the gateway or the framing owns them.
+GATEWAY_OWNED = HOP_BY_HOP | _REQUEST_OWN
 _FORWARDED_KEEP = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
 _RESPONSE_OWN = frozenset({b"x-request-id"})
 _REQUEST_ID_OK = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,200}$")

@@ -1,8 +1,11 @@
 """What a proxied request is made of, read once from the ASGI scope: the facts every step shares.
 
 ``ProxyRequest`` is built before routing and never changes after the route is matched, except
-for the fields that request stages may set (``route`` and, later, a consumer identity). One
-pass over the headers finds the request id and the body framing.
+for the fields that request stages may set: ``route``, ``consumer`` (the identity an
+authentication stage established), ``headers`` (a stage may replace the list, e.g. to strip a
+credential) and ``extra_headers`` (headers for upstream, appended after the header rules of
+``proxy/headers.py`` so a client's ``Connection`` header cannot remove them; None when unused).
+One pass over the headers finds the request id and the body framing.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ class ProxyRequest:
 
     __slots__ = (
         "chunked",
+        "consumer",
         "content_length",
+        "extra_headers",
         "headers",
         "method",
         "peer",
@@ -55,6 +60,8 @@ class ProxyRequest:
         self.peer: str | None = client[0] if client else None
         self.headers: Headers = scope["headers"]
         self.route: ServiceRoute | None = None
+        self.consumer: str | None = None
+        self.extra_headers: Headers | None = None
         self.rest = b"/"
         rid = None
         self.content_length: int | None = None
