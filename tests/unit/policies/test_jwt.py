@@ -8,6 +8,7 @@ from typing import Any
 
 import jwt as pyjwt
 import pytest
+import yaml
 
 from msa_gateway.errors import ConfigError
 from msa_gateway.policies import jwt_config
@@ -311,3 +312,15 @@ def test_the_token_cache_expires_entries_and_stays_bounded() -> None:
     cache.put(b"c", 100.0, ("c", ()))
     assert cache.get(b"a", 50.0) is None and cache.get(b"c", 50.0) == ("c", ())
     assert cache.get(b"b", 100.0) is None and len(cache.entries) == 1
+
+
+def test_the_readme_recipe_is_five_lines_and_parses() -> None:
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    section = readme.split("### Recipe: protect a service with its identity provider in five lines of YAML")[
+        1
+    ]
+    recipe = section.split("```yaml\n")[1].split("```")[0]
+    assert len(recipe.strip().splitlines()) == 5
+    config = parse_config(yaml.safe_load(recipe), "README.md").options_for("orders").policy("jwt")
+    assert isinstance(config, jwt_config.JwtConfig) and config.algorithms == ("RS256",)
+    assert config.audience == ("orders",) and config.jwks_url is not None
