@@ -127,14 +127,17 @@ class JwksCache:
             return None
         done = asyncio.Event()
         try:
-            self.shared.tasks.spawn("jwks_fetch", lambda: self._fetch(done), key=self.url, restart=False)
+            entry = self.shared.tasks.spawn("jwks_fetch", self._fetch, key=self.url, restart=False)
         except RuntimeError:  # shutting down: the supervisor is closed
             return None
         self._done = done
         self.next_fetch = math.inf  # until the fetch ends
+        assert entry.task is not None
+        # Runs even when the task is cancelled before it started: no waiter is left hanging.
+        entry.task.add_done_callback(lambda _: self._ended(done))
         return done
 
-    async def _fetch(self, done: asyncio.Event) -> None:
+    async def _fetch(self) -> None:
         self.fetches += 1
         try:
             keys, ttl = await self._download()
@@ -142,9 +145,12 @@ class JwksCache:
             self._failed(exc)
         else:
             self._loaded(keys, ttl)
-        finally:
-            self._done = None
-            done.set()
+
+    def _ended(self, done: asyncio.Event) -> None:
+        if self.next_fetch == math.inf:  # cancelled (shutdown): allow a fetch after the interval
+            self.next_fetch = self.shared.monotonic() + self.settings.refetch_interval
+        self._done = None
+        done.set()
 
     async def _download(self) -> tuple[list[VerifyKey], float]:
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout)

@@ -215,3 +215,15 @@ async def test_five_lines_of_yaml_protect_a_service_end_to_end(idp: JwksServer, 
             async with session.get(f"{gw.url}/orders/list", headers=auth) as r:
                 assert r.status == 200 and await r.read() == b"ok"
             assert len(backend.requests) == 1 and idp.fetches == 1
+
+
+async def test_a_fetch_cancelled_at_shutdown_releases_the_requests_waiting_for_it(
+    gw: Gateway, idp: JwksServer, k1: SigningKey
+) -> None:
+    idp.hold = asyncio.Event()
+    waiting = asyncio.create_task(gw.send(k1.sign(claims())))
+    await eventually(lambda: idp.fetches, 5, expect=1)
+    await gw.rt.tasks.aclose()  # the runtime shuts down while the fetch is in flight
+    answer = await asyncio.wait_for(waiting, 5)
+    assert answer.status == 401 and gw.cache.failures == 0
+    idp.hold.set()
