@@ -19,7 +19,7 @@ from msa_gateway.proxy.handler import ProxyApp
 from tests.support.fake_upstream import Answer, call, instances, make_runtime
 from tests.support.gateway import serve_gateway, service_yaml
 from tests.support.recorder import Recorder, Reply
-from tests.support.tokens import AUDIENCE, ISSUER, Clock, JwksServer, SigningKey, claims, rsa_key
+from tests.support.tokens import AUDIENCE, ISSUER, Clock, JwksServer, SigningKey, claims, forge_hs256, rsa_key
 from tests.support.traffic import eventually
 
 INTERVAL = 10.0
@@ -227,3 +227,20 @@ async def test_a_fetch_cancelled_at_shutdown_releases_the_requests_waiting_for_i
     answer = await asyncio.wait_for(waiting, 5)
     assert answer.status == 401 and gw.cache.failures == 0
     idp.hold.set()
+
+
+async def test_a_jwks_key_is_never_used_as_an_hmac_secret(idp: JwksServer, k1: SigningKey) -> None:
+    rt, up, _ = make_runtime(
+        policies={"jwt": {"jwks_url": idp.url, "algorithms": ["RS256", "HS256"], "audience": AUDIENCE}}
+    )
+    rt.apply(instances(9001))
+    try:
+        forged = forge_hs256(k1.public_pem().encode(), claims(), kid="k1")
+        answer = await call(ProxyApp(rt), headers=[(b"authorization", f"Bearer {forged}".encode())])
+        assert answer.status == 401 and b"no known key matches" in answer.headers[b"www-authenticate"]
+        genuine = await call(
+            ProxyApp(rt), headers=[(b"authorization", f"Bearer {k1.sign(claims())}".encode())]
+        )
+        assert genuine.status == 200 and len(up.calls) == 1 and idp.fetches == 1
+    finally:
+        await rt.tasks.aclose()
