@@ -12,7 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from msa_gateway.policies.shared import SharedState
 
 MIB = 1024 * 1024
 DEFAULT_PANIC_THRESHOLD = 50.0  # percent, Envoy's healthy_panic_threshold default
@@ -207,3 +210,5 @@ class ServiceSpec:
     name: str
     instances: tuple[Instance, ...]
     options: ServiceOptions
+    # The runtime's store of state that policy stages keep across snapshots (JWKS caches...).
+    shared: SharedState | None = field(default=None, compare=False, repr=False)

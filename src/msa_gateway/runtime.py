@@ -24,6 +24,7 @@ from msa_gateway.model import Discovered, Instance, ServiceSpec
 from msa_gateway.observability.access import AccessLog
 from msa_gateway.observability.metrics import UNKNOWN_SERVICE, Metrics
 from msa_gateway.observability.otlp import tracing_from_settings
+from msa_gateway.policies.shared import SharedState
 from msa_gateway.proxy.attempts import note_panic
 from msa_gateway.proxy.resilience import ServiceGuard
 from msa_gateway.proxy.upstream import UpstreamClient, create_client
@@ -71,6 +72,7 @@ class Runtime:
         self.draining = False
         self._discovery: Supervised | None = None
         self.guards: dict[str, ServiceGuard] = {}
+        self.shared = SharedState(self.tasks)  # policy state that outlives snapshots (JWKS caches)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -143,7 +145,9 @@ class Runtime:
                 log.warning("skipping service with an unusable name", extra={"service": name, "reason": why})
                 continue
             options = config.options_for(name)
-            specs[name] = ServiceSpec(name=name, instances=tuple(instances), options=options)
+            specs[name] = ServiceSpec(
+                name=name, instances=tuple(instances), options=options, shared=self.shared
+            )
         old = self.snapshot
         routes = {
             name: ServiceRoute(spec, self.metrics, self.health, self._guard(spec))

@@ -1,7 +1,7 @@
 """The stage seam: one small object per policy, compiled per route when a snapshot is built.
 
 A request passes through the route's request stages in a fixed order before anything is sent
-upstream (IP rules -> authentication -> rate limit -> CORS -> transforms, as they arrive); a
+upstream (IP rules -> CORS -> authentication -> rate limit -> transforms -> body size); a
 stage either passes (returns None), answers itself with a ``Reply`` (a CORS preflight, say), or
 raises an ``HTTPError`` (401, 403, 413, 429...), which ``errors.render`` turns into the one
 JSON error shape. Response stages see the status and headers of the instance's answer before

@@ -17,9 +17,10 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from msa_gateway.policies import cors, ip_rules, rewrite, transforms
+from msa_gateway.policies import api_key, cors, ip_rules, jwt_config, rewrite, transforms
 from msa_gateway.policies.base import PolicyError
 from msa_gateway.policies.body_size import BodySizeLimit
+from msa_gateway.policies.jwt_auth import JwtAuth
 
 if TYPE_CHECKING:
     from msa_gateway.model import ServiceSpec
@@ -49,7 +50,10 @@ class PolicyType:
 POLICIES: tuple[PolicyType, ...] = (
     PolicyType("ip_rules", ip_rules.parse, ip_rules.IpRules.build),
     PolicyType("cors", cors.parse, cors.CorsPreflight.build, cors.CorsResponse.build),
-    # authentication (api_key, jwt) and rate limiting go here, between CORS and the transforms
+    # authentication
+    PolicyType("api_key", api_key.parse, api_key.ApiKeyAuth.build),
+    PolicyType("jwt", jwt_config.parse, JwtAuth.build),
+    # rate limiting goes here, between authentication and the transforms
     PolicyType(
         "headers", transforms.parse, transforms.RequestTransforms.build, transforms.ResponseTransforms.build
     ),

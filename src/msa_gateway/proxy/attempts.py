@@ -265,6 +265,8 @@ class Attempts:
             content_length=req.body_length if req.has_body else None,
             allow_underscores=fw.allow_underscores,
         )
+        if req.extra_headers:
+            headers.extend(req.extra_headers)
         self._trace_headers(headers)
         sending = fw.upstream.send(
             instance, options, req.method, req.target, headers, self.body, req.body_length

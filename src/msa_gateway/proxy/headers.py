@@ -54,6 +54,8 @@ _REQUEST_OWN = frozenset(
         b"tracestate",
     }
 )
+# Headers a policy may neither read a credential from nor set upstream: the gateway or the framing owns them.
+GATEWAY_OWNED = HOP_BY_HOP | _REQUEST_OWN
 _FORWARDED_KEEP = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
 _RESPONSE_OWN = frozenset({b"x-request-id"})
 _UNDERSCORE = ord("_")  # an int: ``95 in name`` is ~10x faster than ``b"_" in name``

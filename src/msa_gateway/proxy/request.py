@@ -1,10 +1,13 @@
 """What a proxied request is made of, read once from the ASGI scope: the facts every step shares.
 
 ``ProxyRequest`` is built before routing and never changes after the route is matched, except
-for the fields that request stages may set (``consumer``, ``headers`` and ``rest`` by transforms).
-One pass over the headers finds the request id and the body framing. Routing reads the snapshot
-once: without ``routes:`` it is one dict lookup on the first path segment, as it always was; with
-them, the route table is tried first and ``/{service}/{path}`` is the fallback.
+for the fields that request stages may set: ``route``, ``consumer`` (the identity an
+authentication stage established), ``headers`` (a stage may replace the list, e.g. to strip a
+credential), ``rest`` (path transforms) and ``extra_headers`` (headers for upstream, appended after
+the header rules of ``proxy/headers.py`` so a client's ``Connection`` header cannot remove them;
+None when unused). One pass over the headers finds the request id and the body framing. Routing
+reads the snapshot once: without ``routes:`` it is one dict lookup on the first path segment, as
+it always was; with them, the route table is tried first and ``/{service}/{path}`` is the fallback.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class ProxyRequest:
         "chunked",
         "consumer",
         "content_length",
+        "extra_headers",
         "headers",
         "method",
         "peer",
@@ -65,8 +69,9 @@ class ProxyRequest:
         self.peer: str | None = client[0] if client else None
         self.headers: Headers = scope["headers"]
         self.route: ServiceRoute | None = None
-        self.rest = b"/"
         self.consumer: str | None = None  # set by an authentication stage
+        self.extra_headers: Headers | None = None
+        self.rest = b"/"
         self.trusted: tuple[Network, ...] = ()  # the snapshot's trusted_proxies, set by ``match``
         self._client_ip: str | None = None
         rid: bytes | None = None
