@@ -205,3 +205,29 @@ class ServiceSpec:
     name: str
     instances: tuple[Instance, ...]
     options: ServiceOptions
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryConfig:
+    """How long instances missing after a registry outage are kept (``discovery/recovery.py``).
+
+    ``grace`` None means automatic: the longest instance lifetime (TTL) the provider has seen,
+    else ``fallback``; either way at most ``maximum``. ``grace == 0`` applies every read at once.
+    """
+
+    grace: float | None = None
+    fallback: float = 10.0
+    maximum: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.grace is not None and self.grace < 0:
+            raise ValueError("grace must be >= 0")
+        if not self.fallback >= 0 or not self.maximum >= 0:
+            raise ValueError("fallback and maximum must be >= 0")
+
+    def resolve(self, longest_ttl: float | None) -> float:
+        """Return the grace period in seconds, given the longest TTL the provider saw (None: unknown)."""
+        if self.grace is not None:
+            return self.grace
+        seen = longest_ttl if longest_ttl is not None and math.isfinite(longest_ttl) else self.fallback
+        return max(0.0, min(seen, self.maximum))

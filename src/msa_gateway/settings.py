@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     max_headers: Annotated[int, Field(ge=1, le=10_000)] = 100
     header_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
     body_timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    discovery_recovery_grace: Annotated[float, Field(ge=0, le=3600)] | None = None  # None: automatic
+    discovery_recovery_grace_max: Annotated[float, Field(ge=0, le=3600)] = 60.0
 
     consul_host: str = "localhost"
     consul_port: Annotated[int, Field(ge=1, le=65535)] = 8500

@@ -59,6 +59,24 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.discovery_outages = Counter(
+            "gateway_discovery_outages",
+            "Outages of the discovery provider (each counted once, when it starts).",
+            ["provider"],
+            registry=r,
+        )
+        self.discovery_recovering = Gauge(
+            "gateway_discovery_recovering",
+            "1 while the registry recovers from an outage (missing instances are held).",
+            ["provider"],
+            registry=r,
+        )
+        self.discovery_held = Gauge(
+            "gateway_discovery_held_instances",
+            "Instances kept while the registry recovers, not yet re-registered.",
+            ["provider"],
+            registry=r,
+        )
         self.registry_services = Gauge(
             "gateway_registry_services", "Services in the current snapshot.", registry=r
         )
