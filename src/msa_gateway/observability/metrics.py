@@ -96,6 +96,24 @@ class Metrics:
             ["service", "reason"],
             registry=r,
         )
+        self.hedges = Counter(
+            "gateway_hedges",
+            "Hedged attempts: sent, or not sent (budget_exhausted, no_other_instance).",
+            ["service", "result"],
+            registry=r,
+        )
+        self.hedge_wins = Counter(
+            "gateway_hedge_wins",
+            "Requests a hedge answered before the first attempt.",
+            ["service"],
+            registry=r,
+        )
+        self.slow_ejections = Counter(
+            "gateway_slow_ejections",
+            "Instances taken out of rotation for keeping requests waiting without an answer.",
+            ["service"],
+            registry=r,
+        )
         self.overflow = Counter(
             "gateway_overflow",
             "Requests refused at once because a concurrency cap was full.",

@@ -10,6 +10,10 @@ nothing reached the instance, or the method is idempotent and the service opted 
 a response byte went to the client; bounded by count, deadline and budget. An instance at its
 concurrency cap is skipped for another one (no attempt is spent); when every candidate is full,
 or the service's own cap is, the answer is 503 with the service's ``limits.retry_after``.
+
+With ``hedging`` (idempotent methods, buffered bodies) an attempt is a race (``hedging.py``).
+With hedging or latency ejection on, every attempt's wait for its head is tracked on the guard
+(``health/latency.py``); with neither, nothing is timed.
 """
 
 from __future__ import annotations
@@ -23,10 +27,19 @@ from typing import TYPE_CHECKING
 
 from msa_gateway.errors import HTTPError, NoHealthyInstance, Overloaded, UpstreamError, UpstreamTimeout
 from msa_gateway.health import outlier
-from msa_gateway.model import Instance
+from msa_gateway.health.latency import Wait
+from msa_gateway.model import HedgingConfig, Instance
 from msa_gateway.proxy.exchange import Exchange, client_error
 from msa_gateway.proxy.headers import is_trusted, upstream_request_headers
-from msa_gateway.proxy.retry import NOT_DELIVERED, Decision, FailureKind, failure_from_kind, should_retry
+from msa_gateway.proxy.hedging import Race
+from msa_gateway.proxy.retry import (
+    IDEMPOTENT_METHODS,
+    NOT_DELIVERED,
+    Decision,
+    FailureKind,
+    failure_from_kind,
+    should_retry,
+)
 from msa_gateway.proxy.upstream import UpstreamClient, UpstreamResponse
 
 if TYPE_CHECKING:
@@ -42,9 +55,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Lease:
-    """One admitted attempt: the caps slot, the balancer's pick and, for a retry, a budget slot."""
+    """One admitted attempt: the caps slot, the balancer's pick and, for a retry or hedge, a budget slot."""
 
-    __slots__ = ("guard", "instance", "key", "released", "retry", "route")
+    __slots__ = ("guard", "instance", "key", "released", "retry", "route", "silent")
 
     def __init__(self, route: ServiceRoute, instance: Instance, key: str, retry: bool) -> None:
         self.route = route
@@ -53,6 +66,7 @@ class Lease:
         self.key = key
         self.retry = retry
         self.released = False
+        self.silent = False  # cancelled as a hedge loser that had waited longer than the winner
 
     def release(self) -> None:
         """Give everything back once (later calls do nothing)."""
@@ -127,6 +141,16 @@ class Forwarder:
         """Record the service's panic state; log and export it when it changes."""
         note_panic(self.metrics, route, panic)
 
+    def note_slow(self, route: ServiceRoute, keys: frozenset[str]) -> None:
+        """Log and count instances just taken out of rotation for keeping requests waiting."""
+        route.guard.newly_slow = frozenset()
+        for key in sorted(keys):
+            self.metrics.slow_ejections.labels(route.name).inc()
+            log.warning(
+                "instance taken out of rotation: requests wait on it without an answer",
+                extra={"service": route.name, "instance": key, "waiting": route.guard.waits.waiting(key)},
+            )
+
 
 def note_panic(metrics: Metrics, route: ServiceRoute, panic: bool) -> None:
     """Record a service's panic state on its guard; log and export it when it changes."""
@@ -141,7 +165,19 @@ def note_panic(metrics: Metrics, route: ServiceRoute, panic: bool) -> None:
 class Attempts:
     """The attempt loop of one request (one small object per request)."""
 
-    __slots__ = ("body", "deadline", "ex", "fw", "n", "req", "retry_slot", "route", "tried")
+    __slots__ = (
+        "body",
+        "deadline",
+        "ex",
+        "fw",
+        "hedging",
+        "n",
+        "req",
+        "retry_slot",
+        "route",
+        "timed",
+        "tried",
+    )
 
     def __init__(
         self, fw: Forwarder, route: ServiceRoute, req: ProxyRequest, ex: Exchange, body: Body
@@ -152,6 +188,11 @@ class Attempts:
         self.tried: list[str] = []
         self.n = 0
         self.retry_slot = False  # the next attempt is a retry holding a slot of the budget
+        hedging = route.spec.options.hedging
+        self.hedging: HedgingConfig | None = (
+            hedging if hedging is not None and req.method in IDEMPOTENT_METHODS and self._buffered else None
+        )
+        self.timed = hedging is not None or route.guard.waits.enabled
 
     async def run(self) -> Outcome:
         """Try instances until one answers or a rule says stop."""
@@ -188,6 +229,8 @@ class Attempts:
             route.instances, route.keys, route.eligible, route.eligible_keys, self.tried
         )
         self.fw.note_panic(route, panic)
+        if guard.newly_slow:
+            self.fw.note_slow(route, guard.newly_slow)
         if not candidates:
             raise NoHealthyInstance(f"no healthy instance of {route.name!r}")
         while True:
@@ -202,18 +245,78 @@ class Attempts:
                 retry_after = guard.options.limits.retry_after
                 raise Overloaded(f"too many requests in flight for {route.name!r}", retry_after)
 
-    async def _attempt(self, lease: Lease) -> Outcome | None:
-        """Return the outcome, or None to try again."""
+    def admit_hedge(self) -> Lease | None:
+        """Admit a hedge on an instance this request has not tried, under the retry budget; or None."""
+        route = self.route
+        budget = route.guard.budget
+        hedges = self.fw.metrics.hedges
+        if not budget.try_acquire_retry():
+            hedges.labels(route.name, "budget_exhausted").inc()
+            return None
+        try:
+            instance, key = self._pick()
+        except HTTPError:
+            instance, key = None, ""
+        if instance is None or key in self.tried:
+            if instance is not None:
+                route.guard.limits.release(key)
+                route.balancer.done(instance)
+            budget.release_retry()
+            hedges.labels(route.name, "no_other_instance").inc()
+            return None
+        self.tried.append(key)
+        hedges.labels(route.name, "sent").inc()
+        return Lease(route, instance, key, True)
+
+    def won(self, lease: Lease) -> None:
+        """``lease`` answered first in a hedged race."""
+        self.ex.instance = lease.instance.address
+        if lease.retry:
+            self.fw.metrics.hedge_wins.labels(self.route.name).inc()
+
+    async def exchange(self, lease: Lease) -> UpstreamResponse:
+        """Send to the lease's instance and wait for the head, timing the wait when anything reads it."""
+        if not self.timed:
+            return await self._send(lease.instance)
+        guard = self.route.guard
+        started = time.monotonic()
+        guard.waits.started(lease.key, started)
+        how = Wait.DROPPED
         try:
             resp = await self._send(lease.instance)
-        except UpstreamError as exc:
+            how = Wait.ANSWERED
+            return resp
+        except UpstreamTimeout:
+            how = Wait.SILENT
+            raise
+        except asyncio.CancelledError:
+            how = Wait.SILENT if lease.silent else Wait.DROPPED
+            raise
+        finally:
+            now = time.monotonic()
+            guard.waits.ended(lease.key, now, how)
+            if how is Wait.ANSWERED:
+                guard.latency.add(now - started)
+
+    async def _attempt(self, lease: Lease) -> Outcome | None:
+        """Return the outcome, or None to try again."""
+        result: UpstreamResponse | UpstreamError
+        if self.hedging is not None:
+            lease, result = await Race(self).run(lease, self.hedging)
+        else:
+            try:
+                result = await self.exchange(lease)
+            except UpstreamError as exc:
+                result = exc
+            except BaseException:
+                lease.release()
+                raise
+        if isinstance(result, UpstreamError):
             lease.release()
-            if self._retry_error(lease, exc):
+            if self._retry_error(lease, result):
                 return None
-            raise
-        except BaseException:
-            lease.release()
-            raise
+            raise result
+        resp = result
         if self._retry_status(lease, resp.status):
             lease.release()
             resp.close()
