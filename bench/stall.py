@@ -3,7 +3,9 @@
 The promise (issue 15): with ``hedging`` on, GETs due during the hang have p99 under 300 ms,
 none fails, and hedges add under 10% upstream requests; with hedging off, latency ejection
 (``outlier.latency_multiple``) stops new requests going to the hung instance within 500 ms.
-No POST is delivered twice (POSTs are never hedged). Active probes are off, so what takes the
+No POST is delivered twice (POSTs are never hedged); a POST that went to the instance before it
+was taken out waits for it, and fails (502, never delivered) if the resumed instance resets the
+connection instead of answering. Active probes are off, so what takes the
 instance out is the request path alone. A stopped process cannot count; it counts what was
 sent to it once resumed (the requests wait in its sockets), so the deliveries per request id
 are read after ``SIGCONT``.
@@ -30,6 +32,7 @@ from bench.faultkit import (
     Check,
     Phase,
     check_lines,
+    failure_notes,
     gateway_config,
     log_events,
     merged_counts,
@@ -74,14 +77,22 @@ class StallReport:
     ejected_after: float | None  # seconds from SIGSTOP to the latency ejection (None: never)
     reached_after_ejection: int  # GETs sent after the ejection that reached the hung instance
     posts_twice: int
+    failed_posts_delivered: int  # POSTs answered with an error that an instance processed anyway
     metrics: Sequence[str]
+    notes: Sequence[str]  # the first failed requests, as the client and the gateway saw them
 
     def checks(self) -> list[Check]:
         """Return each promise of the scenario and whether it held."""
         sent = len(self.shots)
         extra = self.hedges_sent / sent if sent else 0.0
+        failed_gets = {k: n for k, n in self.failed.items() if k.startswith("GET")}
+        failed_posts = sum(n for k, n in self.failed.items() if k.startswith("POST"))
         checks: list[Check] = [
-            (f"failed requests: {sum(self.failed.values())} {dict(self.failed)}", not self.failed),
+            (f"failed GETs: {sum(failed_gets.values())} {failed_gets}", not failed_gets),
+            (
+                f"failed POSTs: {failed_posts}, of them delivered anyway: {self.failed_posts_delivered}",
+                self.failed_posts_delivered == 0,
+            ),
             (f"POSTs delivered twice: {self.posts_twice}", self.posts_twice == 0),
         ]
         if self.hedging:
@@ -129,6 +140,7 @@ def format_stall(r: StallReport) -> str:
         "checks:",
         *check_lines(r.checks()),
         f"  info  upstream requests counted by the backends: {r.upstream_requests}",
+        *(f"  failed  {note}" for note in r.notes),
         *(f"  {m}" for m in r.metrics),
     ]
     return "\n".join(lines)
@@ -171,6 +183,7 @@ async def run_stall(
         hung = c.counts()
         delivered = merged_counts(a.counts(), b.counts(), hung)
         metrics = await _metrics(gw.url)
+        notes = failure_notes(shots, gw.output())
         ejections = [
             e for e in log_events(gw.output(), SLOW_EVENT) if str(e.get("instance", "")).startswith("svc/c")
         ]
@@ -204,6 +217,10 @@ async def run_stall(
             and eject_wall < by_id[rid].sent_at < stop_wall + stop_for
         ),
         posts_twice=sum(1 for rid, n in delivered.items() if rid in posts and n > 1),
+        failed_posts_delivered=sum(
+            1 for s in shots if s.stream == "POST" and not s.ok and delivered[s.request_id]
+        ),
+        notes=notes,
         metrics=[m for m in metrics if 'result="sent"' in m or "wins" in m or "slow" in m],
     )
 
