@@ -358,5 +358,6 @@ async def test_a_provider_that_fails_right_after_each_first_snapshot_backs_off(
     assert [r.outages_last_minute for r in failed] == [1, 2, 3, 4, 5, 6]  # type: ignore[attr-defined]
     assert len(recovered) == 5
     assert [r.getMessage().endswith("(flapping)") for r in recovered] == [False, False, True, True, True]
+    assert all(r.seconds >= 0 and r.failures == 1 for r in recovered)  # type: ignore[attr-defined]
     assert h.gauge("gateway_discovery_outages_total") == 6
     assert gaps[-1] > gaps[0] * 4  # the backoff keeps growing across flaps
