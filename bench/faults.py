@@ -1,7 +1,8 @@
 """Fault injection against a real gateway process: an instance crashes, an instance hangs, SIGTERM.
 
     python -m bench.faults [--rate 200] [--duration 30] [--kill-at 10] [--restart-at 20]
-                           [--upstream-client native|aiohttp] [--only crash,hang,drain]
+                           [--upstream-client native|aiohttp] [--recovery-grace S]
+                           [--only crash,hang,drain,stall,regrow]
 
 Each scenario starts its own backend processes (``tests.support.backend_app``) and one
 ``msa-gateway run`` process on 127.0.0.1, drives an open-loop load (``bench.openloop``) with a
@@ -52,6 +53,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=("native", "aiohttp"),
         help="the gateway's UPSTREAM_CLIENT (default: the gateway's own default)",
     )
+    parser.add_argument(
+        "--recovery-grace",
+        type=float,
+        help="regrow: the gateway's DISCOVERY_RECOVERY_GRACE (default automatic; 0 shows the table shrink)",
+    )
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios to run")
     args = parser.parse_args(argv)
     if not 0 < args.kill_at < args.restart_at < args.duration:
@@ -79,7 +85,7 @@ async def run_one(name: str, args: argparse.Namespace) -> tuple[str, list[Check]
         on, off = await run_stall(hedging=True), await run_stall(hedging=False)
         return format_stall(on) + "\n\n" + format_stall(off), on.checks() + off.checks()
     if name == "regrow":
-        regrow = await run_regrow()
+        regrow = await run_regrow(grace=args.recovery_grace)
         return format_regrow(regrow), regrow.checks()
     drain = await run_drain(client=args.upstream_client)
     return format_drain(drain), drain.checks()
