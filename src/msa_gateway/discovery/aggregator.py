@@ -60,7 +60,7 @@ class Aggregator:
         self._apply = apply
         self._metrics = metrics
         self._backoff = backoff or Backoff()
-        self._recovery_config = recovery or RecoveryConfig()
+        self.recovery_config = recovery or RecoveryConfig()
         self._rng = random.Random()
         self._raw: Discovered | None = None  # the provider's last read, as read
         self._applied: Discovered | None = None  # the last set handed to ``apply`` (with held ones)
@@ -130,7 +130,7 @@ class Aggregator:
     def _begin_recovery(self) -> None:
         if self._applied is None:
             return  # nothing served yet: nothing to hold
-        grace = self._recovery_config.resolve(getattr(self.provider, "longest_ttl", None))
+        grace = self.recovery_config.resolve(getattr(self.provider, "longest_ttl", None))
         if grace <= 0:
             return
         self.recovery = Recovery(self._applied, time.monotonic(), grace)

@@ -161,3 +161,17 @@ def test_grace_resolution(config: RecoveryConfig, ttl: float | None, grace: floa
 def test_negative_grace_is_refused() -> None:
     with pytest.raises(ValueError, match="grace"):
         RecoveryConfig(grace=-1)
+
+
+def test_the_grace_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from msa_gateway.runtime import Runtime
+    from msa_gateway.settings import Settings, env_error, parse_config
+
+    monkeypatch.setenv("DISCOVERY_RECOVERY_GRACE", "2.5")
+    monkeypatch.setenv("DISCOVERY_RECOVERY_GRACE_MAX", "30")
+    rt = Runtime(Settings(_env_file=None), parse_config({}, "gw.yaml"))  # type: ignore[call-arg]
+    assert rt.aggregator.recovery_config == RecoveryConfig(grace=2.5, maximum=30)
+    monkeypatch.setenv("DISCOVERY_RECOVERY_GRACE", "-1")
+    with pytest.raises(ValueError) as info:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    assert env_error(info.value).startswith("environment: DISCOVERY_RECOVERY_GRACE: ")

@@ -106,6 +106,8 @@ async def test_a_hung_instance_gets_no_new_requests_until_it_answers(
     assert all(a.status == 200 for a in answers)
     assert {c.address for c in up.calls[before:]} == {"127.0.0.1:9002"}
     assert any("taken out of rotation" in r.getMessage() for r in caplog.records)
+    state = rt.guards["svc"].describe()["outlier"]
+    assert state["slow"] == ["svc/i9001@127.0.0.1:9001"] and state["slow_total"] == 1
     hung.release.set()  # it answers: back in rotation
     await asyncio.wait_for(asyncio.gather(stuck, *pending), 2)
     before = len(up.calls)
