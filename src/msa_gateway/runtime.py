@@ -20,7 +20,7 @@ from msa_gateway.discovery.providers import create_provider, create_registrar
 from msa_gateway.discovery.static import StaticProvider
 from msa_gateway.health.active import ActiveHealthChecker, ProbeTarget
 from msa_gateway.health.table import HealthState, HealthTable, instance_key
-from msa_gateway.model import Discovered, Instance, ServiceSpec
+from msa_gateway.model import Discovered, Instance, RecoveryConfig, ServiceSpec
 from msa_gateway.observability.access import AccessLog
 from msa_gateway.observability.metrics import UNKNOWN_SERVICE, Metrics
 from msa_gateway.observability.otlp import tracing_from_settings
@@ -66,7 +66,9 @@ class Runtime:
         self.snapshot: Snapshot = EMPTY
         self.provider = provider or create_provider(settings, config, self.tasks)
         self.registrar: Registrar | None = None
-        self.aggregator = Aggregator(self.provider, self.apply, self.metrics)
+        grace, grace_max = settings.discovery_recovery_grace, settings.discovery_recovery_grace_max
+        recovery = RecoveryConfig(grace, maximum=grace_max)
+        self.aggregator = Aggregator(self.provider, self.apply, self.metrics, recovery=recovery)
         self.discovered: Discovered | None = None  # the last set applied, rebuilt on a config reload
         self.reloader = ConfigReloader(self)
         self.draining = False

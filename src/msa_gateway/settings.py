@@ -27,6 +27,7 @@ from msa_gateway.errors import ConfigError
 from msa_gateway.model import (
     RESERVED_NAMES,
     HealthCheck,
+    HedgingConfig,
     Instance,
     LimitsConfig,
     OutlierConfig,
@@ -37,6 +38,7 @@ from msa_gateway.model import (
 from msa_gateway.policies.chain import PolicyError, merge_policies
 from msa_gateway.routing.config import RouteConfig, RouteModel, parse_routes
 
+_PERCENTILE_RE = re.compile(r"^p(?:[5-9][0-9](?:\.[0-9])?)$")
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$")
 EMBEDDED_CONFIG = "embedded:default_config.yaml"
 
@@ -65,6 +67,8 @@ class Settings(BaseSettings):
     admin_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     admin_read_token: str | None = None
     rewrite_redirects: bool = True
+    discovery_recovery_grace: Annotated[float, Field(ge=0, le=3600)] | None = None  # None: automatic
+    discovery_recovery_grace_max: Annotated[float, Field(ge=0, le=3600)] = 60.0
 
     consul_host: str = "localhost"
     consul_port: Annotated[int, Field(ge=1, le=65535)] = 8500
@@ -164,6 +168,31 @@ class _OutlierModel(_Strict):
     max_ejection_percent: Annotated[float, Field(ge=0, le=100)] = 50.0
     always_eject_one: bool = True
     decay_interval: Annotated[float, Field(gt=0, le=86400)] = 10.0
+    latency_multiple: Annotated[float, Field(ge=0, le=1000)] = 0.0
+    latency_min: Annotated[float, Field(gt=0, le=3600)] = 0.1
+
+
+class _HedgingModel(_Strict):
+    delay: float | str
+    max_hedges: Annotated[int, Field(ge=1, le=5)] = 1
+    min_delay: Annotated[float, Field(gt=0, le=3600)] = 0.005
+
+    @field_validator("delay", mode="before")
+    @classmethod
+    def _delay(cls, v: object) -> object:
+        if isinstance(v, bool) or not isinstance(v, int | float | str):
+            raise ValueError("expected seconds or a percentile of recent latency like 'p95' (p50-p99.9)")
+        if isinstance(v, str) and not _PERCENTILE_RE.match(v):
+            raise ValueError("expected seconds or a percentile of recent latency like 'p95' (p50-p99.9)")
+        if not isinstance(v, str) and not 0 < v <= 3600:
+            raise ValueError("a fixed delay must be more than 0 and at most 3600 seconds")
+        return v
+
+    def frozen(self) -> HedgingConfig:
+        if isinstance(self.delay, str):
+            percentile = float(self.delay[1:])
+            return HedgingConfig(percentile=percentile, max_hedges=self.max_hedges, min_delay=self.min_delay)
+        return HedgingConfig(delay=self.delay, max_hedges=self.max_hedges, min_delay=self.min_delay)
 
 
 class _LimitsModel(_Strict):
@@ -185,6 +214,7 @@ class _OptionsModel(_Strict):
     limits: _LimitsModel | None = None
     panic_threshold: Annotated[float, Field(ge=0, le=100)] | None = None
     max_body_size: Annotated[int, Field(ge=0)] | None = None
+    hedging: _HedgingModel | None = None
     policies: dict[str, Any] | None = None  # parsed by policies/chain.py, one block per policy
 
     @field_validator("balancer")
@@ -270,6 +300,8 @@ def _merge(base: ServiceOptions, over: _OptionsModel) -> ServiceOptions:
         changes["outlier"] = OutlierConfig(**over.outlier.model_dump())
     if over.limits is not None:
         changes["limits"] = LimitsConfig(**over.limits.model_dump())
+    if over.hedging is not None:
+        changes["hedging"] = over.hedging.frozen()
     if over.policies is not None:
         changes["policies"] = merge_policies(base.policies, over.policies)
     for name in (

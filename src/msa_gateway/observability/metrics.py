@@ -69,6 +69,24 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.discovery_outages = Counter(
+            "gateway_discovery_outages",
+            "Outages of the discovery provider (each counted once, when it starts).",
+            ["provider"],
+            registry=r,
+        )
+        self.discovery_recovering = Gauge(
+            "gateway_discovery_recovering",
+            "1 while the registry recovers from an outage (missing instances are held).",
+            ["provider"],
+            registry=r,
+        )
+        self.discovery_held = Gauge(
+            "gateway_discovery_held_instances",
+            "Instances kept while the registry recovers, not yet re-registered.",
+            ["provider"],
+            registry=r,
+        )
         self.registry_services = Gauge(
             "gateway_registry_services", "Services in the current snapshot.", registry=r
         )
@@ -92,6 +110,24 @@ class Metrics:
             "gateway_retries_refused",
             "Failed attempts not tried again, by the rule that said no (budget_exhausted, max_retries, ...).",
             ["service", "reason"],
+            registry=r,
+        )
+        self.hedges = Counter(
+            "gateway_hedges",
+            "Hedged attempts: sent, or not sent (budget_exhausted, no_other_instance).",
+            ["service", "result"],
+            registry=r,
+        )
+        self.hedge_wins = Counter(
+            "gateway_hedge_wins",
+            "Requests a hedge answered before the first attempt.",
+            ["service"],
+            registry=r,
+        )
+        self.slow_ejections = Counter(
+            "gateway_slow_ejections",
+            "Instances taken out of rotation for keeping requests waiting without an answer.",
+            ["service"],
             registry=r,
         )
         self.overflow = Counter(
