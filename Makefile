@@ -29,8 +29,8 @@ run: venv
 	$(PY) -m examples.run_demo
 
 lint: venv
-	$(VENV)/bin/ruff check src tests bench examples
-	$(VENV)/bin/ruff format --check src tests bench examples
+	$(VENV)/bin/ruff check src tests bench examples app
+	$(VENV)/bin/ruff format --check src tests bench examples app
 	$(VENV)/bin/mypy
 
 test: deps venv lint

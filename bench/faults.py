@@ -1,7 +1,8 @@
 """Fault injection against a real gateway process: an instance crashes, an instance hangs, SIGTERM.
 
     python -m bench.faults [--rate 200] [--duration 30] [--kill-at 10] [--restart-at 20]
-                           [--upstream-client native|aiohttp] [--only crash,hang,drain]
+                           [--upstream-client native|aiohttp] [--recovery-grace S]
+                           [--only crash,hang,drain,stall,regrow]
 
 Each scenario starts its own backend processes (``tests.support.backend_app``) and one
 ``msa-gateway run`` process on 127.0.0.1, drives an open-loop load (``bench.openloop``) with a
@@ -11,6 +12,12 @@ issue 4 from the clients' answers and the backends' per-request-id counts:
 1. ``bench.crash``: SIGKILL one of two instances at ``--kill-at``, restart it at ``--restart-at``.
 2. ``bench.hang``: one of two instances hangs from ``--kill-at`` to ``--restart-at``.
 3. ``bench.drain``: SIGTERM to the gateway 2 s into a 10 s SSE stream.
+4. ``bench.stall``: one of three instances SIGSTOPped for 4 s at 150 GET/s + 50 POST/s, once with
+   hedging on and once with it off (latency ejection alone).
+5. ``bench.regrow``: Redis restarted empty three times under 150 GET/s + 50 POST/s while three
+   instances heartbeat every second.
+
+The load schedule is seeded (``bench.openloop.schedule``), so runs repeat.
 
 The integration tests (``tests/integration/resilience/test_faults.py``) run the same
 functions, shortened. How to read the output: ``bench/FAULTS.md``. Exit code 1 when a check
@@ -28,8 +35,10 @@ from bench.crash import format_crash, run_crash
 from bench.drain import format_drain, run_drain
 from bench.faultkit import Check
 from bench.hang import format_hang, run_hang
+from bench.regrow import format_regrow, run_regrow
+from bench.stall import format_stall, run_stall
 
-SCENARIOS = ("crash", "hang", "drain")
+SCENARIOS = ("crash", "hang", "drain", "stall", "regrow")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -43,6 +52,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--upstream-client",
         choices=("native", "aiohttp"),
         help="the gateway's UPSTREAM_CLIENT (default: the gateway's own default)",
+    )
+    parser.add_argument(
+        "--recovery-grace",
+        type=float,
+        help="regrow: the gateway's DISCOVERY_RECOVERY_GRACE (default automatic; 0 shows the table shrink)",
     )
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios to run")
     args = parser.parse_args(argv)
@@ -67,6 +81,12 @@ async def run_one(name: str, args: argparse.Namespace) -> tuple[str, list[Check]
             args.rate, args.duration, args.kill_at, args.restart_at, client=args.upstream_client
         )
         return format_hang(hang), hang.checks()
+    if name == "stall":
+        on, off = await run_stall(hedging=True), await run_stall(hedging=False)
+        return format_stall(on) + "\n\n" + format_stall(off), on.checks() + off.checks()
+    if name == "regrow":
+        regrow = await run_regrow(grace=args.recovery_grace)
+        return format_regrow(regrow), regrow.checks()
     drain = await run_drain(client=args.upstream_client)
     return format_drain(drain), drain.checks()
 

@@ -91,6 +91,7 @@ def start_gateway(
     launch: GatewayLaunch,
     ready_path: str,
     timeout: float = 20.0,
+    headers: Mapping[str, str] | None = None,
 ) -> Proc:
     """Start the gateway and wait until ``ready_path`` answers 200 through it (the backends are healthy).
 
@@ -104,7 +105,7 @@ def start_gateway(
     deadline = time.monotonic() + timeout
     status, body = 0, b""
     while time.monotonic() < deadline:
-        status, body = http_request(f"http://127.0.0.1:{port}{ready_path}")
+        status, body = http_request(f"http://127.0.0.1:{port}{ready_path}", headers=headers)
         if status == 200:
             return proc
         if not proc.alive():

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,8 +121,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=0.0,
         help="wait up to this many seconds for other CPU use to drop below 5%% before starting (0)",
     )
+    p.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="send this header with every request, to every configuration (repeats); e.g. a credential",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir with configs and logs")
     args = p.parse_args(argv)
+    args.headers = {}
+    for header in args.header:
+        name, sep, value = header.partition(":")
+        if not sep or not name.strip():
+            p.error(f"--header needs 'NAME: VALUE', got {header!r}")
+        args.headers[name.strip()] = value.strip()
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = set(args.configs) - set(CONFIGS)
     if unknown:
@@ -134,10 +147,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def check_answer(target: Target) -> str | None:
-    """Send one GET and one 1 KiB POST to ``target``; return what is wrong, or None."""
+def check_answer(target: Target, extra: Mapping[str, str]) -> str | None:
+    """Send one GET and one 1 KiB POST to ``target`` (with the ``--header`` headers); return what is wrong."""
     for method, body in (("GET", None), ("POST", POST_BODY)):
-        headers = {"Content-Type": "application/json"} if body else {}
+        headers = {**extra, "Content-Type": "application/json"} if body else dict(extra)
         status, answer = http_request(target.url, method, body, headers)
         if status != 200 or not gateway.json_body_ok(answer):
             return f"{target.config}: {method} {target.url} answered {status} {answer[:200]!r}"
@@ -152,11 +165,11 @@ def measure(target: Target, backend: Proc, workload: str, run: int, args: argpar
     """
     post = workload == "post"
     if args.warmup > 0:
-        run_wrk(target.url, args.warmup, args.connections, post, args.client_core)
+        run_wrk(target.url, args.warmup, args.connections, post, args.client_core, args.header)
     pids = {target.proc.pid, backend.pid}
     before = {pid: cpu_seconds(pid) for pid in pids}
     system0, wrk0 = system_busy_seconds(), children_cpu_seconds()
-    result = run_wrk(target.url, args.duration, args.connections, post, args.client_core)
+    result = run_wrk(target.url, args.duration, args.connections, post, args.client_core, args.header)
     system1, wrk1 = system_busy_seconds(), children_cpu_seconds()
     after = {pid: cpu_seconds(pid) for pid in pids}
     used = after[target.proc.pid] - before[target.proc.pid]
@@ -215,7 +228,7 @@ def start_gateways(
         print(f"{name}: {shlex.join(variant.command)}", flush=True)
         try:
             proc = gateway.start_gateway(
-                workdir / name, config, port, args.proxy_core, launch, ready_path=PATH
+                workdir / name, config, port, args.proxy_core, launch, ready_path=PATH, headers=args.headers
             )
         except StartError as exc:
             envs = " ".join(f"{k}={v}" for k, v in variant.env.items())
@@ -332,7 +345,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         gateways, failures = start_gateways(args, workdir, (p1, p2), stack)
         targets += gateways
         for target in targets:
-            problem = check_answer(target)
+            problem = check_answer(target, args.headers)
             if problem:
                 print(f"WRONG ANSWER: {problem}", file=sys.stderr)
                 return EXIT_ERRORS

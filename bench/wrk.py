@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,9 +99,18 @@ def parse_wrk_output(text: str) -> WrkResult:
 
 
 def wrk_command(
-    url: str, duration: float, connections: int, post: bool, core: int | None = 0, timeout_s: int = 5
+    url: str,
+    duration: float,
+    connections: int,
+    post: bool,
+    core: int | None = 0,
+    timeout_s: int = 5,
+    headers: Sequence[str] = (),
 ) -> list[str]:
-    """Return the wrk command line: one thread, ``connections`` connections, pinned to ``core``."""
+    """Return the wrk command line: one thread, ``connections`` connections, pinned to ``core``.
+
+    Each of ``headers`` (``"Name: value"``) is sent with every request (the POST script keeps them).
+    """
     argv = [
         find_binary("wrk"),
         "-t1",
@@ -109,15 +119,19 @@ def wrk_command(
         f"--timeout={timeout_s}s",
         "--latency",
     ]
+    for header in headers:
+        argv += ["-H", header]
     if post:
         argv += ["-s", str(POST_SCRIPT)]
     argv.append(url)
     return ["taskset", "-c", str(core), *argv] if core is not None else argv
 
 
-def run_wrk(url: str, duration: float, connections: int, post: bool, core: int | None = 0) -> WrkResult:
+def run_wrk(
+    url: str, duration: float, connections: int, post: bool, core: int | None = 0, headers: Sequence[str] = ()
+) -> WrkResult:
     """Run wrk against ``url`` and return its parsed report; raise with its output if it fails."""
-    argv = wrk_command(url, duration, connections, post, core)
+    argv = wrk_command(url, duration, connections, post, core, headers=headers)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"wrk exited with {done.returncode}: {done.stderr.strip() or done.stdout.strip()}")

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from msa_gateway import __version__
 from msa_gateway.errors import error_response
 from msa_gateway.listeners import ManagementListener, Surface, read_denied
+from msa_gateway.model import OWN_PATHS
 from msa_gateway.proxy.handler import ProxyApp
 from msa_gateway.routers.deps import request_id_of
 from msa_gateway.runtime import Runtime
@@ -28,9 +29,7 @@ from msa_gateway.server import LOST, adopt_uvicorn
 from msa_gateway.settings import GatewayConfig, Settings
 
 log = logging.getLogger("msa_gateway.app")
-OWN_SEGMENTS = frozenset(
-    {b"", b"health", b"metrics", b"services", b"docs", b"redoc", b"openapi.json", b"favicon.ico"}
-)
+OWN_SEGMENTS = frozenset({b"", *(s.encode() for s in OWN_PATHS)})
 READY_WAIT_SECONDS = 2.0
 
 

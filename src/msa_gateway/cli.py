@@ -94,7 +94,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"msa-gateway: config error: {exc}", file=sys.stderr)
         return 2
     n = sum(len(s.instances) for s in config.services.values())
-    print(f"{config.source}: ok ({len(config.services)} services, {n} static instances)")
+    counts = f"{len(config.services)} services, {n} static instances, {len(config.routes)} routes"
+    print(f"{config.source}: ok ({counts})")
     return 0
 
 

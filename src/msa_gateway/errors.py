@@ -5,6 +5,9 @@
     ├── DiscoveryError         a registry could not be read (the provider is retried)
     └── HTTPError              answered to the client as JSON with ``status``
         ├── BadRequest               400  e.g. a path that climbs out of its service
+        ├── Unauthorized             401  + WWW-Authenticate (no or a bad credential)
+        ├── Forbidden                403  e.g. an IP rule refuses the client
+        │   └── InsufficientScope    403  + WWW-Authenticate (a JWT claim rule denies)
         ├── ServiceNotFound          404
         ├── RequestTimeout           408  the request body stalled (Connection: close)
         ├── PayloadTooLarge          413  (Connection: close)
@@ -50,6 +53,7 @@ class HTTPError(GatewayError):
     error = "internal_error"
     retry_after: int | None = None
     close = False  # answer with Connection: close (the rest of the request is not read)
+    headers: tuple[tuple[bytes, bytes], ...] = ()  # more response headers (e.g. WWW-Authenticate)
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -58,6 +62,31 @@ class HTTPError(GatewayError):
 
 class BadRequest(HTTPError):
     status, error = 400, "bad_request"
+
+
+class Unauthorized(HTTPError):
+    """No credential, or one that does not verify; ``challenge`` is the WWW-Authenticate value."""
+
+    status, error = 401, "unauthorized"
+
+    def __init__(self, detail: str, challenge: bytes, error: str = "unauthorized") -> None:
+        super().__init__(detail)
+        self.error = error
+        self.headers = ((b"www-authenticate", challenge),)
+
+
+class Forbidden(HTTPError):
+    status, error = 403, "forbidden"
+
+
+class InsufficientScope(Forbidden):
+    """A verified token whose claims a rule refuses (RFC 6750 ``insufficient_scope``)."""
+
+    error = "insufficient_scope"
+
+    def __init__(self, detail: str, challenge: bytes) -> None:
+        super().__init__(detail)
+        self.headers = ((b"www-authenticate", challenge),)
 
 
 class ServiceNotFound(HTTPError):
@@ -136,6 +165,7 @@ def render(exc: HTTPError, request_id: str) -> tuple[int, list[tuple[bytes, byte
     headers, body = error_parts(
         exc.status, exc.error, exc.detail, request_id, retry_after=exc.retry_after, close=exc.close
     )
+    headers.extend(exc.headers)
     return exc.status, headers, body
 
 

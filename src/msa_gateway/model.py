@@ -12,15 +12,20 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from msa_gateway.policies.shared import SharedState
 
 MIB = 1024 * 1024
 DEFAULT_PANIC_THRESHOLD = 50.0  # percent, Envoy's healthy_panic_threshold default
 
-# Path segments that belong to the gateway itself; a service may never be named like one.
-RESERVED_NAMES: frozenset[str] = frozenset(
-    {"health", "metrics", "services", "docs", "redoc", "openapi.json", "favicon.ico", "admin", "static"}
+# First path segments the gateway's own endpoints answer; no route or service may take them.
+OWN_PATHS: frozenset[str] = frozenset(
+    {"health", "metrics", "services", "docs", "redoc", "openapi.json", "favicon.ico"}
 )
+# Names a service may never have (its own endpoints, and two kept for later ones).
+RESERVED_NAMES: frozenset[str] = OWN_PATHS | {"admin", "static"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +127,15 @@ class OutlierConfig:
     max_ejection_percent: float = 50.0  # Envoy max_ejection_percent: 10%
     always_eject_one: bool = True  # Envoy always_eject_one_host (off by default there)
     decay_interval: float = 10.0  # Envoy interval: 10 s
+    # Latency ejection (``health/latency.py``): an instance busy without answering for
+    # ``latency_multiple`` x the service's recent p99 (at least ``latency_min`` s) gets no new
+    # requests until it answers again. 0 disables it.
+    latency_multiple: float = 0.0
+    latency_min: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.latency_multiple < 0 or not self.latency_min > 0:
+            raise ValueError("latency_multiple must be >= 0 and latency_min > 0")
         if self.consecutive_failures < 0:
             raise ValueError("consecutive_failures must be >= 0")
         if not self.base_ejection_time > 0:
@@ -147,6 +159,33 @@ class OutlierConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HedgingConfig:
+    """Request hedging of one service (``proxy/hedging.py``); off unless the service sets it.
+
+    When no response head arrived ``delay`` seconds after an idempotent request with a buffered
+    body was sent (or, with ``percentile``, that percentile of the service's recent latency,
+    at least ``min_delay``), the same request goes to another instance; the first head wins.
+    """
+
+    delay: float | None = None
+    percentile: float | None = None
+    max_hedges: int = 1
+    min_delay: float = 0.005
+
+    def __post_init__(self) -> None:
+        if (self.delay is None) == (self.percentile is None):
+            raise ValueError("hedging needs exactly one of a fixed delay or a percentile")
+        if self.delay is not None and not self.delay > 0:
+            raise ValueError("hedging delay must be > 0")
+        if self.percentile is not None and not 50 <= self.percentile < 100:
+            raise ValueError("hedging percentile must be between 50 and 99.9")
+        if not 1 <= self.max_hedges <= 5:
+            raise ValueError("max_hedges must be between 1 and 5")
+        if not self.min_delay > 0:
+            raise ValueError("min_delay must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceOptions:
     """How the gateway talks to one service; the same for every instance of it."""
 
@@ -160,6 +199,7 @@ class ServiceOptions:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     panic_threshold: float = DEFAULT_PANIC_THRESHOLD
     max_body_size: int | None = None
+    hedging: HedgingConfig | None = None
     # Parsed ``policies:`` blocks by policy name (policies/chain.py parses them); frozen configs.
     policies: tuple[tuple[str, Hashable], ...] = ()
 
@@ -205,3 +245,31 @@ class ServiceSpec:
     name: str
     instances: tuple[Instance, ...]
     options: ServiceOptions
+    # The runtime's store of state that policy stages keep across snapshots (JWKS caches...).
+    shared: SharedState | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryConfig:
+    """How long instances missing after a registry outage are kept (``discovery/recovery.py``).
+
+    ``grace`` None means automatic: the longest instance lifetime (TTL) the provider has seen,
+    else ``fallback``; either way at most ``maximum``. ``grace == 0`` applies every read at once.
+    """
+
+    grace: float | None = None
+    fallback: float = 10.0
+    maximum: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.grace is not None and self.grace < 0:
+            raise ValueError("grace must be >= 0")
+        if not self.fallback >= 0 or not self.maximum >= 0:
+            raise ValueError("fallback and maximum must be >= 0")
+
+    def resolve(self, longest_ttl: float | None) -> float:
+        """Return the grace period in seconds, given the longest TTL the provider saw (None: unknown)."""
+        if self.grace is not None:
+            return self.grace
+        seen = longest_ttl if longest_ttl is not None and math.isfinite(longest_ttl) else self.fallback
+        return max(0.0, min(seen, self.maximum))

@@ -17,18 +17,22 @@ from msa_gateway import __version__
 from msa_gateway.discovery.aggregator import Aggregator
 from msa_gateway.discovery.base import Provider, Registrar
 from msa_gateway.discovery.providers import create_provider, create_registrar
+from msa_gateway.discovery.static import StaticProvider
 from msa_gateway.health.active import ActiveHealthChecker, ProbeTarget
 from msa_gateway.health.hints import start_hints
 from msa_gateway.health.sync import EjectionSync
 from msa_gateway.health.table import HealthState, HealthTable, instance_key
-from msa_gateway.model import Discovered, Instance, ServiceSpec
+from msa_gateway.model import Discovered, Instance, RecoveryConfig, ServiceSpec
 from msa_gateway.observability.access import AccessLog
 from msa_gateway.observability.metrics import UNKNOWN_SERVICE, Metrics
 from msa_gateway.observability.otlp import tracing_from_settings
+from msa_gateway.policies.shared import SharedState
 from msa_gateway.proxy.attempts import note_panic
 from msa_gateway.proxy.resilience import ServiceGuard
 from msa_gateway.proxy.upstream import UpstreamClient, create_client
 from msa_gateway.registry.snapshot import EMPTY, ServiceRoute, Snapshot
+from msa_gateway.reload import ConfigReloader
+from msa_gateway.routing.table import build_table
 from msa_gateway.settings import GatewayConfig, Settings, validate_service_name
 from msa_gateway.tasks import Factory, Supervised, Supervisor
 
@@ -64,10 +68,15 @@ class Runtime:
         self.snapshot: Snapshot = EMPTY
         self.provider = provider or create_provider(settings, config, self.tasks)
         self.registrar: Registrar | None = None
-        self.aggregator = Aggregator(self.provider, self.apply, self.metrics)
+        grace, grace_max = settings.discovery_recovery_grace, settings.discovery_recovery_grace_max
+        recovery = RecoveryConfig(grace, maximum=grace_max)
+        self.aggregator = Aggregator(self.provider, self.apply, self.metrics, recovery=recovery)
+        self.discovered: Discovered | None = None  # the last set applied, rebuilt on a config reload
+        self.reloader = ConfigReloader(self)
         self.draining = False
         self._discovery: Supervised | None = None
         self.guards: dict[str, ServiceGuard] = {}
+        self.shared = SharedState(self.tasks)  # policy state that outlives snapshots (JWKS caches)
         self.sync = EjectionSync(self.guards)  # ejections to/from other workers and replicas
         self.worker: int | None = None  # the worker index under ``--workers N``
 
@@ -85,6 +94,7 @@ class Runtime:
         self._discovery = self.spawn("discovery", self.aggregator.run, key=self.provider.name)
         if self.exporter is not None:
             self.spawn("trace_export", self.exporter.run)
+        self.reloader.start()
         start_hints(self)
         if self.sync.sinks:
             self.spawn("ejection_sync", self.sync.run)
@@ -101,6 +111,7 @@ class Runtime:
 
     async def aclose(self) -> None:
         """Stop discovery, then probes, then close pools and clients, then any task left, in that order."""
+        self.reloader.stop()
         if self._discovery is not None:
             await self._discovery.stop()
         with contextlib.suppress(Exception):
@@ -123,16 +134,29 @@ class Runtime:
         """Return whether a registry snapshot has loaded and the gateway is not draining."""
         return self.aggregator.loaded.is_set() and not self.draining
 
+    def reconfigure(self, config: GatewayConfig) -> None:
+        """Make ``config`` the running config and rebuild the snapshot from the services discovered so far."""
+        self.config = config
+        if isinstance(self.provider, StaticProvider):
+            self.provider.reconfigure(config)
+            self.discovered = self.provider.services()
+        if self.discovered is not None:
+            self.apply(self.discovered)
+
     def apply(self, discovered: Discovered) -> None:
         """Build a snapshot from ``discovered`` and swap it in: the one place that swaps."""
+        self.discovered = discovered
+        config = self.config
         specs: dict[str, ServiceSpec] = {}
         for name, instances in sorted(discovered.items()):
             why = validate_service_name(name)
             if why:
                 log.warning("skipping service with an unusable name", extra={"service": name, "reason": why})
                 continue
-            options = self.config.options_for(name)
-            specs[name] = ServiceSpec(name=name, instances=tuple(instances), options=options)
+            options = config.options_for(name)
+            specs[name] = ServiceSpec(
+                name=name, instances=tuple(instances), options=options, shared=self.shared
+            )
         old = self.snapshot
         routes = {
             name: ServiceRoute(spec, self.metrics, self.health, self._guard(spec))
@@ -147,6 +171,8 @@ class Runtime:
             services=MappingProxyType(routes),
             created=now,
             seen=MappingProxyType(seen),
+            routes=build_table(config, routes) if config.routes else None,
+            trusted_proxies=config.trusted_proxies,
         )
         self.snapshot = new
         self._after_swap(old, new)

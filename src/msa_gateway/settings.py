@@ -7,6 +7,7 @@ is one line naming the file, the key and the reason.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -27,6 +28,7 @@ from msa_gateway.errors import ConfigError
 from msa_gateway.model import (
     RESERVED_NAMES,
     HealthCheck,
+    HedgingConfig,
     Instance,
     LimitsConfig,
     OutlierConfig,
@@ -35,7 +37,9 @@ from msa_gateway.model import (
     Timeouts,
 )
 from msa_gateway.policies.chain import PolicyError, merge_policies
+from msa_gateway.routing.config import RouteConfig, RouteModel, parse_routes
 
+_PERCENTILE_RE = re.compile(r"^p(?:[5-9][0-9](?:\.[0-9])?)$")
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$")
 EMBEDDED_CONFIG = "embedded:default_config.yaml"
 
@@ -64,6 +68,8 @@ class Settings(BaseSettings):
     admin_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     admin_read_token: str | None = None
     rewrite_redirects: bool = True
+    discovery_recovery_grace: Annotated[float, Field(ge=0, le=3600)] | None = None  # None: automatic
+    discovery_recovery_grace_max: Annotated[float, Field(ge=0, le=3600)] = 60.0
 
     consul_host: str = "localhost"
     consul_port: Annotated[int, Field(ge=1, le=65535)] = 8500
@@ -180,6 +186,31 @@ class _OutlierModel(_Strict):
     max_ejection_percent: Annotated[float, Field(ge=0, le=100)] = 50.0
     always_eject_one: bool = True
     decay_interval: Annotated[float, Field(gt=0, le=86400)] = 10.0
+    latency_multiple: Annotated[float, Field(ge=0, le=1000)] = 0.0
+    latency_min: Annotated[float, Field(gt=0, le=3600)] = 0.1
+
+
+class _HedgingModel(_Strict):
+    delay: float | str
+    max_hedges: Annotated[int, Field(ge=1, le=5)] = 1
+    min_delay: Annotated[float, Field(gt=0, le=3600)] = 0.005
+
+    @field_validator("delay", mode="before")
+    @classmethod
+    def _delay(cls, v: object) -> object:
+        if isinstance(v, bool) or not isinstance(v, int | float | str):
+            raise ValueError("expected seconds or a percentile of recent latency like 'p95' (p50-p99.9)")
+        if isinstance(v, str) and not _PERCENTILE_RE.match(v):
+            raise ValueError("expected seconds or a percentile of recent latency like 'p95' (p50-p99.9)")
+        if not isinstance(v, str) and not 0 < v <= 3600:
+            raise ValueError("a fixed delay must be more than 0 and at most 3600 seconds")
+        return v
+
+    def frozen(self) -> HedgingConfig:
+        if isinstance(self.delay, str):
+            percentile = float(self.delay[1:])
+            return HedgingConfig(percentile=percentile, max_hedges=self.max_hedges, min_delay=self.min_delay)
+        return HedgingConfig(delay=self.delay, max_hedges=self.max_hedges, min_delay=self.min_delay)
 
 
 class _LimitsModel(_Strict):
@@ -201,6 +232,7 @@ class _OptionsModel(_Strict):
     limits: _LimitsModel | None = None
     panic_threshold: Annotated[float, Field(ge=0, le=100)] | None = None
     max_body_size: Annotated[int, Field(ge=0)] | None = None
+    hedging: _HedgingModel | None = None
     policies: dict[str, Any] | None = None  # parsed by policies/chain.py, one block per policy
 
     @field_validator("balancer")
@@ -217,6 +249,10 @@ class _ServiceModel(_OptionsModel):
 
 class _GatewayModel(_Strict):
     trusted_proxies: list[str] = Field(default_factory=list)
+    default_route: bool = True  # /{service}/{path} next to the routes: list
+    reload_interval: Annotated[float, Field(ge=0, le=3600)] = (
+        2.0  # seconds between file checks; 0: SIGHUP only
+    )
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -233,6 +269,7 @@ class _FileModel(_Strict):
     gateway: _GatewayModel = Field(default_factory=_GatewayModel)
     defaults: _OptionsModel = Field(default_factory=_OptionsModel)
     services: dict[str, _ServiceModel] = Field(default_factory=dict)
+    routes: list[RouteModel] = Field(default_factory=list)
 
 
 # --- frozen result ------------------------------------------------------------------------
@@ -255,6 +292,10 @@ class GatewayConfig:
     defaults: ServiceOptions = field(default_factory=ServiceOptions)
     services: Mapping[str, ServiceConfig] = field(default_factory=lambda: MappingProxyType({}))
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+    default_route: bool = True
+    reload_interval: float = 2.0
+    digest: str = ""  # sha256 of the file's bytes: which config is running (``/health/``)
 
     def options_for(self, service: str) -> ServiceOptions:
         """Return the configured options of ``service``, or the defaults."""
@@ -277,6 +318,8 @@ def _merge(base: ServiceOptions, over: _OptionsModel) -> ServiceOptions:
         changes["outlier"] = OutlierConfig(**over.outlier.model_dump())
     if over.limits is not None:
         changes["limits"] = LimitsConfig(**over.limits.model_dump())
+    if over.hedging is not None:
+        changes["hedging"] = over.hedging.frozen()
     if over.policies is not None:
         changes["policies"] = merge_policies(base.policies, over.policies)
     for name in (
@@ -360,12 +403,18 @@ def parse_config(data: Any, source: str) -> GatewayConfig:
         services[name] = ServiceConfig(
             name=name, options=options, instances=_instances(source, f"services.{name}", svc.instances)
         )
-    return GatewayConfig(
+    config = GatewayConfig(
         source=source,
         defaults=defaults,
         services=MappingProxyType(services),
         trusted_proxies=tuple(ipaddress.ip_network(c, strict=False) for c in model.gateway.trusted_proxies),
+        default_route=model.gateway.default_route,
+        reload_interval=model.gateway.reload_interval,
     )
+    if model.routes:
+        routes = parse_routes(model.routes, source, config.options_for, validate_service_name)
+        config = replace(config, routes=routes)
+    return config
 
 
 def load_config(path: str | None) -> GatewayConfig:
@@ -382,13 +431,14 @@ def load_config(path: str | None) -> GatewayConfig:
         except UnicodeDecodeError:
             raise ConfigError(source, "(file)", "not UTF-8 text") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "(file)"
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(source, where, str(problem)) from None
-    return parse_config(data, source)
+    config = parse_config(data, source)
+    return replace(config, digest="sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest())
 
 
 def env_error(exc: Exception) -> str:

@@ -2,7 +2,8 @@
 
 Each instance address gets a script of steps, one per request it receives (the last step
 repeats): a ``Reply`` to answer, an ``UpstreamError`` to raise, or a ``Hang`` that waits until
-released. ``FakeUpstream.calls`` records every request that reached the seam, with its body.
+released. ``FakeUpstream.calls`` records every request that reached the seam, with its body;
+``cancelled`` the addresses whose hanging request the gateway cancelled.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class FakeUpstream:
         self.calls: list[Call] = []
         self.responses: list[FakeResponse] = []
         self.retained: set[str] | None = None
+        self.cancelled: list[str] = []  # addresses whose hanging request was cancelled
 
     def script(self, address: str, *steps: Step) -> None:
         self.scripts[address] = list(steps)
@@ -138,7 +140,11 @@ class FakeUpstream:
         self.calls.append(Call(instance.address, method, target, headers, data))
         if isinstance(step, Hang):
             step.entered.set()
-            await step.release.wait()
+            try:
+                await step.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(instance.address)
+                raise
             step = step.then
         if isinstance(step, UpstreamError):
             raise step
@@ -161,12 +167,22 @@ def instances(*ports: int, service: str = "svc") -> Discovered:
 
 
 def make_runtime(
-    services: dict[str, Any] | None = None, **defaults: Any
+    services: dict[str, Any] | None = None,
+    *,
+    routes: list[dict[str, Any]] | None = None,
+    gateway: dict[str, Any] | None = None,
+    **defaults: Any,
 ) -> tuple[Runtime, FakeUpstream, io.StringIO]:
     """A runtime over the fake upstream, no probes, an in-memory access log."""
-    config = parse_config(
-        {"defaults": {"health_check": {"path": None}, **defaults}, "services": services or {}}, "test.yaml"
-    )
+    data: dict[str, Any] = {
+        "defaults": {"health_check": {"path": None}, **defaults},
+        "services": services or {},
+    }
+    if routes is not None:
+        data["routes"] = routes
+    if gateway is not None:
+        data["gateway"] = gateway
+    config = parse_config(data, "test.yaml")
     upstream = FakeUpstream()
     log = io.StringIO()
     settings = Settings(_env_file=None)  # type: ignore[call-arg]

@@ -287,6 +287,9 @@ class EtcdClient:
             self._session = None
 
 
+LEASES_SAMPLED = 8  # leases whose TTL each full read looks up
+
+
 # --- the provider --------------------------------------------------------------------------
 
 
@@ -300,6 +303,7 @@ class EtcdProvider:
         self.prefix = normalize_prefix(prefix)
         self._key = self.prefix.encode()
         self._idle_probe = idle_probe
+        self.longest_ttl: float | None = None  # seconds; read by the aggregator for its recovery grace
 
     @classmethod
     def from_settings(
@@ -315,14 +319,29 @@ class EtcdProvider:
             "/kv/range", {"key": b64(self._key), "range_end": b64(prefix_range_end(self._key))}
         )
         table = InstanceTable(self.prefix)
+        leases: set[str] = set()
         for kv in answer.get("kvs", ()):
+            if kv.get("lease") and len(leases) < LEASES_SAMPLED:
+                leases.add(str(kv["lease"]))
             try:
                 key, value = unb64(kv["key"]), unb64(kv.get("value", ""))
             except (KeyError, TypeError, binascii.Error):
                 log.warning("etcd: skipping an entry with undecodable key or value: %r", kv)
                 continue
             table.put(key, value)
+        for lease in leases:
+            await self._note_lease(lease)
         return table, int(answer["header"]["revision"])
+
+    async def _note_lease(self, lease: str) -> None:
+        """Remember the longest lease TTL granted (the recovery grace follows it)."""
+        try:
+            answer = await self._client.call("/lease/timetolive", {"ID": lease})
+            granted = float(answer.get("grantedTTL", 0))
+        except (DiscoveryError, TypeError, ValueError):
+            return
+        if granted > 0:
+            self.longest_ttl = max(self.longest_ttl or 0.0, granted)
 
     async def watch(self) -> AsyncGenerator[Discovered, None]:
         """Yield the prefix's complete snapshot, then a new one after each change."""

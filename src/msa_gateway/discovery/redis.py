@@ -123,6 +123,7 @@ class Reading:
     next_expiry_ms: float | None
     problems: tuple[str, ...]
     fingerprint: tuple[int, str] | None = None
+    longest_ttl_ms: float | None = None  # the longest remaining lifetime of a live instance
 
 
 def parse_legacy(instance_id: str, raw: str) -> Instance:
@@ -158,6 +159,7 @@ def build_snapshot(
     found: dict[str, dict[str, Instance]] = {}
     problems: list[str] = []
     next_expiry: float | None = None
+    last_expiry: float | None = None
     for svc in services:
         try:
             name = _name(svc.name)
@@ -179,8 +181,9 @@ def build_snapshot(
                 problems.append(f"{key} field {raw_id!r}: {exc}")
                 continue
             found.setdefault(name, {})[instance_id] = instance
-            if score != float("inf") and (next_expiry is None or score < next_expiry):
-                next_expiry = score
+            if score != float("inf"):
+                next_expiry = score if next_expiry is None else min(next_expiry, score)
+                last_expiry = score if last_expiry is None else max(last_expiry, score)
     for key, fields in (legacy or {}).items():
         try:
             name = _name(key.removeprefix("service:"))
@@ -202,7 +205,8 @@ def build_snapshot(
     snapshot = {
         name: tuple(insts[i] for i in sorted(insts)) for name, insts in sorted(found.items()) if insts
     }
-    return Reading(snapshot, now_ms, next_expiry, tuple(problems))
+    longest = None if last_expiry is None else last_expiry - now_ms
+    return Reading(snapshot, now_ms, next_expiry, tuple(problems), longest_ttl_ms=longest)
 
 
 def _pairs(flat: object) -> list[tuple[str, str]]:
@@ -248,6 +252,7 @@ class RedisProvider:
         self._resync = resync_interval
         self._legacy = legacy
         self._poll = legacy_poll
+        self.longest_ttl: float | None = None  # seconds; read by the aggregator for its recovery grace
         self._per_service = f"{prefix}:service:"
         self._read = client.register_script(READ_LUA)
         self._fingerprint = client.register_script(POLL_LUA)
@@ -299,6 +304,8 @@ class RedisProvider:
                     if problem not in reported:
                         log.warning("redis discovery: skipping %s", problem)
                 reported = frozenset(reading.problems)
+                if reading.longest_ttl_ms is not None:
+                    self.longest_ttl = max(self.longest_ttl or 0.0, reading.longest_ttl_ms / 1000)
                 if reading.snapshot != last:
                     last = reading.snapshot
                     yield last

@@ -12,7 +12,7 @@ from msa_gateway.tasks import Supervisor
 
 
 class StaticProvider:
-    """Emit the YAML file's instances, then wait (the file is read once at start-up)."""
+    """Emit the YAML file's instances, then wait (a reloaded file comes through ``reconfigure``)."""
 
     name = "static"
 
@@ -27,9 +27,17 @@ class StaticProvider:
         del tasks
         return cls(config)
 
+    def reconfigure(self, config: GatewayConfig) -> None:
+        """Take a reloaded file's instances (the runtime applies them; a restarted watch yields them)."""
+        self._config = config
+
+    def services(self) -> Discovered:
+        """Return the file's services and their instances."""
+        return {name: svc.instances for name, svc in self._config.services.items()}
+
     async def watch(self) -> AsyncIterator[Discovered]:
         """Yield the configured services once and then wait until cancelled."""
-        yield {name: svc.instances for name, svc in self._config.services.items()}
+        yield self.services()
         await asyncio.Event().wait()
 
     async def aclose(self) -> None:

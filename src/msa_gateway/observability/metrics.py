@@ -47,6 +47,12 @@ class Metrics:
             ["service", "kind"],
             registry=r,
         )
+        self.config_reloads = Counter(
+            "gateway_config_reloads",
+            "Reloads of the YAML file by result: ok, error (the running config stays), unchanged.",
+            ["result"],
+            registry=r,
+        )
         self.instance_up = Gauge(
             "gateway_instance_up",
             "1 when the instance passes its health checks, else 0.",
@@ -62,6 +68,24 @@ class Metrics:
         self.discovery_last_success = Gauge(
             "gateway_discovery_last_success_timestamp_seconds",
             "Unix time of the provider's last successful read.",
+            ["provider"],
+            registry=r,
+        )
+        self.discovery_outages = Counter(
+            "gateway_discovery_outages",
+            "Outages of the discovery provider (each counted once, when it starts).",
+            ["provider"],
+            registry=r,
+        )
+        self.discovery_recovering = Gauge(
+            "gateway_discovery_recovering",
+            "1 while the registry recovers from an outage (missing instances are held).",
+            ["provider"],
+            registry=r,
+        )
+        self.discovery_held = Gauge(
+            "gateway_discovery_held_instances",
+            "Instances kept while the registry recovers, not yet re-registered.",
             ["provider"],
             registry=r,
         )
@@ -88,6 +112,24 @@ class Metrics:
             "gateway_retries_refused",
             "Failed attempts not tried again, by the rule that said no (budget_exhausted, max_retries, ...).",
             ["service", "reason"],
+            registry=r,
+        )
+        self.hedges = Counter(
+            "gateway_hedges",
+            "Hedged attempts: sent, or not sent (budget_exhausted, no_other_instance).",
+            ["service", "result"],
+            registry=r,
+        )
+        self.hedge_wins = Counter(
+            "gateway_hedge_wins",
+            "Requests a hedge answered before the first attempt.",
+            ["service"],
+            registry=r,
+        )
+        self.slow_ejections = Counter(
+            "gateway_slow_ejections",
+            "Instances taken out of rotation for keeping requests waiting without an answer.",
+            ["service"],
             registry=r,
         )
         self.overflow = Counter(

@@ -7,7 +7,8 @@ in table order; ``max_body_size`` (a service option, not a named policy) runs la
 
 Order of request stages (documented in the README): IP rules -> CORS (a preflight is answered
 before authentication, which it never carries) -> authentication -> rate limit -> transforms ->
-body size. Policies that are not built yet slot in at their place.
+body size. Policies that are not built yet slot in at their place. A factory may return None when
+the config leaves its side empty (``headers`` with only response operations has no request stage).
 """
 
 from __future__ import annotations
@@ -16,19 +17,24 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from msa_gateway.policies import api_key, cors, ip_rules, jwt_config, rewrite, transforms
+from msa_gateway.policies.base import PolicyError
 from msa_gateway.policies.body_size import BodySizeLimit
+from msa_gateway.policies.jwt_auth import JwtAuth
 
 if TYPE_CHECKING:
     from msa_gateway.model import ServiceSpec
     from msa_gateway.policies.base import RequestStage, ResponseStage
 
-
-class PolicyError(ValueError):
-    """A ``policies:`` block is wrong; ``key`` is the dotted path inside ``policies``."""
-
-    def __init__(self, key: str, reason: str) -> None:
-        super().__init__(f"{key}: {reason}")
-        self.key, self.reason = key, reason
+__all__ = [
+    "POLICIES",
+    "POLICY_NAMES",
+    "PolicyError",  # defined in base.py so that policy modules can raise it; re-exported here
+    "PolicyType",
+    "compile_request_stages",
+    "compile_response_stages",
+    "merge_policies",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +43,22 @@ class PolicyType:
 
     name: str
     parse: Callable[[Any], Hashable]
-    request: Callable[[Any, ServiceSpec], RequestStage] | None = None
-    response: Callable[[Any, ServiceSpec], ResponseStage] | None = None
+    request: Callable[[Any, ServiceSpec], RequestStage | None] | None = None
+    response: Callable[[Any, ServiceSpec], ResponseStage | None] | None = None
 
 
-POLICIES: tuple[PolicyType, ...] = ()
+POLICIES: tuple[PolicyType, ...] = (
+    PolicyType("ip_rules", ip_rules.parse, ip_rules.IpRules.build),
+    PolicyType("cors", cors.parse, cors.CorsPreflight.build, cors.CorsResponse.build),
+    # authentication
+    PolicyType("api_key", api_key.parse, api_key.ApiKeyAuth.build),
+    PolicyType("jwt", jwt_config.parse, JwtAuth.build),
+    # rate limiting goes here, between authentication and the transforms
+    PolicyType(
+        "headers", transforms.parse, transforms.RequestTransforms.build, transforms.ResponseTransforms.build
+    ),
+    PolicyType("path_rewrite", rewrite.parse, rewrite.PathRewrite.build),
+)
 POLICY_NAMES: tuple[str, ...] = tuple(p.name for p in POLICIES)
 
 
@@ -78,9 +95,10 @@ def merge_policies(
 def compile_request_stages(spec: ServiceSpec) -> tuple[RequestStage, ...]:
     """Return the request stages ``spec`` configures, in table order (empty when none)."""
     options = spec.options
-    stages = [
+    built = (
         p.request(options.policy(p.name), spec) for p in POLICIES if p.request and options.policy(p.name)
-    ]
+    )
+    stages = [stage for stage in built if stage is not None]
     body = BodySizeLimit.build(spec)
     if body is not None:
         stages.append(body)
@@ -90,6 +108,7 @@ def compile_request_stages(spec: ServiceSpec) -> tuple[RequestStage, ...]:
 def compile_response_stages(spec: ServiceSpec) -> tuple[ResponseStage, ...]:
     """Return the response stages ``spec`` configures, in table order (empty when none)."""
     options = spec.options
-    return tuple(
+    built = (
         p.response(options.policy(p.name), spec) for p in POLICIES if p.response and options.policy(p.name)
     )
+    return tuple(stage for stage in built if stage is not None)

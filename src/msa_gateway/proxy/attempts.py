@@ -10,12 +10,17 @@ nothing reached the instance, or the method is idempotent and the service opted 
 a response byte went to the client; bounded by count, deadline and budget. An instance at its
 concurrency cap is skipped for another one (no attempt is spent); when every candidate is full,
 or the service's own cap is, the answer is 503 with the service's ``limits.retry_after``.
+
+With ``hedging`` (idempotent methods, buffered bodies) an attempt is a race (``hedging.py``).
+With hedging or latency ejection on, every attempt's wait for its head is tracked on the guard
+(``health/latency.py``); with neither, nothing is timed. A traced request sends each attempt a
+child ``traceparent``; when it is sampled and spans are exported, each exchange is a client span
+(submitted when the exchange ends; the retry decision is noted on it right after).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,11 +28,20 @@ from typing import TYPE_CHECKING
 
 from msa_gateway.errors import HTTPError, NoHealthyInstance, Overloaded, UpstreamError, UpstreamTimeout
 from msa_gateway.health import outlier
-from msa_gateway.model import Instance
+from msa_gateway.health.latency import Wait
+from msa_gateway.model import HedgingConfig, Instance
 from msa_gateway.observability.otlp import CLIENT, SpanRecord
 from msa_gateway.proxy.exchange import Exchange, client_error
 from msa_gateway.proxy.headers import is_trusted, upstream_request_headers
-from msa_gateway.proxy.retry import NOT_DELIVERED, Decision, FailureKind, failure_from_kind, should_retry
+from msa_gateway.proxy.hedging import Race
+from msa_gateway.proxy.retry import (
+    IDEMPOTENT_METHODS,
+    NOT_DELIVERED,
+    Decision,
+    FailureKind,
+    failure_from_kind,
+    should_retry,
+)
 from msa_gateway.proxy.upstream import UpstreamClient, UpstreamResponse
 
 if TYPE_CHECKING:
@@ -41,13 +55,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("msa_gateway.proxy")
 
 Body = bytes | AsyncIterator[bytes] | None
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Lease:
-    """One admitted attempt: the caps slot, the balancer's pick and, for a retry, a budget slot."""
+    """One admitted attempt: the caps slot, the balancer's pick and, for a retry or hedge, a budget slot."""
 
-    __slots__ = ("guard", "instance", "key", "released", "retry", "route")
+    __slots__ = ("guard", "instance", "key", "released", "retry", "route", "silent", "span")
 
     def __init__(self, route: ServiceRoute, instance: Instance, key: str, retry: bool) -> None:
         self.route = route
@@ -56,6 +69,8 @@ class Lease:
         self.key = key
         self.retry = retry
         self.released = False
+        self.silent = False  # cancelled as a hedge loser that had waited longer than the winner
+        self.span: SpanRecord | None = None  # this exchange's client span, when it is exported
 
     def release(self) -> None:
         """Give everything back once (later calls do nothing)."""
@@ -98,20 +113,18 @@ class Outcome:
 class Forwarder:
     """Forwards requests for the proxy: one per runtime, no state of its own per request."""
 
-    __slots__ = ("allow_underscores", "exporter", "metrics", "tracer", "trusted_proxies", "upstream")
+    __slots__ = ("allow_underscores", "exporter", "metrics", "tracer", "upstream")
 
     def __init__(
         self,
         upstream: UpstreamClient,
         metrics: Metrics,
-        trusted_proxies: tuple[Network, ...],
         *,
         allow_underscores: bool = False,
         tracing: tuple[Tracer | None, Exporter | None] = (None, None),
     ) -> None:
         self.upstream = upstream
         self.metrics = metrics
-        self.trusted_proxies = trusted_proxies
         self.allow_underscores = allow_underscores
         self.tracer, self.exporter = tracing
 
@@ -138,6 +151,16 @@ class Forwarder:
         """Record the service's panic state; log and export it when it changes."""
         note_panic(self.metrics, route, panic)
 
+    def note_slow(self, route: ServiceRoute, keys: frozenset[str]) -> None:
+        """Log and count instances just taken out of rotation for keeping requests waiting."""
+        route.guard.newly_slow = frozenset()
+        for key in sorted(keys):
+            self.metrics.slow_ejections.labels(route.name).inc()
+            log.warning(
+                "instance taken out of rotation: requests wait on it without an answer",
+                extra={"service": route.name, "instance": key, "waiting": route.guard.waits.waiting(key)},
+            )
+
 
 def note_panic(metrics: Metrics, route: ServiceRoute, panic: bool) -> None:
     """Record a service's panic state on its guard; log and export it when it changes."""
@@ -149,6 +172,13 @@ def note_panic(metrics: Metrics, route: ServiceRoute, panic: bool) -> None:
         )
 
 
+def note_decision(lease: Lease, decision: Decision) -> None:
+    """Put a retry decision on the exchange's span (exported spans only)."""
+    if lease.span is not None:
+        key = "msa.retry_reason" if decision.retry else "msa.retry_refused"
+        lease.span.attributes[key] = decision.reason
+
+
 class Attempts:
     """The attempt loop of one request (one small object per request)."""
 
@@ -157,12 +187,12 @@ class Attempts:
         "deadline",
         "ex",
         "fw",
+        "hedging",
         "n",
         "req",
-        "retry_reason",
         "retry_slot",
         "route",
-        "span_id",
+        "timed",
         "tried",
     )
 
@@ -175,8 +205,11 @@ class Attempts:
         self.tried: list[str] = []
         self.n = 0
         self.retry_slot = False  # the next attempt is a retry holding a slot of the budget
-        self.span_id = b""  # the current attempt's span, when the request is traced
-        self.retry_reason: str | None = None  # why the last failed attempt is tried again
+        hedging = route.spec.options.hedging
+        self.hedging: HedgingConfig | None = (
+            hedging if hedging is not None and req.method in IDEMPOTENT_METHODS and self._buffered else None
+        )
+        self.timed = hedging is not None or route.guard.waits.enabled
 
     async def run(self) -> Outcome:
         """Try instances until one answers or a rule says stop."""
@@ -213,6 +246,8 @@ class Attempts:
             route.instances, route.keys, route.eligible, route.eligible_keys, self.tried
         )
         self.fw.note_panic(route, panic)
+        if guard.newly_slow:
+            self.fw.note_slow(route, guard.newly_slow)
         if not candidates:
             raise NoHealthyInstance(f"no healthy instance of {route.name!r}")
         while True:
@@ -227,33 +262,111 @@ class Attempts:
                 retry_after = guard.options.limits.retry_after
                 raise Overloaded(f"too many requests in flight for {route.name!r}", retry_after)
 
+    def admit_hedge(self) -> Lease | None:
+        """Admit a hedge on an instance this request has not tried, under the retry budget; or None."""
+        route = self.route
+        budget = route.guard.budget
+        hedges = self.fw.metrics.hedges
+        if not budget.try_acquire_retry():
+            hedges.labels(route.name, "budget_exhausted").inc()
+            return None
+        try:
+            instance, key = self._pick()
+        except HTTPError:
+            instance, key = None, ""
+        if instance is None or key in self.tried:
+            if instance is not None:
+                route.guard.limits.release(key)
+                route.balancer.done(instance)
+            budget.release_retry()
+            hedges.labels(route.name, "no_other_instance").inc()
+            return None
+        self.tried.append(key)
+        hedges.labels(route.name, "sent").inc()
+        return Lease(route, instance, key, True)
+
+    def won(self, lease: Lease) -> None:
+        """``lease`` answered first in a hedged race."""
+        self.ex.instance = lease.instance.address
+        if lease.retry:
+            self.fw.metrics.hedge_wins.labels(self.route.name).inc()
+
+    async def exchange(self, lease: Lease) -> UpstreamResponse:
+        """Send to the lease's instance and wait for the head (traced and timed when anything reads it)."""
+        trace = self.req.trace
+        if trace is not None and trace.sampled and self.fw.exporter is not None:
+            return await self._traced(lease)
+        return await self._timed(lease, None)
+
+    async def _timed(self, lease: Lease, span_id: bytes | None) -> UpstreamResponse:
+        if not self.timed:
+            return await self._send(lease.instance, span_id)
+        guard = self.route.guard
+        started = time.monotonic()
+        guard.waits.started(lease.key, started)
+        how = Wait.DROPPED
+        try:
+            resp = await self._send(lease.instance, span_id)
+            how = Wait.ANSWERED
+            return resp
+        except UpstreamTimeout:
+            how = Wait.SILENT
+            raise
+        except asyncio.CancelledError:
+            how = Wait.SILENT if lease.silent else Wait.DROPPED
+            raise
+        finally:
+            now = time.monotonic()
+            guard.waits.ended(lease.key, now, how)
+            if how is Wait.ANSWERED:
+                guard.latency.add(now - started)
+
+    async def _traced(self, lease: Lease) -> UpstreamResponse:
+        tracer = self.fw.tracer
+        assert tracer is not None
+        span_id = tracer.span_id()
+        start_ns = time.time_ns()
+        status: int | None = None
+        error: str | None = None
+        try:
+            resp = await self._timed(lease, span_id)
+            status = resp.status
+            return resp
+        except UpstreamError as exc:
+            error = exc.kind
+            raise
+        except asyncio.CancelledError:
+            error = "cancelled"
+            raise
+        finally:
+            lease.span = self._span(lease, span_id, start_ns, status, error)
+
     async def _attempt(self, lease: Lease) -> Outcome | None:
         """Return the outcome, or None to try again."""
-        trace = self.req.trace
-        start_ns = time.time_ns() if trace is not None and trace.sampled and self.fw.exporter else 0
-        try:
-            resp = await self._send(lease.instance)
-        except UpstreamError as exc:
+        result: UpstreamResponse | UpstreamError
+        if self.hedging is not None:
+            lease, result = await Race(self).run(lease, self.hedging)
+        else:
+            try:
+                result = await self.exchange(lease)
+            except UpstreamError as exc:
+                result = exc
+            except BaseException:
+                lease.release()
+                raise
+        if isinstance(result, UpstreamError):
             lease.release()
-            retry = self._retry_error(lease, exc)
-            if start_ns:
-                self._span(lease, start_ns, None, exc.kind, retry)
-            if retry:
+            if self._retry_error(lease, result):
                 return None
-            raise
-        except BaseException:
-            lease.release()
-            raise
-        retry = self._retry_status(lease, resp.status)
-        if start_ns:
-            self._span(lease, start_ns, resp.status, None, retry)
-        if retry:
+            raise result
+        resp = result
+        if self._retry_status(lease, resp.status):
             lease.release()
             resp.close()
             return None
         return Outcome(self.route.guard, self.n, resp, lease)
 
-    async def _send(self, instance: Instance) -> UpstreamResponse:
+    async def _send(self, instance: Instance, span_id: bytes | None = None) -> UpstreamResponse:
         req, fw = self.req, self.fw
         route = self.route
         options = route.spec.options
@@ -264,12 +377,14 @@ class Attempts:
             prefix=route.prefix,
             request_id=req.request_id,
             upstream_host=instance.address,
-            trusted=is_trusted(req.peer, fw.trusted_proxies),
+            trusted=is_trusted(req.peer, req.trusted),
             pass_host_header=options.pass_host_header,
             content_length=req.body_length if req.has_body else None,
             allow_underscores=fw.allow_underscores,
         )
-        self._trace_headers(headers)
+        if req.extra_headers:
+            headers.extend(req.extra_headers)
+        self._trace_headers(headers, span_id)
         sending = fw.upstream.send(
             instance, options, req.method, req.target, headers, self.body, req.body_length
         )
@@ -293,7 +408,7 @@ class Attempts:
             )
             raise UpstreamTimeout(detail, kind) from None
 
-    def _trace_headers(self, headers: list[tuple[bytes, bytes]]) -> None:
+    def _trace_headers(self, headers: list[tuple[bytes, bytes]], span_id: bytes | None) -> None:
         """Send a child ``traceparent`` for this attempt (the client's, untouched, with TRACING=off)."""
         req = self.req
         trace = req.trace
@@ -303,17 +418,18 @@ class Attempts:
             if req.tracestate is not None:
                 headers.append((b"tracestate", req.tracestate))
             return
-        tracer = self.fw.tracer
-        assert tracer is not None
-        self.span_id = tracer.span_id()
-        headers.append((b"traceparent", trace.child(self.span_id)))
+        if span_id is None:
+            tracer = self.fw.tracer
+            assert tracer is not None
+            span_id = tracer.span_id()
+        headers.append((b"traceparent", trace.child(span_id)))
         if trace.tracestate is not None:
             headers.append((b"tracestate", trace.tracestate))
 
     def _span(
-        self, lease: Lease, start_ns: int, status: int | None, error: str | None, retried: bool
-    ) -> None:
-        """Export this attempt as a client span, a child of the request's server span."""
+        self, lease: Lease, span_id: bytes, start_ns: int, status: int | None, error: str | None
+    ) -> SpanRecord:
+        """Export one exchange as a client span, a child of the request's server span."""
         trace, exporter = self.req.trace, self.fw.exporter
         assert trace is not None and exporter is not None
         attributes: dict[str, str | int] = {
@@ -323,27 +439,25 @@ class Attempts:
             "msa.service": self.route.name,
             "msa.attempt": self.n,
         }
+        if lease.retry:
+            attributes["msa.hedge_or_retry"] = 1
         if status is not None:
             attributes["http.response.status_code"] = status
         if error is not None:
             attributes["error.type"] = error
-        if retried:
-            attributes["msa.retry_reason"] = self.retry_reason or ""
-        elif self.ex.retry_refused is not None:
-            attributes["msa.retry_refused"] = self.ex.retry_refused
-        exporter.submit(
-            SpanRecord(
-                trace.trace_id,
-                self.span_id,
-                trace.span_id,
-                self.req.method,
-                CLIENT,
-                start_ns,
-                time.time_ns(),
-                attributes,
-                error is not None or (status is not None and status >= 500),
-            )
+        span = SpanRecord(
+            trace.trace_id,
+            span_id,
+            trace.span_id,
+            self.req.method,
+            CLIENT,
+            start_ns,
+            time.time_ns(),
+            attributes,
+            error is not None or (status is not None and status >= 500),
         )
+        exporter.submit(span)
+        return span
 
     @property
     def _buffered(self) -> bool:
@@ -365,6 +479,7 @@ class Attempts:
         free = failure in NOT_DELIVERED and not exc.request_sent
         replayable = self._buffered or not ex.body_started
         decision = self._decide(failure, None, exc.request_sent, replayable, charged=not free)
+        note_decision(lease, decision)
         if decision.retry:
             self.retry_slot = not free
             self.route.upstream_errors.labels(self.route.name, exc.kind).inc()
@@ -376,6 +491,7 @@ class Attempts:
         if not policy.retry_on_status or status not in policy.retry_on_status:
             return False
         decision = self._decide(FailureKind.STATUS, status, True, self._buffered, charged=True)
+        note_decision(lease, decision)
         self.retry_slot = decision.retry
         return decision.retry
 
@@ -396,7 +512,6 @@ class Attempts:
             budget=self.route.guard.budget if charged else None,
         )
         if decision.retry:
-            self.retry_reason = decision.reason
             self.fw.metrics.retries.labels(self.route.name, decision.reason).inc()
         else:  # only a refused retry pays for this counter, never a request that succeeded
             self.ex.retry_refused = decision.reason

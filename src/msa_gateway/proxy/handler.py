@@ -47,7 +47,6 @@ class ProxyApp:
         self.forwarder = Forwarder(
             runtime.upstream,
             runtime.metrics,
-            runtime.config.trusted_proxies,
             allow_underscores=settings.allow_underscores_in_headers,
             tracing=(runtime.tracer, runtime.exporter),
         )
@@ -105,7 +104,7 @@ class ProxyApp:
         """Return the rewrite of redirect headers that point at the answering instance."""
         if lease is None:
             return None
-        trusted = is_trusted(req.peer, self.forwarder.trusted_proxies)
+        trusted = is_trusted(req.peer, req.trusted)
         return Redirects(lease.instance, req.headers, req.scope.get("scheme", "http"), route.prefix, trusted)
 
     async def _client_gone(self, req: ProxyRequest, ex: Exchange) -> None:
@@ -133,6 +132,9 @@ class ProxyApp:
     @staticmethod
     async def _send_error(req: ProxyRequest, ex: Exchange, exc: HTTPError) -> None:
         status, headers, body = render(exc, req.request_id)
+        if req.route is not None:  # CORS and header transforms also on the gateway's own answers
+            for stage in req.route.response_stages:
+                headers = stage(req, status, headers)
         await req.send({"type": "http.response.start", "status": status, "headers": headers})
         await req.send({"type": "http.response.body", "body": body})
         ex.status, ex.nbytes = status, len(body)
@@ -140,7 +142,8 @@ class ProxyApp:
     @staticmethod
     async def _reply(req: ProxyRequest, ex: Exchange, reply: Reply) -> None:
         headers: list[tuple[bytes, bytes]] = [*reply.headers, (b"x-request-id", req.request_id.encode())]
-        headers.append((b"content-length", b"%d" % len(reply.body)))
+        if reply.status != 204:  # RFC 9110 8.6: no Content-Length on a 204
+            headers.append((b"content-length", b"%d" % len(reply.body)))
         await req.send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await req.send({"type": "http.response.body", "body": reply.body})
         ex.status, ex.nbytes = reply.status, len(reply.body)

@@ -54,6 +54,8 @@ _REQUEST_OWN = frozenset(
         b"tracestate",
     }
 )
+# Headers a policy may neither read a credential from nor set upstream: the gateway or the framing owns them.
+GATEWAY_OWNED = HOP_BY_HOP | _REQUEST_OWN
 _FORWARDED_KEEP = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
 _RESPONSE_OWN = frozenset({b"x-request-id"})
 _UNDERSCORE = ord("_")  # an int: ``95 in name`` is ~10x faster than ``b"_" in name``
@@ -95,6 +97,36 @@ def _peer_trusted(peer: str, networks: tuple[Network, ...]) -> bool:
 def is_trusted(peer: str | None, networks: tuple[Network, ...]) -> bool:
     """Return whether ``peer`` lies in one of the trusted proxy ``networks``."""
     return bool(peer and networks and _peer_trusted(peer, networks))
+
+
+@lru_cache(maxsize=4096)
+def _client_from_chain(peer: str, forwarded_for: bytes, networks: tuple[Network, ...]) -> str:
+    hops = [h.strip().decode("latin-1") for h in forwarded_for.split(b",")]
+    client = peer
+    for hop in reversed(hops):
+        if not _peer_trusted(client, networks):
+            break
+        try:
+            client = str(ipaddress.ip_address(hop))
+        except ValueError:
+            break  # a garbled hop: the last address a trusted proxy vouched for is the client
+    return client
+
+
+def client_address(
+    peer: str | None, headers: Sequence[tuple[bytes, bytes]], networks: tuple[Network, ...]
+) -> str:
+    """Return the client's address: the peer, or, behind trusted proxies, the first hop they did not add.
+
+    ``X-Forwarded-For`` is read right to left only while the hop that added an entry is trusted, so a
+    client cannot pick its own address by sending the header (the rule of nginx's ``real_ip_recursive``).
+    """
+    if not peer:
+        return ""
+    if not is_trusted(peer, networks):
+        return peer
+    chain = [v for n, v in headers if n == b"x-forwarded-for"]
+    return _client_from_chain(peer, b",".join(chain), networks) if chain else peer
 
 
 def upstream_request_headers(  # noqa: PLR0913, PLR0912 - one pass over the headers needs every input; hot path, no context object; one pass over the headers, one branch per header class; hot path
@@ -144,7 +176,8 @@ def upstream_request_headers(  # noqa: PLR0913, PLR0912 - one pass over the head
     fwd_host = prior_host or client_host
     if fwd_host:
         out.append((b"x-forwarded-host", fwd_host))
-    out.append((b"x-forwarded-prefix", prefix.encode("latin-1")))
+    if prefix:
+        out.append((b"x-forwarded-prefix", prefix.encode("latin-1")))
     out.append((b"x-request-id", request_id.encode("latin-1")))
     if content_length is not None:
         out.append((b"content-length", b"%d" % content_length))

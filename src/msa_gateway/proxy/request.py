@@ -1,8 +1,13 @@
 """What a proxied request is made of, read once from the ASGI scope: the facts every step shares.
 
 ``ProxyRequest`` is built before routing and never changes after the route is matched, except
-for the fields that request stages may set (``route`` and, later, a consumer identity). One
-pass over the headers finds the request id and the body framing.
+for the fields that request stages may set: ``route``, ``consumer`` (the identity an
+authentication stage established), ``headers`` (a stage may replace the list, e.g. to strip a
+credential), ``rest`` (path transforms) and ``extra_headers`` (headers for upstream, appended after
+the header rules of ``proxy/headers.py`` so a client's ``Connection`` header cannot remove them;
+None when unused). One pass over the headers finds the request id and the body framing. Routing
+reads the snapshot once: without ``routes:`` it is one dict lookup on the first path segment, as
+it always was; with them, the route table is tried first and ``/{service}/{path}`` is the fallback.
 """
 
 from __future__ import annotations
@@ -11,13 +16,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from msa_gateway.errors import BadRequest, ServiceNotFound
-from msa_gateway.proxy.headers import request_id_from
+from msa_gateway.errors import BadRequest, NoHealthyInstance, ServiceNotFound
+from msa_gateway.proxy.headers import Network, client_address, request_id_from
 from msa_gateway.proxy.paths import check_segments, split_service, upstream_target
 
 if TYPE_CHECKING:
     from msa_gateway.observability.tracing import Trace
     from msa_gateway.registry.snapshot import ServiceRoute, Snapshot
+    from msa_gateway.routing.table import RouteTable
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -30,8 +36,11 @@ class ProxyRequest:
     """One client request on its way through the proxy."""
 
     __slots__ = (
+        "_client_ip",
         "chunked",
+        "consumer",
         "content_length",
+        "extra_headers",
         "headers",
         "method",
         "peer",
@@ -46,6 +55,7 @@ class ProxyRequest:
         "trace",
         "traceparent",
         "tracestate",
+        "trusted",
     )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -59,7 +69,11 @@ class ProxyRequest:
         self.peer: str | None = client[0] if client else None
         self.headers: Headers = scope["headers"]
         self.route: ServiceRoute | None = None
+        self.consumer: str | None = None  # set by an authentication stage
+        self.extra_headers: Headers | None = None
         self.rest = b"/"
+        self.trusted: tuple[Network, ...] = ()  # the snapshot's trusted_proxies, set by ``match``
+        self._client_ip: str | None = None
         rid: bytes | None = None
         self.traceparent: bytes | None = None
         self.tracestate: bytes | None = None
@@ -94,8 +108,22 @@ class ProxyRequest:
         """Return the request target to send upstream: the path after the service, plus the query."""
         return upstream_target(self.rest, self.scope["query_string"])
 
+    @property
+    def client_ip(self) -> str:
+        """Return the client's address as ``trusted_proxies`` resolves it ("" when unknown); computed once."""
+        ip = self._client_ip
+        if ip is None:
+            ip = self._client_ip = client_address(self.peer, self.headers, self.trusted)
+        return ip
+
     def match(self, snapshot: Snapshot) -> ServiceRoute:
         """Find the route on the raw path; raise 404/400 when there is none or the request is unusable."""
+        self.trusted = snapshot.trusted_proxies
+        table = snapshot.routes
+        if table is not None:
+            route = self._match_table(table)
+            if route is not None:
+                return route
         name, rest = split_service(self.raw_path)
         route = snapshot.services.get(name)
         if route is None:
@@ -107,4 +135,21 @@ class ProxyRequest:
         if self.content_length is not None and self.content_length < 0:
             raise BadRequest("invalid Content-Length")
         self.rest = rest
+        return route
+
+    def _match_table(self, table: RouteTable) -> ServiceRoute | None:
+        """Return the declarative route's target, None to fall back to ``/{service}/{path}``."""
+        hit = table.match(self)
+        if hit is None:
+            if table.default_route:
+                return None
+            raise ServiceNotFound("no route matches this request")
+        route = hit.target
+        if route is None:
+            raise NoHealthyInstance(f"no instance of {hit.service!r} is registered")
+        self.route = route
+        check_segments(self.raw_path)
+        if self.content_length is not None and self.content_length < 0:
+            raise BadRequest("invalid Content-Length")
+        self.rest = (self.raw_path[hit.strip :] or b"/") if hit.strip else self.raw_path
         return route

@@ -1,7 +1,8 @@
 """Per-service resilience state that outlives registry snapshots.
 
-One ``ServiceGuard`` per service holds the passive health check (outlier detector), the retry
-budget, the concurrency caps and whether the service is in panic mode. The runtime keeps one
+One ``ServiceGuard`` per service holds the passive health check (outlier detector), the
+service's recent latency and the instances keeping requests waiting (``health/latency.py``),
+the retry budget, the concurrency caps and whether the service is in panic mode. The runtime keeps one
 guard per service name for as long as the service exists: a swap reconciles the instance keys
 (an instance that stays keeps its counters) and a change of settings is applied in place, so
 requests in flight, ejections and the panic state survive both.
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from msa_gateway.health.latency import LatencyWindow, WaitTracker
 from msa_gateway.health.outlier import OutlierDetector
 from msa_gateway.health.panic import choose
 from msa_gateway.model import Instance, ServiceOptions
@@ -23,11 +25,14 @@ from msa_gateway.proxy.retry import RetryBudget
 class ServiceGuard:
     """Outlier detection, retry budget, concurrency caps and panic state of one service."""
 
-    __slots__ = ("budget", "in_panic", "limits", "options", "outlier")
+    __slots__ = ("budget", "in_panic", "latency", "limits", "newly_slow", "options", "outlier", "waits")
 
     def __init__(self, options: ServiceOptions, keys: Iterable[str]) -> None:
         self.options = options
         self.outlier = OutlierDetector(options.outlier, keys)
+        self.latency = LatencyWindow()
+        self.waits = WaitTracker(options.outlier)
+        self.newly_slow: frozenset[str] = frozenset()  # set by ``candidates``; the caller logs them
         self.budget = RetryBudget.for_policy(options.retry)
         self.limits = ConcurrencyLimits(options.limits, options.max_connections_per_instance)
         self.in_panic = False
@@ -42,6 +47,8 @@ class ServiceGuard:
             self.outlier = OutlierDetector(options.outlier, keys)
         else:
             self.outlier.reconcile(keys)
+        self.waits.configure(options.outlier)
+        self.waits.reconcile(keys)
         self.budget.configure(options.retry.budget_percent, options.retry.min_retry_concurrency)
         self.limits.configure(options.limits, options.max_connections_per_instance)
         self.limits.reconcile(keys)
@@ -64,11 +71,17 @@ class ServiceGuard:
     ) -> tuple[Sequence[Instance], bool]:
         """Return the instances to balance over now, and whether the service is in panic.
 
-        Healthy means: passing active checks and not ejected. Below the panic threshold the
-        whole set is used (Envoy's panic mode); instances in ``exclude`` (already tried by this
-        request) are left out unless nothing else remains.
+        Healthy means: passing active checks, not ejected and not slow (keeping requests waiting
+        without answering). Below the panic threshold the whole set is used (Envoy's panic
+        mode); instances in ``exclude`` (already tried by this request) are left out unless
+        nothing else remains.
         """
-        ejected = self.outlier.ejected_keys(time.monotonic())
+        now = time.monotonic()
+        ejected = self.outlier.ejected_keys(now)
+        if self.waits.enabled:
+            slow, self.newly_slow = self.waits.slow_keys(now, self.latency)
+            if slow:
+                ejected = ejected | slow
         if ejected:
             pairs = [(i, k) for i, k in zip(healthy, healthy_keys, strict=True) if k not in ejected]
             eligible: Sequence[Instance] = [i for i, _ in pairs]
@@ -92,6 +105,10 @@ class ServiceGuard:
                 "retries_active": self.budget.retries_active,
             },
             "limits": self.limits.snapshot(),
-            "outlier": {"ejections_total": self.outlier.ejections_total},
+            "outlier": {
+                "ejections_total": self.outlier.ejections_total,
+                "slow_total": self.waits.slow_total,
+                "slow": sorted(self.waits.slow),
+            },
             "panic": self.in_panic,
         }

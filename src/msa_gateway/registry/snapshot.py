@@ -9,19 +9,22 @@ the service's ``ServiceGuard``.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from msa_gateway.balancing.base import Balancer
 from msa_gateway.balancing.table import create_balancer
 from msa_gateway.health.table import HealthTable, instance_key
-from msa_gateway.model import Instance, ServiceSpec
+from msa_gateway.model import Instance, ServiceOptions, ServiceSpec
 from msa_gateway.observability.metrics import Metrics
 from msa_gateway.policies.base import RequestStage, ResponseStage
 from msa_gateway.policies.chain import compile_request_stages, compile_response_stages
+from msa_gateway.proxy.headers import Network
 from msa_gateway.proxy.resilience import ServiceGuard
+from msa_gateway.routing.table import RouteTable
 
 
 class ServiceRoute:
@@ -43,6 +46,7 @@ class ServiceRoute:
         "response_stages",
         "spec",
         "upstream_errors",
+        "variants",
     )
 
     def __init__(self, spec: ServiceSpec, metrics: Metrics, health: HealthTable, guard: ServiceGuard) -> None:
@@ -64,13 +68,32 @@ class ServiceRoute:
         self.upstream_errors = metrics.upstream_errors
         self.eligible: tuple[Instance, ...] = ()
         self.eligible_keys: tuple[str, ...] = ()
+        self.variants: list[ServiceRoute] = []
         self.refresh(health)
 
+    def variant(self, options: ServiceOptions, prefix: str) -> ServiceRoute:
+        """Return a declarative route's view of this service: its own options and stages, the rest shared.
+
+        Balancer, guard, instances and metric children are this route's, so a service reached by
+        several routes balances, caps and counts as one; ``refresh`` keeps the variant's eligible
+        instances in step.
+        """
+        twin = copy.copy(self)
+        twin.spec = replace(self.spec, options=options)
+        twin.prefix = prefix
+        twin.request_stages = compile_request_stages(twin.spec)
+        twin.response_stages = compile_response_stages(twin.spec)
+        twin.variants = []
+        self.variants.append(twin)
+        return twin
+
     def refresh(self, health: HealthTable) -> None:
-        """Recompute the instances that pass their active health checks."""
+        """Recompute the instances that pass their active health checks (for the variants too)."""
         pairs = [(i, k) for i, k in zip(self.instances, self.keys, strict=True) if health.is_eligible(k)]
         self.eligible = tuple(i for i, _ in pairs)
         self.eligible_keys = tuple(k for _, k in pairs)
+        for twin in self.variants:
+            twin.eligible, twin.eligible_keys = self.eligible, self.eligible_keys
 
     def panic_now(self) -> bool:
         """Return whether the service would balance over all instances right now (panic mode)."""
@@ -89,6 +112,8 @@ class Snapshot:
     services: Mapping[str, ServiceRoute]
     created: float = field(default_factory=time.time)
     seen: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    routes: RouteTable | None = None  # None: no ``routes:`` configured, only /{service}/{path}
+    trusted_proxies: tuple[Network, ...] = ()
 
     @property
     def instance_count(self) -> int:

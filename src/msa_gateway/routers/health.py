@@ -27,7 +27,7 @@ def _summary(request: Request) -> dict[str, Any]:
     agg = rt.aggregator
     tasks = rt.tasks.summary()
     unhealthy = any(s["status"] != "healthy" for s in services.values())
-    degraded = unhealthy or not agg.up or bool(tasks["failing"])
+    degraded = unhealthy or not agg.up or agg.recovery is not None or bool(tasks["failing"])
     return {
         "status": "degraded" if degraded else "healthy",
         "ready": rt.ready,
@@ -38,8 +38,11 @@ def _summary(request: Request) -> dict[str, Any]:
             "last_success": agg.last_success,
             "last_error": agg.last_error if not agg.up else None,
             "registry_version": rt.snapshot.version,
+            "outages": agg.outages,
+            "recovering": agg.describe(),
         },
         "services": services,
+        "config": rt.reloader.summary(),
         "tasks": tasks,
     }
 

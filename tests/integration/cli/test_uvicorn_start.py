@@ -50,3 +50,19 @@ async def test_uvicorn_without_lifespan_says_the_protections_are_off() -> None:
             assert len(lines) == 1 and "MAX_REQUEST_LINE" in lines[0] and "msa-gateway run" in lines[0]
         finally:
             gw.close()
+
+
+async def test_the_seeds_uvicorn_app_main_command_serves_the_gateway_with_its_protections() -> None:
+    """``uvicorn app.main:app`` from the repository root, as the original README runs it."""
+    seed_argv = ["-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", "{port}"]
+    async with Recorder(Reply(200, body=b"fine")) as rec:
+        gw = GatewayProcess(service_yaml({"svc": [rec.port]}), argv=seed_argv, MAX_HEADERS="5")
+        try:
+            await asyncio.to_thread(gw.start)
+            ok = await raw_request(gw.port, b"GET /svc/a HTTP/1.1\r\nHost: gw\r\n\r\n")
+            assert parse_response(ok)[:3:2] == (200, b"fine")
+            many = b"GET /svc/a HTTP/1.1\r\nHost: gw\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(6))
+            assert parse_response(await raw_request(gw.port, many + b"\r\n"))[0] == 431
+            assert "uvicorn_protocol_replaced" in gw.output()
+        finally:
+            gw.close()

@@ -171,3 +171,25 @@ def test_compare_adds_a_worktree_or_moves_the_existing_one_then_installs_it_in_i
         "abc123",
     ]
     assert bench_argv(opts)[:2] == ["--variant", "prev=/tmp/o/.venv/bin/msa-gateway run"]
+
+
+def test_wrk_sends_each_header_option() -> None:
+    from bench.wrk import wrk_command
+
+    argv = wrk_command("http://127.0.0.1:1/x", 5, 8, post=True, core=None, headers=["X-API-Key: k", "A: b"])
+    assert argv[argv.index("-H") : argv.index("-H") + 4] == ["-H", "X-API-Key: k", "-H", "A: b"]
+
+
+def test_with_policies_sets_the_default_policies_and_keeps_the_rest() -> None:
+    import yaml
+    from bench.with_policies import REPO, with_policies
+
+    from msa_gateway.settings import parse_config
+
+    config = {"defaults": {"balancer": "random"}, "services": {"bench": {"instances": []}}}
+    for name in ("api_key", "jwt_rs256", "jwt_rs256_cached"):
+        policies = yaml.safe_load((REPO / "bench" / "policies" / f"{name}.yaml").read_text())
+        merged = with_policies(config, policies)
+        assert merged["services"] == config["services"]
+        parsed = parse_config(merged, f"{name}.yaml")  # the bench's policy files are valid config
+        assert parsed.defaults.balancer == "random" and parsed.defaults.policies

@@ -21,13 +21,14 @@ import pytest
 from msa_gateway.discovery.aggregator import Aggregator, Backoff
 from msa_gateway.discovery.base import Provider
 from msa_gateway.errors import DiscoveryError
-from msa_gateway.model import Discovered, Instance
+from msa_gateway.model import Discovered, Instance, RecoveryConfig
 from msa_gateway.observability.metrics import Metrics
 from msa_gateway.runtime import Runtime
 from msa_gateway.settings import Settings, parse_config
 
 LOGGER = "msa_gateway.discovery"
 FAST = Backoff(initial=0.001, maximum=0.004)
+NO_GRACE = RecoveryConfig(grace=0)  # these tests apply every read as it is (recovery: test_recovery.py)
 END = object()
 HOLD = object()
 
@@ -90,11 +91,13 @@ class ScriptedProvider:
 class Harness:
     """An aggregator over ``provider`` recording every applied snapshot, run as a named task."""
 
-    def __init__(self, provider: ScriptedProvider, backoff: Backoff = FAST) -> None:
+    def __init__(
+        self, provider: ScriptedProvider, backoff: Backoff = FAST, recovery: RecoveryConfig = NO_GRACE
+    ) -> None:
         self.provider = provider
         self.metrics = Metrics()
         self.applied: list[Discovered] = []
-        self.agg = Aggregator(provider, self.applied.append, self.metrics, backoff)
+        self.agg = Aggregator(provider, self.applied.append, self.metrics, backoff, recovery)
         self.task: asyncio.Task[None] | None = None
 
     def gauge(self, name: str) -> float | None:
@@ -116,8 +119,8 @@ class Harness:
 def harness() -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
-    def make(steps: Sequence[Step], backoff: Backoff = FAST) -> Harness:
-        h = Harness(ScriptedProvider(steps), backoff)
+    def make(steps: Sequence[Step], backoff: Backoff = FAST, recovery: RecoveryConfig = NO_GRACE) -> Harness:
+        h = Harness(ScriptedProvider(steps), backoff, recovery)
         made.append(h)
         return h
 
@@ -349,6 +352,12 @@ async def test_a_provider_that_fails_right_after_each_first_snapshot_backs_off(
     await h.run_until_exhausted(timeout=5)
     await h.stop()
     gaps = [b - a for a, b in zip(h.provider.watch_times, h.provider.watch_times[1:], strict=False)]
-    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1  # one outage, logged once
-    assert len([r for r in caplog.records if r.getMessage() == "discovery provider recovered"]) == 1
+    failed = [r for r in caplog.records if r.levelno == logging.ERROR]
+    recovered = [r for r in caplog.records if r.getMessage().startswith("discovery provider recovered")]
+    assert len(failed) == 6  # every outage is logged, even a flap right after a recovery
+    assert [r.outages_last_minute for r in failed] == [1, 2, 3, 4, 5, 6]  # type: ignore[attr-defined]
+    assert len(recovered) == 5
+    assert [r.getMessage().endswith("(flapping)") for r in recovered] == [False, False, True, True, True]
+    assert all(r.seconds >= 0 and r.failures == 1 for r in recovered)  # type: ignore[attr-defined]
+    assert h.gauge("gateway_discovery_outages_total") == 6
     assert gaps[-1] > gaps[0] * 4  # the backoff keeps growing across flaps
