@@ -7,7 +7,8 @@ Every worker keeps one connection to the hub (a Unix socket in a private directo
 * answers ``scrape`` by asking every worker for its exposition (``collect``), merging the
   answers (``merge.py``) and adding the supervisor's own ``gateway_workers`` and
   ``gateway_worker_restarts_total``, and ``gateway_worker_requests_total{worker}``;
-* folds a worker's last exposition into ``Retired`` when its connection drops (it died).
+* folds a worker's last exposition into ``Retired`` when the supervisor saw its process exit
+  (not when only its connection dropped: a worker whose link restarted still has its counts).
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ COLLECT_TIMEOUT = 3.0
 class _Conn:
     """One worker's connection and its last exposition."""
 
-    def __init__(self, index: int, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, index: int, pid: int, writer: asyncio.StreamWriter) -> None:
         self.index = index
+        self.pid = pid
         self.writer = writer
         self.last: list[Metric] = []
 
@@ -47,6 +49,8 @@ class Hub:
         self.health: dict[str, dict[str, Any]] = {}  # key -> the last ``health`` message
         self.ejections: dict[str, tuple[str, float]] = {}  # key -> (service, monotonic until)
         self.retired = merge.Retired()
+        self.closed: dict[int, _Conn] = {}  # pid -> a connection that ended, until its process exits
+        self._tasks: set[asyncio.Task[None]] = set()
         self.retired_requests: dict[int, float] = {}
         self.hello = asyncio.Condition()
         self._ids = itertools.count(1)
@@ -76,10 +80,8 @@ class Hub:
         if first is None or first.get("op") != "hello":
             writer.close()
             return
-        conn = _Conn(int(first["worker"]), writer)
-        old = self.conns.get(conn.index)
-        if old is not None:
-            self._retire(old)
+        conn = _Conn(int(first["worker"]), int(first["pid"]), writer)
+        self.closed.pop(conn.pid, None)  # the same process again (its link restarted): nothing to retire
         self.conns[conn.index] = conn
         self._replay(conn)
         log.info("worker_ready", extra={"worker": conn.index, "pid": first.get("pid")})
@@ -91,8 +93,18 @@ class Hub:
         finally:
             if self.conns.get(conn.index) is conn:
                 del self.conns[conn.index]
-                self._retire(conn)
+                self.closed[conn.pid] = conn
             writer.close()
+
+    def worker_exited(self, index: int, pid: int) -> None:
+        """Keep the counts of worker ``index``'s process ``pid``, which has exited (the supervisor saw it)."""
+        conn = self.conns.get(index)
+        if conn is not None and conn.pid == pid:
+            del self.conns[index]
+        else:
+            conn = self.closed.pop(pid, None)
+        if conn is not None:
+            self._retire(conn)
 
     def _replay(self, conn: _Conn) -> None:
         for msg in self.health.values():
@@ -114,7 +126,9 @@ class Hub:
             self.ejections[msg["key"]] = (msg["service"], time.monotonic() + float(msg["remaining"]))
             self._relay(conn, msg)
         elif op == "scrape":
-            asyncio.get_running_loop().create_task(self._answer_scrape(conn, int(msg["id"])))
+            task = asyncio.get_running_loop().create_task(self._answer_scrape(conn, int(msg["id"])))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         elif op == "metrics":
             future = self._pending.pop(int(msg["id"]), None)
             if future is not None and not future.done():

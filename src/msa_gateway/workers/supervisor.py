@@ -146,6 +146,8 @@ class WorkerSupervisor:
             )
             started = loop.time()
             code = await slot.proc.wait()
+            assert self.hub is not None
+            self.hub.worker_exited(slot.index, slot.proc.pid)
             if self.stopping.is_set():
                 return code
             if code == STARTUP_FAILED:
