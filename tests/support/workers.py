@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -55,10 +55,14 @@ async def wait_workers(session: aiohttp.ClientSession, base: str, count: int, ti
         await asyncio.sleep(0.02)
 
 
-def children(pid: int) -> list[int]:
-    """Return the pids of ``pid``'s child processes."""
-    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    return sorted(int(p) for p in text.split())
+def worker_pids(log: str) -> dict[int, int]:
+    """Return the pid of each worker from the supervisor's ``worker_ready`` lines (the latest wins)."""
+    pids = {}
+    for line in log.splitlines():
+        if '"event":"worker_ready"' in line:
+            record = json.loads(line)
+            pids[int(record["worker"])] = int(record["pid"])
+    return pids
 
 
 async def first_seen(

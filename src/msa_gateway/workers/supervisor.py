@@ -2,7 +2,8 @@
 
 The supervisor binds N listening sockets on ``HOST:PORT`` with ``SO_REUSEPORT`` (the kernel
 spreads new connections over them evenly by hash) and hands socket *i* to worker *i*, which is
-``msa-gateway run`` again with its identity in the environment (``workers/link.py``). The
+``msa-gateway run`` again with its identity in the environment (``workers/link.py``), forked
+from a fork server that imported the gateway once (``multiprocessing``'s ``forkserver``). The
 supervisor keeps its copy of every socket open, so while a worker is being replaced its socket
 keeps queueing connections for the next one instead of refusing them.
 
@@ -23,25 +24,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from msa_gateway.settings import Settings
 from msa_gateway.tasks import RestartPolicy
 from msa_gateway.workers.hub import Hub
-from msa_gateway.workers.link import FD_ENV, HUB_ENV, WORKER_ENV
+from msa_gateway.workers.worker import STARTUP_FAILED, WORKER_MODULE, run_worker
 
 log = logging.getLogger("msa_gateway.workers")
-STARTUP_FAILED = 3
+
 POLICY = RestartPolicy(initial=0.1, maximum=10.0, stable_after=30.0)
 KILL_GRACE = 10.0  # seconds past DRAIN_TIMEOUT before a worker that will not stop is killed
 
@@ -72,7 +74,7 @@ class Slot:
 
     index: int
     sock: socket.socket
-    proc: asyncio.subprocess.Process | None = None
+    proc: BaseProcess | None = None
     restarts: int = 0
     streak: int = 0
 
@@ -89,6 +91,11 @@ class WorkerSupervisor:
         self.fatal = False
         self.hub: Hub | None = None
         self._helpers: set[asyncio.Task[None]] = set()
+        # Workers are forked from a server process that imported the gateway once: a worker
+        # replaced after a crash serves again in a fraction of a second, not after a fresh
+        # interpreter's ~1 s of imports. That process runs no event loop, so forking it is safe.
+        self.context = multiprocessing.get_context("forkserver")
+        self.context.set_forkserver_preload([WORKER_MODULE])
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the exit status."""
@@ -124,30 +131,17 @@ class WorkerSupervisor:
             took = round(time.monotonic() - started, 3)
             log.info("workers_ready", extra={"workers": self.count, "seconds": took})
 
-    def _spawn_env(self, slot: Slot) -> dict[str, str]:
-        assert self.hub is not None
-        env = dict(os.environ)
-        env[WORKER_ENV] = f"{slot.index}/{self.count}"
-        env[FD_ENV] = str(slot.sock.fileno())
-        env[HUB_ENV] = self.hub.path
-        return env
-
     async def _keep(self, slot: Slot) -> int:
         """Run worker ``slot.index`` until the supervisor stops; return its last exit code."""
         loop = asyncio.get_running_loop()
         while True:
-            slot.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "msa_gateway.cli",
-                *self.argv,
-                pass_fds=[slot.sock.fileno()],
-                env=self._spawn_env(slot),
-            )
-            started = loop.time()
-            code = await slot.proc.wait()
             assert self.hub is not None
-            self.hub.worker_exited(slot.index, slot.proc.pid)
+            args = (slot.index, self.count, slot.sock, self.hub.path, self.argv)
+            slot.proc = proc = self.context.Process(target=run_worker, args=args, name=f"worker-{slot.index}")
+            proc.start()
+            started = loop.time()
+            code = await _exited(proc)
+            self.hub.worker_exited(slot.index, proc.pid or 0)
             if self.stopping.is_set():
                 return code
             if code == STARTUP_FAILED:
@@ -160,7 +154,7 @@ class WorkerSupervisor:
             slot.restarts += 1
             log.error(
                 "worker_exited",
-                extra={"worker": slot.index, "pid": slot.proc.pid, "exit_code": code, "restart_in": delay},
+                extra={"worker": slot.index, "pid": proc.pid, "exit_code": code, "restart_in": delay},
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), delay)
@@ -178,19 +172,19 @@ class WorkerSupervisor:
         self._helpers.add(asyncio.get_running_loop().create_task(self._kill_stragglers()))
 
     def _forward(self, sig: int) -> None:
-        live = [s.proc for s in self.slots if s.proc is not None and s.proc.returncode is None]
+        live = [s.proc for s in self.slots if s.proc is not None and s.proc.exitcode is None]
         for proc in live:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
+            with contextlib.suppress(ProcessLookupError, TypeError):
+                os.kill(proc.pid, sig)  # type: ignore[arg-type]
         if sig == signal.SIGHUP:
             log.info("reload_forwarded", extra={"workers": [p.pid for p in live]})
 
     async def _kill_stragglers(self) -> None:
         await asyncio.sleep(self.settings.drain_timeout + KILL_GRACE)
         for slot in self.slots:
-            if slot.proc is not None and slot.proc.returncode is None:
+            if slot.proc is not None and slot.proc.exitcode is None:
                 log.error("worker_killed", extra={"worker": slot.index, "reason": "did not drain in time"})
-                with contextlib.suppress(ProcessLookupError):
+                with contextlib.suppress(ProcessLookupError, ValueError):
                     slot.proc.kill()
 
     def metrics(self) -> Sequence[Metric]:
@@ -203,3 +197,21 @@ class WorkerSupervisor:
         for slot in self.slots:
             restarts.add_metric([str(slot.index)], slot.restarts)
         return [workers, restarts]
+
+
+async def _exited(proc: BaseProcess) -> int:
+    """Wait (without blocking the loop) until ``proc`` exits; return its exit code (-N: signal N)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(proc.sentinel, ready)
+    try:
+        await done
+    finally:
+        loop.remove_reader(proc.sentinel)
+    proc.join()  # reaped; the object stays readable (pid, exitcode) for the logs and metrics
+    return proc.exitcode if proc.exitcode is not None else 1

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import sys
 
 from msa_gateway.app import GatewayApp
 from msa_gateway.runtime import Runtime
 from msa_gateway.settings import GatewayConfig, Settings
-from msa_gateway.workers.link import WorkerEnv, WorkerLink
-from msa_gateway.workers.supervisor import STARTUP_FAILED
+from msa_gateway.workers.link import FD_ENV, HUB_ENV, WORKER_ENV, WorkerEnv, WorkerLink
+
+STARTUP_FAILED = 3  # the exit code of a worker whose start-up failed (uvicorn's too)
+WORKER_MODULE = __name__  # what the supervisor's fork server imports once for every worker
+
+
+def run_worker(index: int, count: int, sock: socket.socket, hub: str, argv: list[str]) -> None:
+    """The entry point of a forked worker: ``msa-gateway run`` with its identity in the environment."""
+    from msa_gateway.cli import main
+
+    os.environ[WORKER_ENV] = f"{index}/{count}"
+    os.environ[FD_ENV] = str(sock.detach())  # the server below owns the descriptor from now on
+    os.environ[HUB_ENV] = hub
+    sys.exit(main(argv))
 
 
 def serve_worker(env: WorkerEnv, settings: Settings, config: GatewayConfig) -> int:

@@ -18,7 +18,7 @@ import pytest
 from tests.support.backend import BackendProcess
 from tests.support.gateway import GatewayProcess, service_yaml
 from tests.support.procs import free_port
-from tests.support.workers import children, fresh_connections, scrape, total, wait_workers
+from tests.support.workers import fresh_connections, scrape, total, wait_workers, worker_pids
 
 SENT = 20_000
 
@@ -92,7 +92,7 @@ async def test_a_killed_worker_is_replaced_and_only_requests_in_flight_on_it_fai
 
     async with fresh_connections() as session:
         await wait_workers(session, gateway.url, 2)
-        old = children(gateway.pid())
+        old = worker_pids(gateway.output())
         load = asyncio.create_task(traffic(session))
         await asyncio.sleep(1.0)  # traffic running before the kill
         killed_at = time.monotonic()
@@ -122,7 +122,7 @@ async def test_sighup_reloads_every_worker_and_sigterm_drains_them_and_exits_0(
 ) -> None:
     async with fresh_connections() as session:
         await wait_workers(session, gateway.url, 2)
-        workers = children(gateway.pid())
+        workers = worker_pids(gateway.output())
         os.kill(gateway.pid(), signal.SIGHUP)
         deadline = time.monotonic() + 10
         while True:  # each worker checked its file on the signal: one "unchanged" reload per worker
@@ -134,11 +134,11 @@ async def test_sighup_reloads_every_worker_and_sigterm_drains_them_and_exits_0(
             assert time.monotonic() < deadline, f"{reloads} reloads; {gateway.output()[-2000:]}"
             await asyncio.sleep(0.02)
         assert '"event":"reload_forwarded"' in gateway.output()
-        assert children(gateway.pid()) == workers  # forwarded, and no worker died of it
+        assert worker_pids(gateway.output()) == workers  # forwarded, and no worker died of it
         async with session.get(f"{gateway.url}/svc/items") as r:
             assert r.status == 200
     assert gateway.terminate(timeout=30) == 0
-    for pid in workers:
+    for pid in workers.values():
         assert not os.path.exists(f"/proc/{pid}")
     out = gateway.output()
     assert out.count('"event":"Finished server process') == 2
