@@ -25,7 +25,7 @@ from msa_gateway.observability.access import AccessLog
 from msa_gateway.observability.metrics import UNKNOWN_SERVICE, Metrics
 from msa_gateway.observability.otlp import tracing_from_settings
 from msa_gateway.policies.shared import SharedState
-from msa_gateway.proxy.attempts import note_panic
+from msa_gateway.proxy.forwarder import note_panic
 from msa_gateway.proxy.resilience import ServiceGuard
 from msa_gateway.proxy.upstream import UpstreamClient, create_client
 from msa_gateway.registry.snapshot import EMPTY, ServiceRoute, Snapshot
