@@ -33,8 +33,9 @@ def cookies_of(headers: Headers) -> dict[bytes, bytes]:
     for name, value in headers:
         if name == b"cookie":
             for part in value.split(b";"):
-                k, eq, v = part.strip().partition(b"=")
-                if eq and k not in jar:
+                k, eq, v = part.partition(b"=")
+                k = k.strip()
+                if eq and k and k not in jar:
                     jar[k] = v.strip().strip(b'"')
     return jar
 
