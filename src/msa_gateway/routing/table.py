@@ -138,12 +138,7 @@ def build_table(
     """
     compiled = []
     for route in config.routes:
-        prefix = route.prefix.decode("ascii") if route.strip_prefix else ""
-
-        def resolve(service: str, options: ServiceOptions, prefix: str = prefix) -> ServiceRoute | None:
-            base = services.get(service)
-            return base.variant(options, prefix) if base else None
-
+        resolve = _Views(services, route.prefix.decode("ascii") if route.strip_prefix else "")
         if route.split is None:
             compiled.append(CompiledRoute(route, resolve(route.service, route.options)))
             continue
@@ -151,6 +146,21 @@ def build_table(
         counter = (lambda s, n=name: split_counter.labels(n, s)) if split_counter is not None else _uncounted
         compiled.append(CompiledRoute(route, None, Splitter(route.split, resolve, counter)))
     return RouteTable(compiled, config.default_route)
+
+
+class _Views:
+    """A route's view of each service it names, made once (a service both split and matched: one view)."""
+
+    def __init__(self, services: Mapping[str, ServiceRoute], prefix: str) -> None:
+        self.services = services
+        self.prefix = prefix
+        self.made: dict[str, ServiceRoute | None] = {}
+
+    def __call__(self, service: str, options: ServiceOptions) -> ServiceRoute | None:
+        if service not in self.made:
+            base = self.services.get(service)
+            self.made[service] = base.variant(options, self.prefix) if base else None
+        return self.made[service]
 
 
 class _Uncounted:

@@ -70,6 +70,7 @@ async def test_the_canary_header_or_cookie_always_reaches_v2_whatever_the_weight
             await call(proxy, "GET", "/api/orders/1", headers=[(b"host", b"gw"), *headers])
     assert {c.address for c in up.calls} == {V2}
     assert split_total(rt, "orders", "orders-v2") == 60
+    assert len(rt.snapshot.services["orders-v2"].variants) == 1  # split and both rules share one view
 
 
 async def test_a_sticky_user_sees_one_version_and_users_spread_by_weight() -> None:
