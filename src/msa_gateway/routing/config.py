@@ -2,7 +2,8 @@
 
 A route matches by host (exact, or ``*.example.com`` for any subdomain), path prefix (whole
 segments), methods and header values, and sends the request to a service (or splits it over
-several, ``routing/split.py``), optionally stripping the prefix or rewriting the path. Which route wins is decided by specificity, never by order:
+several, ``routing/split.py``), optionally stripping the prefix or rewriting the path. Which
+route wins is decided by specificity, never by order:
 
     1. host: an exact host, then a wildcard host (longer suffix first), then routes without host;
     2. the longer ``path_prefix``;
