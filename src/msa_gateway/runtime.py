@@ -164,7 +164,7 @@ class Runtime:
             services=MappingProxyType(routes),
             created=now,
             seen=MappingProxyType(seen),
-            routes=build_table(config, routes) if config.routes else None,
+            routes=build_table(config, routes, self.metrics.route_split) if config.routes else None,
             trusted_proxies=config.trusted_proxies,
         )
         self.snapshot = new
