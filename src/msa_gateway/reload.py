@@ -73,12 +73,14 @@ class ConfigReloader:
     def summary(self) -> dict[str, Any]:
         """Return what ``/health/`` shows about the running config."""
         config = self.rt.config
+        registered = self.rt.snapshot.services.__contains__
         return {
             "source": config.source,
             "hash": config.digest,
             "loaded_at": self.loaded_at,
             "last_error": self.last_error,
             "routes": len(config.routes),
+            "splits": {r.name: r.split.describe(registered) for r in config.routes if r.split is not None},
         }
 
     async def _watch(self) -> None:

@@ -27,7 +27,7 @@ from msa_gateway.observability.access import AccessLog
 from msa_gateway.observability.metrics import UNKNOWN_SERVICE, Metrics
 from msa_gateway.observability.otlp import tracing_from_settings
 from msa_gateway.policies.shared import SharedState
-from msa_gateway.proxy.attempts import note_panic
+from msa_gateway.proxy.forwarder import note_panic
 from msa_gateway.proxy.resilience import ServiceGuard
 from msa_gateway.proxy.upstream import UpstreamClient, create_client
 from msa_gateway.registry.snapshot import EMPTY, ServiceRoute, Snapshot
@@ -171,7 +171,7 @@ class Runtime:
             services=MappingProxyType(routes),
             created=now,
             seen=MappingProxyType(seen),
-            routes=build_table(config, routes) if config.routes else None,
+            routes=build_table(config, routes, self.metrics.route_split) if config.routes else None,
             trusted_proxies=config.trusted_proxies,
         )
         self.snapshot = new

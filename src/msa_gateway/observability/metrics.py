@@ -53,6 +53,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.route_split = Counter(
+            "gateway_route_split",
+            "Requests a split route (split:, match_first:) sent to each of its services.",
+            ["route", "service"],
+            registry=r,
+        )
         self.instance_up = Gauge(
             "gateway_instance_up",
             "1 when the instance passes its health checks, else 0.",

@@ -34,6 +34,7 @@ from msa_gateway.observability.otlp import CLIENT, SpanRecord
 from msa_gateway.proxy.exchange import Exchange, client_error
 from msa_gateway.proxy.headers import is_trusted, upstream_request_headers
 from msa_gateway.proxy.hedging import Race
+from msa_gateway.proxy.lease import Lease, Outcome, note_decision
 from msa_gateway.proxy.retry import (
     IDEMPOTENT_METHODS,
     NOT_DELIVERED,
@@ -42,141 +43,16 @@ from msa_gateway.proxy.retry import (
     failure_from_kind,
     should_retry,
 )
-from msa_gateway.proxy.upstream import UpstreamClient, UpstreamResponse
+from msa_gateway.proxy.upstream import UpstreamResponse
 
 if TYPE_CHECKING:
-    from msa_gateway.observability.metrics import Metrics
-    from msa_gateway.observability.otlp import Exporter
-    from msa_gateway.observability.tracing import Tracer
+    from msa_gateway.proxy.forwarder import Forwarder
     from msa_gateway.proxy.request import ProxyRequest
-    from msa_gateway.proxy.resilience import ServiceGuard
     from msa_gateway.registry.snapshot import ServiceRoute
 
 log = logging.getLogger("msa_gateway.proxy")
 
 Body = bytes | AsyncIterator[bytes] | None
-
-
-class Lease:
-    """One admitted attempt: the caps slot, the balancer's pick and, for a retry or hedge, a budget slot."""
-
-    __slots__ = ("guard", "instance", "key", "released", "retry", "route", "silent", "span")
-
-    def __init__(self, route: ServiceRoute, instance: Instance, key: str, retry: bool) -> None:
-        self.route = route
-        self.guard = route.guard
-        self.instance = instance
-        self.key = key
-        self.retry = retry
-        self.released = False
-        self.silent = False  # cancelled as a hedge loser that had waited longer than the winner
-        self.span: SpanRecord | None = None  # this exchange's client span, when it is exported
-
-    def release(self) -> None:
-        """Give everything back once (later calls do nothing)."""
-        if not self.released:
-            self.released = True
-            self.guard.limits.release(self.key)
-            self.route.balancer.done(self.instance)
-            if self.retry:
-                self.guard.budget.release_retry()
-
-
-class Outcome:
-    """How the attempts ended: a response to stream back, or an error to answer."""
-
-    __slots__ = ("attempts", "error", "guard", "lease", "response")
-
-    def __init__(
-        self,
-        guard: ServiceGuard,
-        attempts: int,
-        response: UpstreamResponse | None = None,
-        lease: Lease | None = None,
-        error: HTTPError | None = None,
-    ) -> None:
-        self.guard = guard
-        self.attempts = attempts
-        self.response = response
-        self.lease = lease
-        self.error = error
-
-    def finish(self) -> None:
-        """The exchange is over: give the connection, the caps slot and the budget share back."""
-        if self.response is not None:
-            self.response.release()
-        if self.lease is not None:
-            self.lease.release()
-        self.guard.budget.end_request()
-
-
-class Forwarder:
-    """Forwards requests for the proxy: one per runtime, no state of its own per request."""
-
-    __slots__ = ("allow_underscores", "exporter", "metrics", "tracer", "upstream")
-
-    def __init__(
-        self,
-        upstream: UpstreamClient,
-        metrics: Metrics,
-        *,
-        allow_underscores: bool = False,
-        tracing: tuple[Tracer | None, Exporter | None] = (None, None),
-    ) -> None:
-        self.upstream = upstream
-        self.metrics = metrics
-        self.allow_underscores = allow_underscores
-        self.tracer, self.exporter = tracing
-
-    async def forward(self, route: ServiceRoute, req: ProxyRequest, ex: Exchange, body: Body) -> Outcome:
-        """Run the attempts of ``req`` against ``route``'s instances."""
-        return await Attempts(self, route, req, ex, body).run()
-
-    def report(self, route: ServiceRoute, lease: Lease, result: outlier.Outcome) -> None:
-        """Feed one attempt's result to the passive health check; log an ejection."""
-        ejection = route.guard.outlier.report(lease.key, result, time.monotonic())
-        if ejection is not None:
-            self.metrics.ejections.labels(route.name, lease.instance.address).inc()
-            log.warning(
-                "instance ejected by passive health check",
-                extra={
-                    "service": route.name,
-                    "instance": lease.key,
-                    "seconds": ejection.duration,
-                    "consecutive_failures": ejection.consecutive_failures,
-                },
-            )
-
-    def note_panic(self, route: ServiceRoute, panic: bool) -> None:
-        """Record the service's panic state; log and export it when it changes."""
-        note_panic(self.metrics, route, panic)
-
-    def note_slow(self, route: ServiceRoute, keys: frozenset[str]) -> None:
-        """Log and count instances just taken out of rotation for keeping requests waiting."""
-        route.guard.newly_slow = frozenset()
-        for key in sorted(keys):
-            self.metrics.slow_ejections.labels(route.name).inc()
-            log.warning(
-                "instance taken out of rotation: requests wait on it without an answer",
-                extra={"service": route.name, "instance": key, "waiting": route.guard.waits.waiting(key)},
-            )
-
-
-def note_panic(metrics: Metrics, route: ServiceRoute, panic: bool) -> None:
-    """Record a service's panic state on its guard; log and export it when it changes."""
-    if route.guard.set_panic(panic):
-        metrics.panic.labels(route.name).set(1 if panic else 0)
-        log.warning(
-            "service in panic mode: balancing over all instances" if panic else "service left panic mode",
-            extra={"service": route.name},
-        )
-
-
-def note_decision(lease: Lease, decision: Decision) -> None:
-    """Put a retry decision on the exchange's span (exported spans only)."""
-    if lease.span is not None:
-        key = "msa.retry_reason" if decision.retry else "msa.retry_refused"
-        lease.span.attributes[key] = decision.reason
 
 
 class Attempts:

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 from msa_gateway.errors import HTTPError, UpstreamError, render
 from msa_gateway.observability.metrics import UNKNOWN_SERVICE, method_label
 from msa_gateway.observability.otlp import server_span
-from msa_gateway.proxy.attempts import Forwarder, Lease
 from msa_gateway.proxy.exchange import (
     STATUS_CLIENT_GONE,
     ClientGone,
@@ -28,7 +27,9 @@ from msa_gateway.proxy.exchange import (
     open_body,
     stream_back,
 )
+from msa_gateway.proxy.forwarder import Forwarder
 from msa_gateway.proxy.headers import is_trusted
+from msa_gateway.proxy.lease import Lease
 from msa_gateway.proxy.redirects import Redirects
 from msa_gateway.proxy.request import ProxyRequest, Receive, Scope, Send
 

@@ -31,7 +31,8 @@ from msa_gateway.proxy.retry import FailureKind, failure_from_kind
 if TYPE_CHECKING:
     from msa_gateway.health.latency import LatencyWindow
     from msa_gateway.model import HedgingConfig
-    from msa_gateway.proxy.attempts import Attempts, Lease
+    from msa_gateway.proxy.attempts import Attempts
+    from msa_gateway.proxy.lease import Lease
     from msa_gateway.proxy.upstream import UpstreamResponse
 
 Result = tuple["Lease", "UpstreamResponse | UpstreamError"]

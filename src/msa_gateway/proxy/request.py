@@ -144,7 +144,7 @@ class ProxyRequest:
             if table.default_route:
                 return None
             raise ServiceNotFound("no route matches this request")
-        route = hit.target
+        route = hit.target if hit.splitter is None else hit.splitter.pick(self.headers)
         if route is None:
             raise NoHealthyInstance(f"no instance of {hit.service!r} is registered")
         self.route = route

@@ -1,8 +1,9 @@
 """The ``routes:`` list of the YAML file: validation, per-route options and conflict checks.
 
 A route matches by host (exact, or ``*.example.com`` for any subdomain), path prefix (whole
-segments), methods and header values, and sends the request to a service, optionally stripping
-the prefix or rewriting the path. Which route wins is decided by specificity, never by order:
+segments), methods and header values, and sends the request to a service (or splits it over
+several, ``routing/split.py``), optionally stripping the prefix or rewriting the path. Which
+route wins is decided by specificity, never by order:
 
     1. host: an exact host, then a wildcard host (longer suffix first), then routes without host;
     2. the longer ``path_prefix``;
@@ -20,12 +21,13 @@ import re
 from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from msa_gateway.errors import ConfigError
 from msa_gateway.model import OWN_PATHS, ServiceOptions
 from msa_gateway.policies.base import PolicyError
 from msa_gateway.policies.chain import merge_policies
+from msa_gateway.routing.split import SplitConfig, TargetsModel, parse_targets
 
 _PREFIX = re.compile(r"^/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]+(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]+)*)?/?$")
 _HOST = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*$")
@@ -33,13 +35,12 @@ _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 OWN_PREFIXES = OWN_PATHS
 
 
-class RouteModel(BaseModel):
+class RouteModel(TargetsModel):
     """One entry of ``routes:`` as written (validated by pydantic, checked further below)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str | None = None
-    service: str
     host: str | None = None
     path_prefix: str = "/"
     methods: list[str] | None = None
@@ -63,6 +64,7 @@ class RouteConfig:
     headers: tuple[tuple[bytes, bytes | None], ...]  # (name, value); None: the header must be present
     strip_prefix: bool
     options: ServiceOptions
+    split: SplitConfig | None = None  # several targets (split:, match_first:); ``service`` is the first
 
     @property
     def specificity(self) -> tuple[int, int, int, bool, int]:
@@ -94,7 +96,7 @@ def _prefix(raw: str, source: str, key: str) -> bytes:
     return raw.rstrip("/").encode("ascii") or b"/"
 
 
-def _route(model: RouteModel, i: int, source: str, options: ServiceOptions) -> RouteConfig:
+def _route(model: RouteModel, i: int, source: str, options_for: Any, service_name_error: Any) -> RouteConfig:
     key = f"routes.{i}"
     host = None
     if model.host is not None:
@@ -121,24 +123,35 @@ def _route(model: RouteModel, i: int, source: str, options: ServiceOptions) -> R
         if "path_rewrite" in blocks:
             raise _fail(source, f"{key}.rewrite", "give rewrite or policies.path_rewrite, not both")
         blocks["path_rewrite"] = model.rewrite
-    try:
-        policies = merge_policies(options.policies, blocks)
-    except PolicyError as exc:
-        where = "rewrite" if exc.key.startswith("path_rewrite") and model.rewrite is not None else "policies"
-        sub = exc.key.removeprefix("path_rewrite.") if where == "rewrite" else exc.key
-        raise _fail(source, f"{key}.{where}.{sub}", exc.reason) from None
-    if model.max_body_size is not None:
-        options = replace(options, max_body_size=model.max_body_size)
+
+    def options_of(service: str, where: str) -> ServiceOptions:
+        """Return ``service``'s options with the route's blocks over them (each split target has its own)."""
+        why = service_name_error(service)
+        if why:
+            raise _fail(source, where, why)
+        options: ServiceOptions = options_for(service)
+        try:
+            policies = merge_policies(options.policies, blocks)
+        except PolicyError as exc:
+            at = "rewrite" if exc.key.startswith("path_rewrite") and model.rewrite is not None else "policies"
+            sub = exc.key.removeprefix("path_rewrite.") if at == "rewrite" else exc.key
+            raise _fail(source, f"{key}.{at}.{sub}", exc.reason) from None
+        if model.max_body_size is not None:
+            options = replace(options, max_body_size=model.max_body_size)
+        return replace(options, policies=policies)
+
+    service, options, split = parse_targets(key, source, model, options_of)
     return RouteConfig(
         key=key,
         name=model.name or key,
-        service=model.service,
+        service=service,
         host=host,
         prefix=prefix,
         methods=methods,
         headers=tuple(headers),
         strip_prefix=model.strip_prefix,
-        options=replace(options, policies=policies),
+        options=options,
+        split=split,
     )
 
 
@@ -149,10 +162,7 @@ def parse_routes(
     routes: list[RouteConfig] = []
     names: dict[str, str] = {}
     for i, model in enumerate(models):
-        why = service_name_error(model.service)
-        if why:
-            raise _fail(source, f"routes.{i}.service", why)
-        route = _route(model, i, source, options_for(model.service))
+        route = _route(model, i, source, options_for, service_name_error)
         if route.name in names:
             raise _fail(
                 source, f"routes.{i}.name", f"{route.name!r} is already the name of {names[route.name]}"

@@ -9,9 +9,12 @@ A request is matched on its raw path, byte for byte, like the default ``/{servic
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from msa_gateway.routing.splitter import Splitter
 
 if TYPE_CHECKING:
+    from msa_gateway.model import ServiceOptions
     from msa_gateway.proxy.request import ProxyRequest
     from msa_gateway.registry.snapshot import ServiceRoute
     from msa_gateway.routing.config import RouteConfig
@@ -19,11 +22,16 @@ if TYPE_CHECKING:
 
 
 class CompiledRoute:
-    """One route of the table, with its target route in this snapshot (None: service not registered)."""
+    """One route of the table, with its target route in this snapshot (None: service not registered).
 
-    __slots__ = ("config", "headers", "methods", "prefix", "service", "strip", "target")
+    A route with a ``split`` picks its target per request (``splitter``); ``target`` is then None.
+    """
 
-    def __init__(self, config: RouteConfig, target: ServiceRoute | None) -> None:
+    __slots__ = ("config", "headers", "methods", "prefix", "service", "splitter", "strip", "target")
+
+    def __init__(
+        self, config: RouteConfig, target: ServiceRoute | None, splitter: Splitter | None = None
+    ) -> None:
         self.config = config
         self.service = config.service
         self.prefix = config.prefix
@@ -31,6 +39,7 @@ class CompiledRoute:
         self.headers = config.headers
         self.strip = len(config.prefix) if config.strip_prefix else 0
         self.target = target
+        self.splitter = splitter
 
     def matches(self, path: bytes, method: str, headers: Sequence[tuple[bytes, bytes]]) -> bool:
         """Return whether the request matches (the host was matched by the table)."""
@@ -120,11 +129,45 @@ class RouteTable:
         return self.any_host.find(path, method, headers)
 
 
-def build_table(config: GatewayConfig, services: Mapping[str, ServiceRoute]) -> RouteTable:
-    """Compile ``config.routes`` against this snapshot's services (a route's service may be missing)."""
+def build_table(
+    config: GatewayConfig, services: Mapping[str, ServiceRoute], split_counter: Any = None
+) -> RouteTable:
+    """Compile ``config.routes`` against this snapshot's services (a route's service may be missing).
+
+    ``split_counter`` is ``gateway_route_split_total`` (labels route, service); None counts nothing.
+    """
     compiled = []
     for route in config.routes:
-        base = services.get(route.service)
-        prefix = route.prefix.decode("ascii") if route.strip_prefix else ""
-        compiled.append(CompiledRoute(route, base.variant(route.options, prefix) if base else None))
+        resolve = _Views(services, route.prefix.decode("ascii") if route.strip_prefix else "")
+        if route.split is None:
+            compiled.append(CompiledRoute(route, resolve(route.service, route.options)))
+            continue
+        name = route.name
+        counter = (lambda s, n=name: split_counter.labels(n, s)) if split_counter is not None else _uncounted
+        compiled.append(CompiledRoute(route, None, Splitter(route.split, resolve, counter)))
     return RouteTable(compiled, config.default_route)
+
+
+class _Views:
+    """A route's view of each service it names, made once (a service both split and matched: one view)."""
+
+    def __init__(self, services: Mapping[str, ServiceRoute], prefix: str) -> None:
+        self.services = services
+        self.prefix = prefix
+        self.made: dict[str, ServiceRoute | None] = {}
+
+    def __call__(self, service: str, options: ServiceOptions) -> ServiceRoute | None:
+        if service not in self.made:
+            base = self.services.get(service)
+            self.made[service] = base.variant(options, self.prefix) if base else None
+        return self.made[service]
+
+
+class _Uncounted:
+    def inc(self) -> None:
+        """Count nothing (tables built without metrics)."""
+
+
+def _uncounted(service: str) -> _Uncounted:
+    del service
+    return _Uncounted()

