@@ -1,0 +1,121 @@
+"""GCRA, the rate-limit algorithm: one number per key and limit, one atomic decision per request.
+
+The Generic Cell Rate Algorithm keeps a *theoretical arrival time* (TAT) per key: the moment
+the bucket would be empty again if no more requests came. A limit of ``count`` per ``period``
+admits one request every ``T = period / count`` seconds, plus ``burst`` more at once
+(tolerance ``tau = burst * T``). A request at ``now`` is admitted when
+``max(TAT, now) + T - (tau + T) <= now``, and then ``TAT = max(TAT, now) + T``. It is exact
+(no window edges, no read-then-increment race when the check and the update are one step) and
+O(1) in time and memory per key. A key whose TAT is in the past is indistinguishable from a new
+one, so idle keys can be forgotten (``LocalBuckets``) or expire (the Redis script's TTLs).
+
+Several limits on one policy (``100/second`` and ``5000/hour``) are decided together: the
+request is admitted only when every limit admits it, and only then are the TATs advanced.
+The same arithmetic runs in Lua for the ``redis`` backend (``ratelimit_redis.SCRIPT``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+MAX_KEYS = 100_000  # default bound of a local store
+EPSILON = 1e-6  # seconds: float rounding of ``now + T - T`` must not refuse an on-time request
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One limit: ``count`` requests per ``period`` seconds, ``burst`` more at once."""
+
+    count: int
+    period: float
+    burst: int
+    label: str  # "100/second", as configured
+
+    @property
+    def interval(self) -> float:
+        """Return the emission interval T: seconds between two requests at the steady rate."""
+        return self.period / self.count
+
+    @property
+    def tolerance(self) -> float:
+        """Return tau + T: how far ahead of ``now`` a TAT may run and the request still pass."""
+        return (self.burst + 1) * self.interval
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer for one request: admitted or not, and what the RateLimit headers report."""
+
+    allowed: bool
+    retry_after: float  # seconds until the request would pass (0 when admitted)
+    remaining: tuple[int, ...]  # per limit, requests that may still come at once
+    reset: tuple[float, ...]  # per limit, seconds until the bucket is full again
+
+
+def decide(limits: tuple[Limit, ...], tats: list[float], now: float, cost: int = 1) -> Decision:
+    """Decide one request against ``tats`` (one per limit), advancing them in place when admitted.
+
+    ``cost`` > 1 with everything admitted is how a batch of requests already admitted elsewhere
+    is accounted (the pre-check's synchronisation never refuses what already passed).
+    """
+    wait = 0.0
+    new = []
+    for limit, tat in zip(limits, tats, strict=True):
+        advanced = max(tat, now) + limit.interval * cost
+        allow_at = advanced - limit.tolerance
+        if cost == 1 and allow_at > now + EPSILON:
+            wait = max(wait, allow_at - now)
+        new.append(advanced)
+    allowed = wait == 0.0
+    if allowed:
+        tats[:] = new
+    shown = tats if allowed else [max(t, now) for t in tats]
+    remaining = tuple(
+        max(0, math.floor((now + limit.tolerance - tat) / limit.interval + EPSILON))
+        for limit, tat in zip(limits, shown, strict=True)
+    )
+    reset = tuple(max(0.0, tat - now) for tat in shown)
+    return Decision(allowed, wait, remaining, reset)
+
+
+class LocalBuckets:
+    """The ``local`` backend's store: TATs per key in one dict, least recently used first.
+
+    Every decision moves its key to the end, so the front holds the keys idle longest; each
+    decision also drops up to two front keys whose TATs have all passed (they are as good as
+    new), and when ``max_keys`` is reached the oldest key goes regardless (it starts afresh:
+    bounded memory wins over remembering a key nobody used for the longest time).
+    """
+
+    __slots__ = ("evicted", "limits", "max_keys", "tats")
+
+    def __init__(self, limits: tuple[Limit, ...], max_keys: int = MAX_KEYS) -> None:
+        self.limits = limits
+        self.max_keys = max_keys
+        self.tats: dict[str, list[float]] = {}
+        self.evicted = 0  # keys forgotten before they were idle (the bound was reached)
+
+    def decide(self, key: str, now: float, cost: int = 1) -> Decision:
+        """Decide one request for ``key`` at ``now`` (seconds, any monotonic origin)."""
+        store = self.tats
+        tats = store.pop(key, None)
+        if tats is None:
+            self._evict(now)
+            tats = [now] * len(self.limits)
+        store[key] = tats  # (re)inserted last: the most recently used
+        return decide(self.limits, tats, now, cost)
+
+    def _evict(self, now: float) -> None:
+        store = self.tats
+        for _ in range(2):
+            oldest = next(iter(store), None)
+            if oldest is None or max(store[oldest]) > now:
+                break
+            del store[oldest]
+        while len(store) >= self.max_keys:
+            del store[next(iter(store))]
+            self.evicted += 1
+
+    def __len__(self) -> int:
+        return len(self.tats)

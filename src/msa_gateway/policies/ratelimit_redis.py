@@ -1,0 +1,142 @@
+"""The ``redis`` backend: one ``EVALSHA`` per decision, Redis's clock, and an explicit failure mode.
+
+The script runs GCRA (``gcra.py``) on the policy's keys in one step, so gateways sharing a Redis
+count every request exactly once, whatever the concurrency. Time comes from Redis ``TIME``
+(microseconds), never from the gateways' clocks, which may disagree. The keys of one request
+share a hash tag (``rl:{service:policy:key}:0``...), so the script also runs on Redis Cluster,
+and each key gets a TTL that ends when its TAT passes: an idle key is as good as gone.
+
+When the script is missing (a restarted server, ``SCRIPT FLUSH``) the ``NOSCRIPT`` answer is
+handled by loading it again and retrying once. Any other failure, or no answer within
+``backend_timeout``, marks the backend down: the outage is logged once,
+``gateway_ratelimit_backend_up`` goes to 0 and requests get the policy's ``on_backend_error``
+answer without waiting for Redis; every ``RETRY_INTERVAL`` one request tries Redis again, and
+the first success brings the backend back (logged, gauge 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, RedisError
+
+from msa_gateway.policies.gcra import Decision, Limit
+
+log = logging.getLogger(__name__)
+
+RETRY_INTERVAL = 0.25  # seconds between two tries of a backend that is down
+
+# KEYS: one per limit. ARGV: cost, then per limit the interval and the tolerance in microseconds.
+# A cost above 1 is a batch already admitted by a pre-check: applied, never refused.
+# Answers {allowed, wait_us, remaining_1, reset_us_1, remaining_2, reset_us_2, ...}.
+SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cost = tonumber(ARGV[1])
+local wait, cur, new, out = 0, {}, {}, {}
+for i = 1, #KEYS do
+  local interval, tolerance = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(redis.call('GET', KEYS[i])) or now
+  if tat < now then tat = now end
+  cur[i], new[i] = tat, tat + interval * cost
+  local allow_at = new[i] - tolerance
+  if cost == 1 and allow_at > now + 1 then wait = math.max(wait, allow_at - now) end
+end
+local allowed = wait == 0
+for i = 1, #KEYS do
+  local interval, tolerance = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local tat = cur[i]
+  if allowed then
+    tat = new[i]
+    redis.call('SET', KEYS[i], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+  end
+  out[#out + 1] = math.max(0, math.floor((now + tolerance - tat) / interval + 0.000001))
+  out[#out + 1] = math.max(0, math.ceil(tat - now))
+end
+return {allowed and 1 or 0, math.ceil(wait), unpack(out)}
+"""
+
+
+def script_args(limits: Sequence[Limit], cost: int = 1) -> list[float | int]:
+    """Return ARGV for ``limits``: the cost, then interval and tolerance of each, in microseconds."""
+    args: list[float | int] = [cost]
+    for limit in limits:
+        args += [limit.interval * 1e6, limit.tolerance * 1e6]
+    return args
+
+
+def parse_answer(answer: list[int]) -> Decision:
+    """Turn the script's answer into a ``Decision``."""
+    pairs = answer[2:]
+    return Decision(
+        bool(answer[0]),
+        answer[1] / 1e6,
+        tuple(int(r) for r in pairs[0::2]),
+        tuple(r / 1e6 for r in pairs[1::2]),
+    )
+
+
+class RedisBackend:
+    """One Redis client shared by every ``redis`` policy of the runtime, with its up/down state."""
+
+    def __init__(
+        self, client: Redis, timeout: float, now: Callable[[], float], on_change: Callable[[bool], None]
+    ) -> None:
+        self.client = client
+        self.timeout = timeout
+        self.now = now
+        self.on_change = on_change  # told of each transition (the gauge)
+        self.up = True
+        self.retry_at = 0.0
+        self.sha: str | None = None
+
+    def available(self) -> bool:
+        """Return whether a decision should try Redis now (up, or down and due for a retry)."""
+        if self.up:
+            return True
+        now = self.now()
+        if now < self.retry_at:
+            return False
+        self.retry_at = now + RETRY_INTERVAL  # one request tries; the others keep the fallback
+        return True
+
+    async def run(self, keys: Sequence[str], args: Sequence[float | int]) -> list[int] | None:
+        """Run the script; None when Redis failed or did not answer in time (the backend is down)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                answer = await self._evalsha(keys, args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark(False, exc)
+            return None
+        if not self.up:
+            self._mark(True, None)
+        return answer
+
+    async def _evalsha(self, keys: Sequence[str], args: Sequence[float | int]) -> list[int]:
+        if self.sha is None:
+            self.sha = str(await self.client.script_load(SCRIPT))
+        try:
+            return await self.client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[no-any-return]
+        except NoScriptError:
+            self.sha = str(await self.client.script_load(SCRIPT))
+            return await self.client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[no-any-return]
+
+    def _mark(self, up: bool, exc: BaseException | None) -> None:
+        if up == self.up:
+            self.retry_at = self.now() + RETRY_INTERVAL
+            return
+        self.up = up
+        self.retry_at = self.now() + RETRY_INTERVAL
+        if up:
+            log.warning("ratelimit_backend_recovered", extra={"backend": "redis"})
+        else:
+            reason = type(exc).__name__ if exc is not None else "unknown"
+            log.error("ratelimit_backend_down", extra={"backend": "redis", "reason": reason})
+        self.on_change(up)
+
+    async def aclose(self) -> None:
+        """Close the client's connections."""
+        await self.client.aclose()
