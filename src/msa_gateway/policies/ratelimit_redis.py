@@ -7,7 +7,7 @@ share a hash tag (``rl:{service:policy:key}:0``...), so the script also runs on 
 and each key gets a TTL that ends when its TAT passes: an idle key is as good as gone.
 
 When the script is missing (a restarted server, ``SCRIPT FLUSH``) the ``NOSCRIPT`` answer is
-handled by loading it again and retrying once. Any other failure, or no answer within
+handled by loading it again and retrying those calls once. Any other failure, or no answer within
 ``backend_timeout``, marks the backend down: the outage is logged once,
 ``gateway_ratelimit_backend_up`` goes to 0 and requests get the policy's ``on_backend_error``
 answer without waiting for Redis; every ``RETRY_INTERVAL`` one request tries Redis again, and
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
@@ -28,6 +29,7 @@ from msa_gateway.policies.gcra import Decision, Limit
 log = logging.getLogger(__name__)
 
 RETRY_INTERVAL = 0.25  # seconds between two tries of a backend that is down
+MAX_BATCHES = 4  # pipelines in flight at once (about as many connections)
 
 # KEYS: one per limit. ARGV: cost, then per limit the interval and the tolerance in microseconds.
 # A cost above 1 is a batch already admitted by a pre-check: applied, never refused.
@@ -60,6 +62,9 @@ return {allowed and 1 or 0, math.ceil(wait), unpack(out)}
 """
 
 
+Pending = tuple[Sequence[str], Sequence[float | int], "asyncio.Future[list[int] | None]"]
+
+
 def script_args(limits: Sequence[Limit], cost: int = 1) -> list[float | int]:
     """Return ARGV for ``limits``: the cost, then interval and tolerance of each, in microseconds."""
     args: list[float | int] = [cost]
@@ -80,7 +85,13 @@ def parse_answer(answer: list[int]) -> Decision:
 
 
 class RedisBackend:
-    """One Redis client shared by every ``redis`` policy of the runtime, with its up/down state."""
+    """One Redis client shared by every ``redis`` policy of the runtime, with its up/down state.
+
+    Decisions asked for in the same event-loop turn go out together as one pipeline of
+    ``EVALSHA`` calls (still one script run per request), with at most ``MAX_BATCHES`` pipelines
+    in flight: a burst of concurrent requests costs a few round trips and connections, not one
+    connection each, and each request waits for at most ``timeout``.
+    """
 
     def __init__(
         self, client: Redis, timeout: float, now: Callable[[], float], on_change: Callable[[bool], None]
@@ -92,6 +103,9 @@ class RedisBackend:
         self.up = True
         self.retry_at = 0.0
         self.sha: str | None = None
+        self.queue: list[Pending] = []
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.scheduled = False
 
     def available(self) -> bool:
         """Return whether a decision should try Redis now (up, or down and due for a retry)."""
@@ -105,24 +119,65 @@ class RedisBackend:
 
     async def run(self, keys: Sequence[str], args: Sequence[float | int]) -> list[int] | None:
         """Run the script; None when Redis failed or did not answer in time (the backend is down)."""
+        future: asyncio.Future[list[int] | None] = asyncio.get_running_loop().create_future()
+        self.queue.append((keys, args, future))
+        self._schedule()
+        return await future
+
+    def _schedule(self) -> None:
+        if not self.scheduled and len(self.in_flight) < MAX_BATCHES:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.scheduled = False
+        if not self.queue:
+            return
+        batch, self.queue = self.queue, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self.in_flight.add(task)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        if self.queue:
+            self._schedule()
+
+    async def _send(self, batch: list[Pending]) -> None:
         try:
             async with asyncio.timeout(self.timeout):
-                answer = await self._evalsha(keys, args)
+                answers: list[list[int] | None] = list(await self._pipeline(batch))
         except (RedisError, OSError, TimeoutError) as exc:
             self._mark(False, exc)
-            return None
-        if not self.up:
-            self._mark(True, None)
-        return answer
+            answers = [None] * len(batch)
+        else:
+            if not self.up:
+                self._mark(True, None)
+        for (_, _, future), answer in zip(batch, answers, strict=True):
+            if not future.done():
+                future.set_result(answer)
 
-    async def _evalsha(self, keys: Sequence[str], args: Sequence[float | int]) -> list[int]:
+    async def _pipeline(self, batch: list[Pending]) -> list[list[int]]:
         if self.sha is None:
             self.sha = str(await self.client.script_load(SCRIPT))
-        try:
-            return await self.client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[no-any-return]
-        except NoScriptError:
+        results = await self._evalsha([(keys, args) for keys, args, _ in batch])
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:  # a restarted server or SCRIPT FLUSH: load it again, run those once more
             self.sha = str(await self.client.script_load(SCRIPT))
-            return await self.client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[no-any-return]
+            again = await self._evalsha([(batch[i][0], batch[i][1]) for i in missing])
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    async def _evalsha(self, calls: list[tuple[Sequence[str], Sequence[float | int]]]) -> list[Any]:
+        assert self.sha is not None
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(self.sha, len(keys), *keys, *args)
+        return await pipe.execute(raise_on_error=False)
 
     def _mark(self, up: bool, exc: BaseException | None) -> None:
         if up == self.up:
