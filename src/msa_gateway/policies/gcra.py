@@ -6,8 +6,12 @@ admits one request every ``T = period / count`` seconds, plus ``burst`` more at 
 (tolerance ``tau = burst * T``). A request at ``now`` is admitted when
 ``max(TAT, now) + T - (tau + T) <= now``, and then ``TAT = max(TAT, now) + T``. It is exact
 (no window edges, no read-then-increment race when the check and the update are one step) and
-O(1) in time and memory per key. A key whose TAT is in the past is indistinguishable from a new
-one, so idle keys can be forgotten (``LocalBuckets``) or expire (the Redis script's TTLs).
+O(1) in time and memory per key. One refinement: a request arriving less than one interval after
+the TAT advances the TAT from the TAT, not from ``now`` (textbook GCRA would drop the lateness),
+so jitter in arrivals does not cost a ``burst: 0`` limit part of its rate; over any window of
+``W`` seconds at most ``W / T + burst + 2`` requests pass, and under steady pressure the long-run
+rate is exact. A key whose TATs are all more than one interval in the past is as good as new,
+so idle keys can be forgotten (``LocalBuckets``) or expire (the Redis script's TTLs).
 
 Several limits on one policy (``100/second`` and ``5000/hour``) are decided together: the
 request is admitted only when every limit admits it, and only then are the TATs advanced.
@@ -62,7 +66,9 @@ def decide(limits: tuple[Limit, ...], tats: list[float], now: float, cost: int =
     wait = 0.0
     new = []
     for limit, tat in zip(limits, tats, strict=True):
-        advanced = max(tat, now) + limit.interval * cost
+        # A request less than one interval late keeps the schedule (``tat``): with jittery arrivals
+        # a burst-0 limit still admits its full rate. Later than that the key was idle: start at now.
+        advanced = (now if now >= tat + limit.interval else tat) + limit.interval * cost
         allow_at = advanced - limit.tolerance
         if cost == 1 and allow_at > now + EPSILON:
             wait = max(wait, allow_at - now)
@@ -110,12 +116,15 @@ class LocalBuckets:
         store = self.tats
         for _ in range(2):
             oldest = next(iter(store), None)
-            if oldest is None or max(store[oldest]) > now:
+            if oldest is None or not self._idle(store[oldest], now):
                 break
             del store[oldest]
         while len(store) >= self.max_keys:
             del store[next(iter(store))]
             self.evicted += 1
+
+    def _idle(self, tats: list[float], now: float) -> bool:
+        return all(tat + limit.interval <= now for tat, limit in zip(tats, self.limits, strict=True))
 
     def __len__(self) -> int:
         return len(self.tats)

@@ -4,7 +4,7 @@ The script runs GCRA (``gcra.py``) on the policy's keys in one step, so gateways
 count every request exactly once, whatever the concurrency. Time comes from Redis ``TIME``
 (microseconds), never from the gateways' clocks, which may disagree. The keys of one request
 share a hash tag (``rl:{service:policy:key}:0``...), so the script also runs on Redis Cluster,
-and each key gets a TTL that ends when its TAT passes: an idle key is as good as gone.
+and each key gets a TTL that ends one interval after its TAT: an idle key is as good as gone.
 
 When the script is missing (a restarted server, ``SCRIPT FLUSH``) the ``NOSCRIPT`` answer is
 handled by loading it again and retrying those calls once. Any other failure, or no answer within
@@ -42,8 +42,9 @@ local wait, cur, new, out = 0, {}, {}, {}
 for i = 1, #KEYS do
   local interval, tolerance = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
   local tat = tonumber(redis.call('GET', KEYS[i])) or now
-  if tat < now then tat = now end
-  cur[i], new[i] = tat, tat + interval * cost
+  local base = tat
+  if tat + interval <= now then base = now end
+  cur[i], new[i] = math.max(tat, now), base + interval * cost
   local allow_at = new[i] - tolerance
   if cost == 1 and allow_at > now + 1 then wait = math.max(wait, allow_at - now) end
 end
@@ -53,7 +54,7 @@ for i = 1, #KEYS do
   local tat = cur[i]
   if allowed then
     tat = new[i]
-    redis.call('SET', KEYS[i], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+    redis.call('SET', KEYS[i], string.format('%.3f', tat), 'PX', math.ceil((tat + interval - now) / 1000))
   end
   out[#out + 1] = math.max(0, math.floor((now + tolerance - tat) / interval + 0.000001))
   out[#out + 1] = math.max(0, math.ceil(tat - now))

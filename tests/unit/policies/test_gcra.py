@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from msa_gateway.policies.gcra import Limit, LocalBuckets, decide
@@ -44,7 +46,7 @@ def test_remaining_and_reset_count_down_and_refill() -> None:
 
 def test_every_limit_must_admit_and_a_refusal_advances_none_of_them() -> None:
     limits = (per_second(100, burst=99), Limit(3, 60.0, 2, "3/minute"))
-    tats = [0.0, 0.0]
+    tats = [10.0, 10.0]  # a new key: its TATs are now
     assert [decide(limits, tats, 10.0).allowed for _ in range(4)] == [True, True, True, False]
     before = list(tats)
     refused = decide(limits, tats, 10.0)
@@ -68,8 +70,8 @@ def test_keys_are_independent() -> None:
 def test_idle_keys_are_evicted_as_new_keys_arrive() -> None:
     buckets = LocalBuckets((per_second(10),))
     for i in range(1000):
-        buckets.decide(f"k{i}", i * 0.01)  # each key idle again 0.1 s after its request
-    assert len(buckets) < 20 and buckets.evicted == 0
+        buckets.decide(f"k{i}", i * 0.01)  # each key idle again 0.2 s after its request
+    assert len(buckets) <= 21 and buckets.evicted == 0  # the keys of the last 0.2 s
 
 
 def test_memory_is_bounded_and_the_least_recently_used_key_goes_first() -> None:
@@ -80,3 +82,20 @@ def test_memory_is_bounded_and_the_least_recently_used_key_goes_first() -> None:
     buckets.decide("d", 0.0)
     assert set(buckets.tats) == {"a", "c", "d"} and buckets.evicted == 1
     assert len(buckets) == 3
+
+
+def test_jittery_arrivals_do_not_cost_a_burst_zero_limit_part_of_its_rate() -> None:
+    rng = random.Random(7)
+    buckets = LocalBuckets((per_second(100),))
+    now, times = 500.0, []
+    while now < 510.0:  # 10 s of arrivals 0-4 ms apart (about 500/s, bunched as batches would be)
+        times.append(now)
+        now += rng.uniform(0, 0.004)
+    assert 1000 <= admitted(buckets, "k", times) <= 1002
+
+
+def test_a_late_request_never_lets_more_than_one_extra_through() -> None:
+    buckets = LocalBuckets((per_second(10),))
+    assert buckets.decide("k", 0.0).allowed  # TAT 0.1
+    assert buckets.decide("k", 0.19).allowed  # 90 ms late: TAT 0.2, not 0.29
+    assert buckets.decide("k", 0.2).allowed and not buckets.decide("k", 0.2).allowed
