@@ -162,15 +162,13 @@ async def failure_run(
         print(f"first 503 after the kill: {first_mode * 1000:.0f} ms")
     during = [st for s, _, st in log if killed + 0.3 <= s < back]
     print(f"during the outage: {len(during)} answers, statuses {sorted(set(during))}")
-    print(
-        f"slowest request: {max(lat for _, lat, _ in log) * 1000:.0f} ms; errors {sum(st == 0 for *_, st in log)}"
-    )
+    errors = sum(st == 0 for *_, st in log)
+    print(f"slowest request: {max(lat for _, lat, _ in log) * 1000:.0f} ms; client errors {errors}")
     if decided:
         print(f"first Redis decision after the restart: {(decided[0] - back) * 1000:.0f} ms")
     steady = [st for s, _, st in log if back + 1.0 <= s < back + 2.0]
-    print(
-        f"admitted in [restart, +1s): {window.count(200)}; in [+1s, +2s): {steady.count(200)} (limit {args.rate}/s)"
-    )
+    print(f"admitted in [restart, +1s): {window.count(200)}; in [+1s, +2s): {steady.count(200)}", end=" ")
+    print(f"(limit {args.rate}/s)")
 
 
 def main(argv: list[str] | None = None) -> None:
