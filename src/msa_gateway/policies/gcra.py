@@ -20,8 +20,8 @@ The same arithmetic runs in Lua for the ``redis`` backend (``ratelimit_redis.SCR
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 MAX_KEYS = 100_000  # default bound of a local store
 EPSILON = 1e-6  # seconds: float rounding of ``now + T - T`` must not refuse an on-time request
@@ -47,9 +47,11 @@ class Limit:
         return (self.burst + 1) * self.interval
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """The answer for one request: admitted or not, and what the RateLimit headers report."""
+class Decision(NamedTuple):
+    """The answer for one request: admitted or not, and what the RateLimit headers report.
+
+    A named tuple rather than a frozen dataclass: one is made per request, and this is cheaper.
+    """
 
     allowed: bool
     retry_after: float  # seconds until the request would pass (0 when admitted)
@@ -57,7 +59,15 @@ class Decision:
     reset: tuple[float, ...]  # per limit, seconds until the bucket is full again
 
 
-def decide(limits: tuple[Limit, ...], tats: list[float], now: float, cost: int = 1) -> Decision:
+Params = tuple[tuple[float, float], ...]  # (interval, tolerance) per limit, computed once
+
+
+def params(limits: tuple[Limit, ...]) -> Params:
+    """Return each limit's interval and tolerance (properties are too slow to read per request)."""
+    return tuple((limit.interval, limit.tolerance) for limit in limits)
+
+
+def decide(limits: Params, tats: list[float], now: float, cost: int = 1) -> Decision:
     """Decide one request against ``tats`` (one per limit), advancing them in place when admitted.
 
     ``cost`` > 1 with everything admitted is how a batch of requests already admitted elsewhere
@@ -65,24 +75,25 @@ def decide(limits: tuple[Limit, ...], tats: list[float], now: float, cost: int =
     """
     wait = 0.0
     new = []
-    for limit, tat in zip(limits, tats, strict=True):
+    for (interval, tolerance), tat in zip(limits, tats, strict=True):
         # A request less than one interval late keeps the schedule (``tat``): with jittery arrivals
         # a burst-0 limit still admits its full rate. Later than that the key was idle: start at now.
-        advanced = (now if now >= tat + limit.interval else tat) + limit.interval * cost
-        allow_at = advanced - limit.tolerance
-        if cost == 1 and allow_at > now + EPSILON:
-            wait = max(wait, allow_at - now)
+        advanced = (now if now >= tat + interval else tat) + interval * cost
+        late = advanced - tolerance - now
+        if late > EPSILON and late > wait and cost == 1:
+            wait = late
         new.append(advanced)
     allowed = wait == 0.0
     if allowed:
         tats[:] = new
-    shown = tats if allowed else [max(t, now) for t in tats]
-    remaining = tuple(
-        max(0, math.floor((now + limit.tolerance - tat) / limit.interval + EPSILON))
-        for limit, tat in zip(limits, shown, strict=True)
-    )
-    reset = tuple(max(0.0, tat - now) for tat in shown)
-    return Decision(allowed, wait, remaining, reset)
+    remaining = []
+    reset = []
+    for (interval, tolerance), tat in zip(limits, tats, strict=True):
+        tat = max(tat, now)  # noqa: PLW2901 - shown as of now
+        left = int((now + tolerance - tat) / interval + EPSILON)  # >= 0: truncation is floor
+        remaining.append(left if left > 0 else 0)
+        reset.append(tat - now)
+    return Decision(allowed, wait, tuple(remaining), tuple(reset))
 
 
 class LocalBuckets:
@@ -94,10 +105,11 @@ class LocalBuckets:
     bounded memory wins over remembering a key nobody used for the longest time).
     """
 
-    __slots__ = ("evicted", "limits", "max_keys", "tats")
+    __slots__ = ("evicted", "limits", "max_keys", "params", "tats")
 
     def __init__(self, limits: tuple[Limit, ...], max_keys: int = MAX_KEYS) -> None:
         self.limits = limits
+        self.params = params(limits)
         self.max_keys = max_keys
         self.tats: dict[str, list[float]] = {}
         self.evicted = 0  # keys forgotten before they were idle (the bound was reached)
@@ -110,7 +122,7 @@ class LocalBuckets:
             self._evict(now)
             tats = [now] * len(self.limits)
         store[key] = tats  # (re)inserted last: the most recently used
-        return decide(self.limits, tats, now, cost)
+        return decide(self.params, tats, now, cost)
 
     def _evict(self, now: float) -> None:
         store = self.tats
@@ -124,7 +136,7 @@ class LocalBuckets:
             self.evicted += 1
 
     def _idle(self, tats: list[float], now: float) -> bool:
-        return all(tat + limit.interval <= now for tat, limit in zip(tats, self.limits, strict=True))
+        return all(tat + p[0] <= now for tat, p in zip(tats, self.params, strict=True))
 
     def __len__(self) -> int:
         return len(self.tats)

@@ -27,6 +27,8 @@ from msa_gateway.policies.ratelimit_limiter import RESULTS, Limiter
 from msa_gateway.policies.ratelimit_redis import RedisBackend
 from msa_gateway.policies.shared import SharedState
 
+MAX_STATES = 4096  # formatted RateLimit values kept per stage
+
 if TYPE_CHECKING:
     from msa_gateway.model import ServiceSpec
     from msa_gateway.policies.base import Reply
@@ -60,7 +62,7 @@ class RateLimitStage:
     """The request stage: one decision per request; 429 when refused."""
 
     name = "rate_limit"
-    __slots__ = ("config", "counters", "header", "kind", "limiter", "policy_header")
+    __slots__ = ("config", "counters", "header", "kind", "limiter", "policy_header", "states")
 
     def __init__(self, config: RateLimitConfig, limiter: Limiter, service: str, shared: SharedState) -> None:
         self.config = config
@@ -74,6 +76,7 @@ class RateLimitStage:
             else None
         )
         self.policy_header = policy_header(config)
+        self.states: dict[tuple[tuple[int, ...], tuple[int, ...]], bytes] = {}  # RateLimit values made
 
     @classmethod
     def build(cls, config: RateLimitConfig, spec: ServiceSpec) -> RateLimitStage:
@@ -102,14 +105,16 @@ class RateLimitStage:
 
     async def __call__(self, request: ProxyRequest) -> Reply | None:
         """Decide; pass (with the headers for the response stage) or raise 429/503."""
-        decision, result = await self.limiter.decide(self.key_of(request))
+        limiter = self.limiter
+        key = self.key_of(request)
+        decision, result = limiter.decide_local(key) if limiter.redis is None else await limiter.decide(key)
         if self.counters is not None:
             self.counters[result].inc()
         if decision is None:
             if result == "fail_closed":
                 raise Overloaded("the rate limiter is unavailable", 1)
             return None
-        state = state_header(self.config, decision)
+        state = self._state(decision)
         headers = ((b"ratelimit-policy", self.policy_header), (b"ratelimit", state))
         if decision.allowed:
             request.rate_limit = headers
@@ -117,6 +122,16 @@ class RateLimitStage:
         raise TooManyRequests(
             f"rate limit {self.config.name!r} exceeded", max(1, math.ceil(decision.retry_after)), headers
         )
+
+    def _state(self, decision: Decision) -> bytes:
+        """Return the ``RateLimit`` value, formatted once per distinct (remaining, reset) and kept."""
+        seen = (decision.remaining, tuple(map(math.ceil, decision.reset)))
+        value = self.states.get(seen)
+        if value is None:
+            if len(self.states) >= MAX_STATES:
+                self.states.clear()
+            value = self.states[seen] = state_header(self.config, decision)
+        return value
 
 
 class RateLimitHeaders:

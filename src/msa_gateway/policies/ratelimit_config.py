@@ -66,7 +66,7 @@ def _limit(raw: Any, key: str) -> Limit:
     if "rate" not in data:
         raise PolicyError(f"{key}.rate", "required, e.g. 100/second")
     count, period = parse_rate(data["rate"], f"{key}.rate")
-    burst = number(data.get("burst", count - 1), f"{key}.burst", 0, 10_000_000)
+    burst = number(data.get("burst", count - 1), f"{key}.burst", 0, 1_000_000_000)
     return Limit(count, period, burst, str(data["rate"]).replace(" ", ""))
 
 

@@ -67,12 +67,16 @@ class Limiter:
         head = self.prefix + redis_key_part(key)
         return [head + suffix for suffix in self.suffixes]
 
+    def decide_local(self, key: str) -> tuple[Decision, str]:
+        """Return the ``local`` backend's decision (no coroutine: this is the whole cost)."""
+        decision = self.local.decide(key, self.now())
+        return decision, "allowed" if decision.allowed else "limited"
+
     async def decide(self, key: str) -> tuple[Decision | None, str]:
         """Return the decision for one request of ``key`` and its result label (None: no decision)."""
         redis = self.redis
         if redis is None:
-            decision = self.local.decide(key, self.now())
-            return decision, "allowed" if decision.allowed else "limited"
+            return self.decide_local(key)
         if self.config.sync_interval is not None and redis.up:
             return self._precheck(key)
         if redis.available():

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from msa_gateway.policies.gcra import Limit, LocalBuckets, decide
+from msa_gateway.policies.gcra import Limit, LocalBuckets, decide, params
 
 
 def per_second(count: int, burst: int = 0) -> Limit:
@@ -45,7 +45,7 @@ def test_remaining_and_reset_count_down_and_refill() -> None:
 
 
 def test_every_limit_must_admit_and_a_refusal_advances_none_of_them() -> None:
-    limits = (per_second(100, burst=99), Limit(3, 60.0, 2, "3/minute"))
+    limits = params((per_second(100, burst=99), Limit(3, 60.0, 2, "3/minute")))
     tats = [10.0, 10.0]  # a new key: its TATs are now
     assert [decide(limits, tats, 10.0).allowed for _ in range(4)] == [True, True, True, False]
     before = list(tats)
@@ -57,7 +57,7 @@ def test_every_limit_must_admit_and_a_refusal_advances_none_of_them() -> None:
 
 def test_a_batch_already_admitted_is_applied_and_never_refused() -> None:
     tats = [0.0]
-    batch = decide((per_second(10),), tats, 5.0, cost=30)
+    batch = decide(params((per_second(10),)), tats, 5.0, cost=30)
     assert batch.allowed and tats == [pytest.approx(8.0)]
 
 
