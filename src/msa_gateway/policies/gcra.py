@@ -67,12 +67,13 @@ def params(limits: tuple[Limit, ...]) -> Params:
     return tuple((limit.interval, limit.tolerance) for limit in limits)
 
 
-def decide(limits: Params, tats: list[float], now: float, cost: int = 1) -> Decision:
+def decide(limits: Params, tats: list[float], now: float, applied: int = 0) -> Decision:
     """Decide one request against ``tats`` (one per limit), advancing them in place when admitted.
 
-    ``cost`` > 1 with everything admitted is how a batch of requests already admitted elsewhere
-    is accounted (the pre-check's synchronisation never refuses what already passed).
+    ``applied`` > 0 accounts for that many requests already admitted elsewhere instead: never
+    refused (the pre-check's synchronisation cannot take back what already passed).
     """
+    cost = applied or 1
     wait = 0.0
     new = []
     for (interval, tolerance), tat in zip(limits, tats, strict=True):
@@ -80,7 +81,7 @@ def decide(limits: Params, tats: list[float], now: float, cost: int = 1) -> Deci
         # a burst-0 limit still admits its full rate. Later than that the key was idle: start at now.
         advanced = (now if now >= tat + interval else tat) + interval * cost
         late = advanced - tolerance - now
-        if late > EPSILON and late > wait and cost == 1:
+        if late > EPSILON and late > wait and not applied:
             wait = late
         new.append(advanced)
     allowed = wait == 0.0
@@ -114,7 +115,7 @@ class LocalBuckets:
         self.tats: dict[str, list[float]] = {}
         self.evicted = 0  # keys forgotten before they were idle (the bound was reached)
 
-    def decide(self, key: str, now: float, cost: int = 1) -> Decision:
+    def decide(self, key: str, now: float) -> Decision:
         """Decide one request for ``key`` at ``now`` (seconds, any monotonic origin)."""
         store = self.tats
         tats = store.pop(key, None)
@@ -122,7 +123,7 @@ class LocalBuckets:
             self._evict(now)
             tats = [now] * len(self.limits)
         store[key] = tats  # (re)inserted last: the most recently used
-        return decide(self.params, tats, now, cost)
+        return decide(self.params, tats, now)
 
     def _evict(self, now: float) -> None:
         store = self.tats

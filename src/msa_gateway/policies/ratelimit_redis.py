@@ -31,13 +31,14 @@ log = logging.getLogger(__name__)
 RETRY_INTERVAL = 0.25  # seconds between two tries of a backend that is down
 MAX_BATCHES = 4  # pipelines in flight at once (about as many connections)
 
-# KEYS: one per limit. ARGV: cost, then per limit the interval and the tolerance in microseconds.
-# A cost above 1 is a batch already admitted by a pre-check: applied, never refused.
-# Answers {allowed, wait_us, remaining_1, reset_us_1, remaining_2, reset_us_2, ...}.
+# KEYS: one per limit. ARGV: applied, then per limit the interval and the tolerance in microseconds.
+# applied = 0 decides one request; applied = n > 0 accounts for n requests a pre-check already
+# admitted (never refused). Answers {allowed, wait_us, remaining_1, reset_us_1, remaining_2, ...}.
 SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local cost = tonumber(ARGV[1])
+local applied = tonumber(ARGV[1])
+local cost = applied > 0 and applied or 1
 local wait, cur, new, out = 0, {}, {}, {}
 for i = 1, #KEYS do
   local interval, tolerance = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
@@ -46,7 +47,7 @@ for i = 1, #KEYS do
   if tat + interval <= now then base = now end
   cur[i], new[i] = math.max(tat, now), base + interval * cost
   local allow_at = new[i] - tolerance
-  if cost == 1 and allow_at > now + 1 then wait = math.max(wait, allow_at - now) end
+  if applied == 0 and allow_at > now + 1 then wait = math.max(wait, allow_at - now) end
 end
 local allowed = wait == 0
 for i = 1, #KEYS do
@@ -66,9 +67,9 @@ return {allowed and 1 or 0, math.ceil(wait), unpack(out)}
 Pending = tuple[Sequence[str], Sequence[float | int], "asyncio.Future[list[int] | None]"]
 
 
-def script_args(limits: Sequence[Limit], cost: int = 1) -> list[float | int]:
-    """Return ARGV for ``limits``: the cost, then interval and tolerance of each, in microseconds."""
-    args: list[float | int] = [cost]
+def script_args(limits: Sequence[Limit], applied: int = 0) -> list[float | int]:
+    """Return ARGV for ``limits``: ``applied``, then interval and tolerance of each, in microseconds."""
+    args: list[float | int] = [applied]
     for limit in limits:
         args += [limit.interval * 1e6, limit.tolerance * 1e6]
     return args

@@ -187,3 +187,23 @@ async def test_gateway_processes_share_the_limit_and_fail_closed_while_redis_is_
 
         await eventually(decided_by_redis, timeout=5.0)
         assert time.perf_counter() - back < 1.0
+
+
+async def test_the_local_precheck_sends_its_counts_and_learns_the_others(gateways: list[Gateway]) -> None:
+    block = {"limits": [{"rate": "10/minute", "burst": 9}], "sync_interval": 0.02}
+    first, second = gateways[0].limiter(**block), gateways[1].limiter(**block)
+    assert [r for _, r in await decide_all([first], "k", 20)].count("allowed") == 10  # decided locally
+
+    def synced(limiter: Limiter) -> bool:
+        return not limiter.syncing and not limiter.pending
+
+    await eventually(lambda: synced(first), timeout=5.0)
+    # The second gateway knows nothing yet: its first request passes (the documented overshoot)...
+    assert (await second.decide("k"))[1] == "allowed"
+    await eventually(lambda: synced(second), timeout=5.0)
+    # ...and once synchronised it has the first gateway's count too.
+    assert [r for _, r in await decide_all([second], "k", 5)] == ["limited"] * 5
+    assert second.redis is not None
+    tat = float(await second.redis.client.get("rl:{svc:default:k}:0") or 0)
+    now_s, now_us = await second.redis.client.time()
+    assert 11 * 6.0 - 1.0 < tat / 1e6 - (now_s + now_us / 1e6) <= 11 * 6.0  # 11 admitted, 6 s apart

@@ -57,7 +57,7 @@ def test_every_limit_must_admit_and_a_refusal_advances_none_of_them() -> None:
 
 def test_a_batch_already_admitted_is_applied_and_never_refused() -> None:
     tats = [0.0]
-    batch = decide(params((per_second(10),)), tats, 5.0, cost=30)
+    batch = decide(params((per_second(10),)), tats, 5.0, applied=30)
     assert batch.allowed and tats == [pytest.approx(8.0)]
 
 
