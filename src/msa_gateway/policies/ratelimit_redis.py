@@ -8,17 +8,17 @@ and each key gets a TTL that ends one interval after its TAT: an idle key is as 
 
 When the script is missing (a restarted server, ``SCRIPT FLUSH``) the ``NOSCRIPT`` answer is
 handled by loading it again and retrying those calls once. Any other failure, or no answer within
-``backend_timeout``, marks the backend down: the outage is logged once,
-``gateway_ratelimit_backend_up`` goes to 0 and requests get the policy's ``on_backend_error``
-answer without waiting for Redis; every ``RETRY_INTERVAL`` one request tries Redis again, and
-the first success brings the backend back (logged, gauge 1).
+``backend_timeout`` (twice that when the event loop itself was late), marks the backend down:
+the outage is logged once, ``gateway_ratelimit_backend_up`` goes to 0 and requests get the
+policy's ``on_backend_error`` answer without waiting for Redis; every ``RETRY_INTERVAL`` one
+request tries Redis again, and the first success brings the backend back (logged, gauge 1).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -147,8 +147,7 @@ class RedisBackend:
 
     async def _send(self, batch: list[Pending]) -> None:
         try:
-            async with asyncio.timeout(self.timeout):
-                answers: list[list[int] | None] = list(await self._pipeline(batch))
+            answers: list[list[int] | None] = list(await self._within_timeout(self._pipeline(batch)))
         except (RedisError, OSError, TimeoutError) as exc:
             self._mark(False, exc)
             answers = [None] * len(batch)
@@ -158,6 +157,26 @@ class RedisBackend:
         for (_, _, future), answer in zip(batch, answers, strict=True):
             if not future.done():
                 future.set_result(answer)
+
+    async def _within_timeout(self, work: Coroutine[Any, Any, list[list[int]]]) -> list[list[int]]:
+        """Await ``work`` for ``timeout``; once more when the timer itself fired late.
+
+        A timer that fires more than half a timeout late means the event loop was starved of
+        CPU, not that Redis was slow: its answer may be sitting unread in the socket. Then the
+        work gets one more ``timeout`` before the backend is declared down.
+        """
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(work)
+        try:
+            deadline = loop.time() + self.timeout
+            done, _ = await asyncio.wait({task}, timeout=self.timeout)
+            if not done and loop.time() - deadline > self.timeout / 2:
+                done, _ = await asyncio.wait({task}, timeout=self.timeout)
+            if not done:
+                raise TimeoutError
+            return task.result()
+        finally:
+            task.cancel()
 
     async def _pipeline(self, batch: list[Pending]) -> list[list[int]]:
         if self.sha is None:
