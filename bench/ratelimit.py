@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import subprocess
 import tempfile
 import time
@@ -80,7 +81,7 @@ def cluster(args: argparse.Namespace) -> Iterator[tuple[list[int], Proc, int, Pa
         document = gateway_config([p1, p2], health_path=None)
         document["services"]["bench"]["policies"] = {"rate_limit": policy(args)}
         env = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis_port), "LOG_LEVEL": "warning"}
-        launch = GatewayLaunch(gateway_command(), log_to_file=False, env=env)
+        launch = GatewayLaunch(gateway_command(), log_to_file=True, env=env)
         ports = []
         for i in range(args.gateways):
             port, gw_dir = free_port(), work / f"gw{i}"
@@ -100,9 +101,20 @@ def decisions(port: int, into: dict[str, float]) -> None:
             into[result] = into.get(result, 0.0) + float(line.rsplit(" ", 1)[1])
 
 
+def outage_reasons(work: Path) -> dict[str, int]:
+    """Count the gateways' ``ratelimit_backend_down`` log lines by reason."""
+    counts: dict[str, int] = {}
+    for log in work.glob("gw*/gateway-stdout.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            if "ratelimit_backend_down" in line:
+                reason = json.loads(line).get("reason", "?") if line.startswith("{") else "?"
+                counts[reason] = counts.get(reason, 0) + 1
+    return counts
+
+
 def accuracy(args: argparse.Namespace) -> None:
     """Hammer one key through every gateway; print admitted against ideal."""
-    with cluster(args) as (ports, _, _, _):
+    with cluster(args) as (ports, _, _, work):
         share = [
             args.connections // len(ports) + (i < args.connections % len(ports)) for i in range(len(ports))
         ]
@@ -118,6 +130,7 @@ def accuracy(args: argparse.Namespace) -> None:
         results_by: dict[str, float] = {}
         for port in ports:
             decisions(port, results_by)
+        outages = outage_reasons(work)
         admitted = results_by.get("allowed", 0.0) + results_by.get("fallback_allowed", 0.0)
     sent = sum(r.requests for r in results)
     ideal = args.rate * args.duration
@@ -125,6 +138,11 @@ def accuracy(args: argparse.Namespace) -> None:
     print(f"gateways={len(ports)} c={args.connections}")
     print(f"requests sent {sent:.0f} ({sent / args.duration:.0f}/s); admitted {admitted:.0f}")
     print("decisions: " + ", ".join(f"{k}={v:.0f}" for k, v in sorted(results_by.items())))
+    if outages:
+        print(
+            "backend outages logged (reason: count): "
+            + ", ".join(f"{k}: {v}" for k, v in sorted(outages.items()))
+        )
     print(f"ideal {ideal} (+1 for the first request); error {100 * (admitted - ideal) / ideal:+.2f}%")
 
 
