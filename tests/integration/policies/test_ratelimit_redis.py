@@ -7,6 +7,7 @@ client as separate gateways would have; the last test runs three gateway process
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -207,3 +208,26 @@ async def test_the_local_precheck_sends_its_counts_and_learns_the_others(gateway
     tat = float(await second.redis.client.get("rl:{svc:default:k}:0") or 0)
     now_s, now_us = await second.redis.client.time()
     assert 11 * 6.0 - 1.0 < tat / 1e6 - (now_s + now_us / 1e6) <= 11 * 6.0  # 11 admitted, 6 s apart
+
+
+async def test_a_redis_that_hangs_costs_a_request_at_most_the_timeout(
+    gateways: list[Gateway], redis_server: RedisServer
+) -> None:
+    limiter = gateways[0].limiter(on_backend_error="allow", limits=["5/minute"])
+    assert (await limiter.decide("k"))[1] == "allowed"
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)  # accepts nothing, answers nothing: a hung server
+    try:
+        started = time.perf_counter()
+        assert [r for _, r in await decide_all([limiter], "k", 10)] == ["fail_open"] * 10
+        assert time.perf_counter() - started < 2 * TIMEOUT + 0.3  # one timeout (two if the loop was late)
+        started = time.perf_counter()
+        assert (await limiter.decide("k"))[1] == "fail_open"  # down: no wait at all
+        assert time.perf_counter() - started < 0.05
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+
+    async def decided_by_redis() -> bool:
+        return (await limiter.decide("k"))[1] in {"allowed", "limited"}
+
+    assert await eventually(decided_by_redis, timeout=5.0) < 1.0

@@ -10,6 +10,7 @@ from msa_gateway.errors import ConfigError
 from msa_gateway.policies.base import PolicyError
 from msa_gateway.policies.gcra import Limit
 from msa_gateway.policies.ratelimit_config import parse
+from msa_gateway.policies.ratelimit_limiter import redis_key_part
 from msa_gateway.settings import parse_config
 
 
@@ -80,3 +81,11 @@ def test_a_bad_block_in_the_file_fails_start_up_with_file_and_key() -> None:
         "gw.yaml",
         "services.orders.policies.rate_limit.limits.0.rate",
     )
+
+
+def test_plain_short_key_values_stay_readable_in_redis_and_others_are_hashed() -> None:
+    assert redis_key_part("ip:203.0.113.7") == "ip:203.0.113.7"
+    assert redis_key_part("ip:2001:db8::1") == "ip:2001:db8::1"
+    hashed = redis_key_part("h:tenant}{evil")
+    assert hashed.startswith("h:") and len(hashed) == 42 and "}" not in hashed
+    assert redis_key_part("c:" + "x" * 100) != redis_key_part("c:" + "x" * 101)
