@@ -193,6 +193,7 @@ async def failure_run(
     steady = [st for s, _, st in log if back + 1.0 <= s < back + 2.0]
     print(f"admitted in [restart, +1s): {window.count(200)}; in [+1s, +2s): {steady.count(200)}", end=" ")
     print(f"(limit {args.rate}/s)")
+    print(f"outages logged by the {len(ports)} gateways (reason: count): {outage_reasons(work)}")
 
 
 def _per_call_us(fn: Callable[[], object], number: int, repeat: int) -> float:

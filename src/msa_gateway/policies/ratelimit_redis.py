@@ -17,6 +17,7 @@ request tries Redis again, and the first success brings the backend back (logged
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -151,6 +152,10 @@ class RedisBackend:
         except (RedisError, OSError, TimeoutError) as exc:
             self._mark(False, exc)
             answers = [None] * len(batch)
+            # Every pooled connection may be dead (a restarted server): start afresh, so the first
+            # success after an outage is not followed by failures on the old connections.
+            with contextlib.suppress(Exception):
+                await self.client.connection_pool.disconnect()
         else:
             if not self.up:
                 self._mark(True, None)
