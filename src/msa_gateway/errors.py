@@ -11,6 +11,7 @@
         ├── ServiceNotFound          404
         ├── RequestTimeout           408  the request body stalled (Connection: close)
         ├── PayloadTooLarge          413  (Connection: close)
+        ├── TooManyRequests          429  + Retry-After and the RateLimit headers
         ├── NoHealthyInstance        503  + Retry-After
         ├── Overloaded               503  + Retry-After
         ├── UpstreamError            502  refused, reset, invalid response
@@ -99,6 +100,17 @@ class RequestTimeout(HTTPError):
 
 class PayloadTooLarge(HTTPError):
     status, error, close = 413, "payload_too_large", True
+
+
+class TooManyRequests(HTTPError):
+    """A rate limit refused the request; ``headers`` are the IETF RateLimit headers."""
+
+    status, error = 429, "rate_limited"
+
+    def __init__(self, detail: str, retry_after: int, headers: tuple[tuple[bytes, bytes], ...]) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+        self.headers = headers
 
 
 class NoHealthyInstance(HTTPError):

@@ -76,7 +76,8 @@ class Runtime:
         self.draining = False
         self._discovery: Supervised | None = None
         self.guards: dict[str, ServiceGuard] = {}
-        self.shared = SharedState(self.tasks)  # policy state that outlives snapshots (JWKS caches)
+        # policy state that outlives snapshots (JWKS caches, rate-limit buckets and their Redis client)
+        self.shared = SharedState(self.tasks, settings=settings, metrics=self.metrics)
         self.sync = EjectionSync(self.guards)  # ejections to/from other workers and replicas
         self.worker: int | None = None  # the worker index under ``--workers N``
 
@@ -122,6 +123,7 @@ class Runtime:
         await self.checker.aclose()
         await self.upstream.aclose()
         await self.tasks.aclose()
+        await self.shared.aclose()
         if self.exporter is not None:
             with contextlib.suppress(Exception):
                 await self.exporter.aclose()

@@ -162,11 +162,14 @@ def events_channel(prefix: str) -> str:
     return f"{prefix}:events"
 
 
-def connect(settings: Settings, retries: int = 0) -> Redis:
-    """Build an asyncio Redis client from ``REDIS_URL`` or ``REDIS_HOST``/``PORT``/``PASSWORD``/``DB``."""
+def connect(settings: Settings, retries: int = 0, timeout: float | None = None) -> Redis:
+    """Build an asyncio Redis client from ``REDIS_URL`` or ``REDIS_HOST``/``PORT``/``PASSWORD``/``DB``.
+
+    ``timeout`` (seconds) replaces the default connect and read timeouts (rate limiting's short one).
+    """
     options: dict[str, Any] = {
-        "socket_connect_timeout": 2.0,
-        "socket_timeout": 5.0,
+        "socket_connect_timeout": timeout or 2.0,
+        "socket_timeout": timeout or 5.0,
         "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
         "decode_responses": False,
     }

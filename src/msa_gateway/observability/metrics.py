@@ -144,6 +144,18 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self.ratelimit_decisions = Counter(
+            "gateway_ratelimit_decisions",
+            "Rate-limit decisions by service, policy name and result (allowed, limited, fail_open, ...).",
+            ["service", "policy", "result"],
+            registry=r,
+        )
+        self.ratelimit_backend_up = Gauge(
+            "gateway_ratelimit_backend_up",
+            "1 while the rate-limit backend answers (0 during an outage: on_backend_error applies).",
+            ["backend"],
+            registry=r,
+        )
         self.panic = Gauge(
             "gateway_service_panic",
             "1 while a service balances over all instances (panic mode).",

@@ -17,10 +17,11 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from msa_gateway.policies import api_key, cors, ip_rules, jwt_config, rewrite, transforms
+from msa_gateway.policies import api_key, cors, ip_rules, jwt_config, ratelimit_config, rewrite, transforms
 from msa_gateway.policies.base import PolicyError
 from msa_gateway.policies.body_size import BodySizeLimit
 from msa_gateway.policies.jwt_auth import JwtAuth
+from msa_gateway.policies.ratelimit import RateLimitHeaders, RateLimitStage
 
 if TYPE_CHECKING:
     from msa_gateway.model import ServiceSpec
@@ -53,7 +54,7 @@ POLICIES: tuple[PolicyType, ...] = (
     # authentication
     PolicyType("api_key", api_key.parse, api_key.ApiKeyAuth.build),
     PolicyType("jwt", jwt_config.parse, JwtAuth.build),
-    # rate limiting goes here, between authentication and the transforms
+    PolicyType("rate_limit", ratelimit_config.parse, RateLimitStage.build, RateLimitHeaders.build),
     PolicyType(
         "headers", transforms.parse, transforms.RequestTransforms.build, transforms.ResponseTransforms.build
     ),

@@ -14,6 +14,7 @@ built without one (a unit test) gets a private store from ``SharedState.of``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,6 +23,8 @@ from msa_gateway.tasks import Supervisor
 
 if TYPE_CHECKING:
     from msa_gateway.model import ServiceSpec
+    from msa_gateway.observability.metrics import Metrics
+    from msa_gateway.settings import Settings
 
 T = TypeVar("T")
 MAX_SHARED = 256
@@ -37,8 +40,12 @@ class SharedState:
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         limit: int = MAX_SHARED,
+        settings: Settings | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.tasks = tasks or Supervisor()
+        self.settings = settings  # for policies that connect somewhere (rate_limit's Redis)
+        self.metrics = metrics  # None in unit tests: nothing is counted
         self.monotonic = monotonic  # for intervals, TTLs and backoff
         self.wall = wall  # for token expiry (``exp`` is Unix time)
         self.limit = limit
@@ -61,3 +68,11 @@ class SharedState:
 
     def __len__(self) -> int:
         return len(self._objects)
+
+    async def aclose(self) -> None:
+        """Close the stored objects that hold connections (those with an ``aclose``)."""
+        for obj in list(self._objects.values()):
+            close = getattr(obj, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()

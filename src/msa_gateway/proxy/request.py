@@ -5,7 +5,8 @@ for the fields that request stages may set: ``route``, ``consumer`` (the identit
 authentication stage established), ``headers`` (a stage may replace the list, e.g. to strip a
 credential), ``rest`` (path transforms) and ``extra_headers`` (headers for upstream, appended after
 the header rules of ``proxy/headers.py`` so a client's ``Connection`` header cannot remove them;
-None when unused). One pass over the headers finds the request id and the body framing. Routing
+None when unused); ``rate_limit`` holds the RateLimit headers a rate-limit stage adds to the
+answer. One pass over the headers finds the request id and the body framing. Routing
 reads the snapshot once: without ``routes:`` it is one dict lookup on the first path segment, as
 it always was; with them, the route table is tried first and ``/{service}/{path}`` is the fallback.
 """
@@ -44,6 +45,7 @@ class ProxyRequest:
         "headers",
         "method",
         "peer",
+        "rate_limit",
         "raw_path",
         "receive",
         "request_id",
@@ -71,6 +73,7 @@ class ProxyRequest:
         self.route: ServiceRoute | None = None
         self.consumer: str | None = None  # set by an authentication stage
         self.extra_headers: Headers | None = None
+        self.rate_limit: tuple[tuple[bytes, bytes], ...] | None = None  # RateLimit headers for the client
         self.rest = b"/"
         self.trusted: tuple[Network, ...] = ()  # the snapshot's trusted_proxies, set by ``match``
         self._client_ip: str | None = None

@@ -1,0 +1,143 @@
+"""GCRA, the rate-limit algorithm: one number per key and limit, one atomic decision per request.
+
+The Generic Cell Rate Algorithm keeps a *theoretical arrival time* (TAT) per key: the moment
+the bucket would be empty again if no more requests came. A limit of ``count`` per ``period``
+admits one request every ``T = period / count`` seconds, plus ``burst`` more at once
+(tolerance ``tau = burst * T``). A request at ``now`` is admitted when
+``max(TAT, now) + T - (tau + T) <= now``, and then ``TAT = max(TAT, now) + T``. It is exact
+(no window edges, no read-then-increment race when the check and the update are one step) and
+O(1) in time and memory per key. One refinement: a request arriving less than one interval after
+the TAT advances the TAT from the TAT, not from ``now`` (textbook GCRA would drop the lateness),
+so jitter in arrivals does not cost a ``burst: 0`` limit part of its rate; over any window of
+``W`` seconds at most ``W / T + burst + 2`` requests pass, and under steady pressure the long-run
+rate is exact. A key whose TATs are all more than one interval in the past is as good as new,
+so idle keys can be forgotten (``LocalBuckets``) or expire (the Redis script's TTLs).
+
+Several limits on one policy (``100/second`` and ``5000/hour``) are decided together: the
+request is admitted only when every limit admits it, and only then are the TATs advanced.
+The same arithmetic runs in Lua for the ``redis`` backend (``ratelimit_redis.SCRIPT``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+MAX_KEYS = 100_000  # default bound of a local store
+EPSILON = 1e-6  # seconds: float rounding of ``now + T - T`` must not refuse an on-time request
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One limit: ``count`` requests per ``period`` seconds, ``burst`` more at once."""
+
+    count: int
+    period: float
+    burst: int
+    label: str  # "100/second", as configured
+
+    @property
+    def interval(self) -> float:
+        """Return the emission interval T: seconds between two requests at the steady rate."""
+        return self.period / self.count
+
+    @property
+    def tolerance(self) -> float:
+        """Return tau + T: how far ahead of ``now`` a TAT may run and the request still pass."""
+        return (self.burst + 1) * self.interval
+
+
+class Decision(NamedTuple):
+    """The answer for one request: admitted or not, and what the RateLimit headers report.
+
+    A named tuple rather than a frozen dataclass: one is made per request, and this is cheaper.
+    """
+
+    allowed: bool
+    retry_after: float  # seconds until the request would pass (0 when admitted)
+    remaining: tuple[int, ...]  # per limit, requests that may still come at once
+    reset: tuple[float, ...]  # per limit, seconds until the bucket is full again
+
+
+Params = tuple[tuple[float, float], ...]  # (interval, tolerance) per limit, computed once
+
+
+def params(limits: tuple[Limit, ...]) -> Params:
+    """Return each limit's interval and tolerance (properties are too slow to read per request)."""
+    return tuple((limit.interval, limit.tolerance) for limit in limits)
+
+
+def decide(limits: Params, tats: list[float], now: float, applied: int = 0) -> Decision:
+    """Decide one request against ``tats`` (one per limit), advancing them in place when admitted.
+
+    ``applied`` > 0 accounts for that many requests already admitted elsewhere instead: never
+    refused (the pre-check's synchronisation cannot take back what already passed).
+    """
+    cost = applied or 1
+    wait = 0.0
+    new = []
+    for (interval, tolerance), tat in zip(limits, tats, strict=True):
+        # A request less than one interval late keeps the schedule (``tat``): with jittery arrivals
+        # a burst-0 limit still admits its full rate. Later than that the key was idle: start at now.
+        advanced = (now if now >= tat + interval else tat) + interval * cost
+        late = advanced - tolerance - now
+        if late > EPSILON and late > wait and not applied:
+            wait = late
+        new.append(advanced)
+    allowed = wait == 0.0
+    if allowed:
+        tats[:] = new
+    remaining = []
+    reset = []
+    for (interval, tolerance), tat in zip(limits, tats, strict=True):
+        tat = max(tat, now)  # noqa: PLW2901 - shown as of now
+        left = int((now + tolerance - tat) / interval + EPSILON)  # >= 0: truncation is floor
+        remaining.append(left if left > 0 else 0)
+        reset.append(tat - now)
+    return Decision(allowed, wait, tuple(remaining), tuple(reset))
+
+
+class LocalBuckets:
+    """The ``local`` backend's store: TATs per key in one dict, least recently used first.
+
+    Every decision moves its key to the end, so the front holds the keys idle longest; each
+    decision also drops up to two front keys whose TATs have all passed (they are as good as
+    new), and when ``max_keys`` is reached the oldest key goes regardless (it starts afresh:
+    bounded memory wins over remembering a key nobody used for the longest time).
+    """
+
+    __slots__ = ("evicted", "limits", "max_keys", "params", "tats")
+
+    def __init__(self, limits: tuple[Limit, ...], max_keys: int = MAX_KEYS) -> None:
+        self.limits = limits
+        self.params = params(limits)
+        self.max_keys = max_keys
+        self.tats: dict[str, list[float]] = {}
+        self.evicted = 0  # keys forgotten before they were idle (the bound was reached)
+
+    def decide(self, key: str, now: float) -> Decision:
+        """Decide one request for ``key`` at ``now`` (seconds, any monotonic origin)."""
+        store = self.tats
+        tats = store.pop(key, None)
+        if tats is None:
+            self._evict(now)
+            tats = [now] * len(self.limits)
+        store[key] = tats  # (re)inserted last: the most recently used
+        return decide(self.params, tats, now)
+
+    def _evict(self, now: float) -> None:
+        store = self.tats
+        for _ in range(2):
+            oldest = next(iter(store), None)
+            if oldest is None or not self._idle(store[oldest], now):
+                break
+            del store[oldest]
+        while len(store) >= self.max_keys:
+            del store[next(iter(store))]
+            self.evicted += 1
+
+    def _idle(self, tats: list[float], now: float) -> bool:
+        return all(tat + p[0] <= now for tat, p in zip(tats, self.params, strict=True))
+
+    def __len__(self) -> int:
+        return len(self.tats)

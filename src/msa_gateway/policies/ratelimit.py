@@ -1,0 +1,176 @@
+"""``rate_limit``: admit a request only while its key is within every configured limit (GCRA).
+
+The request stage runs after authentication (so ``key: consumer`` sees the API key's or the
+token's consumer) and before the transforms. It finds the request's key, asks the policy's
+``Limiter`` (``ratelimit_limiter.py``) for one atomic decision, counts it in
+``gateway_ratelimit_decisions_total{service,policy,result}`` and either passes or raises 429
+(``TooManyRequests``: JSON, ``Retry-After``). The response stage adds the IETF headers
+(draft-ietf-httpapi-ratelimit-headers) to every answer of the route that was decided:
+
+    RateLimit-Policy: "per-ip";q=100;w=1
+    RateLimit: "per-ip";r=42;t=1
+
+``q``/``w`` are each limit's quota and window in seconds, ``r`` the requests that may still come
+at once and ``t`` the seconds until the bucket is full again. With several limits each has an
+item named ``{name}-{i}``. Keys: ``ip`` (the client address as ``trusted_proxies`` resolve it),
+``consumer`` (set by ``api_key``/``jwt``), ``header:<name>`` or ``route`` (one bucket for all);
+a request without a consumer or the header is counted under its IP.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from msa_gateway.errors import Overloaded, TooManyRequests
+from msa_gateway.policies.ratelimit_limiter import RESULTS, Limiter
+from msa_gateway.policies.ratelimit_redis import RedisBackend
+from msa_gateway.policies.shared import SharedState
+
+MAX_STATES = 4096  # formatted RateLimit values kept per stage
+
+if TYPE_CHECKING:
+    from msa_gateway.model import ServiceSpec
+    from msa_gateway.policies.base import Reply
+    from msa_gateway.policies.gcra import Decision
+    from msa_gateway.policies.ratelimit_config import RateLimitConfig
+    from msa_gateway.proxy.request import Headers, ProxyRequest
+
+
+def redis_backend(shared: SharedState, timeout: float) -> RedisBackend:
+    """Return the runtime's Redis backend for ``timeout`` (one client per distinct timeout)."""
+    # Imported here: settings imports the policy table, which imports this module.
+    from msa_gateway.discovery.redis_registry import connect
+    from msa_gateway.settings import Settings
+
+    def make() -> RedisBackend:
+        settings = shared.settings if shared.settings is not None else Settings()
+        gauge = shared.metrics.ratelimit_backend_up.labels("redis") if shared.metrics is not None else None
+        if gauge is not None:
+            gauge.set(1)
+
+        def changed(up: bool) -> None:
+            if gauge is not None:
+                gauge.set(1 if up else 0)
+
+        return RedisBackend(connect(settings, timeout=timeout), timeout, shared.monotonic, changed)
+
+    return shared.get(("ratelimit_redis", timeout), make, RedisBackend)
+
+
+class RateLimitStage:
+    """The request stage: one decision per request; 429 when refused."""
+
+    name = "rate_limit"
+    __slots__ = ("config", "counters", "header", "kind", "limiter", "policy_header", "states")
+
+    def __init__(self, config: RateLimitConfig, limiter: Limiter, service: str, shared: SharedState) -> None:
+        self.config = config
+        self.limiter = limiter
+        self.kind = config.key
+        self.header = config.header
+        metrics = shared.metrics
+        self.counters = (
+            {r: metrics.ratelimit_decisions.labels(service, config.name, r) for r in RESULTS}
+            if metrics is not None
+            else None
+        )
+        self.policy_header = policy_header(config)
+        self.states: dict[tuple[tuple[int, ...], tuple[int, ...]], bytes] = {}  # RateLimit values made
+
+    @classmethod
+    def build(cls, config: RateLimitConfig, spec: ServiceSpec) -> RateLimitStage:
+        """Return the stage, with the policy's buckets kept in the runtime's shared store."""
+        shared = SharedState.of(spec)
+
+        def make() -> Limiter:
+            redis = redis_backend(shared, config.backend_timeout) if config.backend == "redis" else None
+            return Limiter(config, spec.name, redis, shared.monotonic, shared.tasks)
+
+        limiter = shared.get(("rate_limit", spec.name, config), make, Limiter)
+        return cls(config, limiter, spec.name, shared)
+
+    def key_of(self, request: ProxyRequest) -> str:
+        """Return the bucket key of ``request``."""
+        kind = self.kind
+        if kind == "route":
+            return "route"
+        if kind == "consumer" and request.consumer is not None:
+            return "c:" + request.consumer
+        if kind == "header":
+            for name, value in request.headers:
+                if name == self.header:
+                    return "h:" + value.decode("latin-1")
+        return "ip:" + request.client_ip
+
+    async def __call__(self, request: ProxyRequest) -> Reply | None:
+        """Decide; pass (with the headers for the response stage) or raise 429/503."""
+        limiter = self.limiter
+        key = self.key_of(request)
+        decision, result = limiter.decide_local(key) if limiter.redis is None else await limiter.decide(key)
+        if self.counters is not None:
+            self.counters[result].inc()
+        if decision is None:
+            if result == "fail_closed":
+                raise Overloaded("the rate limiter is unavailable", 1)
+            return None
+        state = self._state(decision)
+        headers = ((b"ratelimit-policy", self.policy_header), (b"ratelimit", state))
+        if decision.allowed:
+            request.rate_limit = headers
+            return None
+        raise TooManyRequests(
+            f"rate limit {self.config.name!r} exceeded", max(1, math.ceil(decision.retry_after)), headers
+        )
+
+    def _state(self, decision: Decision) -> bytes:
+        """Return the ``RateLimit`` value, formatted once per distinct (remaining, reset) and kept."""
+        seen = (decision.remaining, tuple(map(math.ceil, decision.reset)))
+        value = self.states.get(seen)
+        if value is None:
+            if len(self.states) >= MAX_STATES:
+                self.states.clear()
+            value = self.states[seen] = state_header(self.config, decision)
+        return value
+
+
+class RateLimitHeaders:
+    """The response stage: the RateLimit headers of the decision on the instance's answer."""
+
+    name = "rate_limit"
+    __slots__ = ()
+
+    @classmethod
+    def build(cls, config: RateLimitConfig, spec: ServiceSpec) -> RateLimitHeaders:
+        """Return the stage (nothing to configure)."""
+        del config, spec
+        return cls()
+
+    def __call__(self, request: ProxyRequest, status: int, headers: Headers) -> Headers:
+        """Add the headers the request stage left on the request (none when it did not decide)."""
+        del status
+        if request.rate_limit is not None:
+            headers.extend(request.rate_limit)
+        return headers
+
+
+def _items(config: RateLimitConfig) -> list[str]:
+    if len(config.limits) == 1:
+        return [config.name]
+    return [f"{config.name}-{i}" for i in range(len(config.limits))]
+
+
+def policy_header(config: RateLimitConfig) -> bytes:
+    """Return the ``RateLimit-Policy`` value: each limit's quota and window."""
+    return ", ".join(
+        f'"{item}";q={limit.count};w={max(1, math.ceil(limit.period))}'
+        for item, limit in zip(_items(config), config.limits, strict=True)
+    ).encode()
+
+
+def state_header(config: RateLimitConfig, decision: Decision) -> bytes:
+    """Return the ``RateLimit`` value: each limit's remaining requests and seconds until it is full."""
+    return ", ".join(
+        f'"{item}";r={remaining};t={math.ceil(reset)}'
+        for item, remaining, reset in zip(_items(config), decision.remaining, decision.reset, strict=True)
+    ).encode()
