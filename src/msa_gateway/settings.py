@@ -25,6 +25,7 @@ from msa_gateway.discovery import codec
 from msa_gateway.errors import ConfigError
 from msa_gateway.model import (
     RESERVED_NAMES,
+    BalancerOptions,
     HealthCheck,
     Instance,
     LimitsConfig,
@@ -32,6 +33,9 @@ from msa_gateway.model import (
     RetryPolicy,
     ServiceOptions,
     Timeouts,
+    WebSocketConfig,
+    check_cookie_name,
+    check_hash_key,
 )
 from msa_gateway.policies.chain import PolicyError, merge_policies
 
@@ -172,10 +176,29 @@ class _LimitsModel(_Strict):
     retry_after: Annotated[int, Field(ge=0, le=3600)] = 1
 
 
+class _BalancerOptionsModel(_Strict):
+    hash_key: str = "client_ip"
+    virtual_nodes: Annotated[int, Field(ge=1, le=10_000)] = 500
+    cookie: str = "msa_sticky"
+    cookie_max_age: Annotated[int, Field(ge=0, le=400 * 86400)] | None = None
+    decay: Annotated[float, Field(gt=0, le=3600)] = 10.0
+
+    _hash_key = field_validator("hash_key")(check_hash_key)
+    _cookie = field_validator("cookie")(check_cookie_name)
+
+
+class _WebSocketModel(_Strict):
+    idle_timeout: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    max_message_size: Annotated[int, Field(ge=1, le=64 * 1024 * 1024)] = 1024 * 1024
+
+
 class _OptionsModel(_Strict):
     timeouts: _TimeoutsModel | None = None
     health_check: _HealthModel | None = None
     balancer: str | None = None
+    balancer_options: _BalancerOptionsModel | None = None
+    websocket: _WebSocketModel | None = None
     pass_host_header: bool | None = None
     max_connections_per_instance: Annotated[int, Field(ge=1, le=100000)] | None = None
     retry: _RetryModel | None = None
@@ -259,6 +282,10 @@ def _merge(base: ServiceOptions, over: _OptionsModel) -> ServiceOptions:
         changes["outlier"] = OutlierConfig(**over.outlier.model_dump())
     if over.limits is not None:
         changes["limits"] = LimitsConfig(**over.limits.model_dump())
+    if over.balancer_options is not None:
+        changes["balancer_options"] = BalancerOptions(**over.balancer_options.model_dump())
+    if over.websocket is not None:
+        changes["websocket"] = WebSocketConfig(**over.websocket.model_dump())
     if over.policies is not None:
         changes["policies"] = merge_policies(base.policies, over.policies)
     for name in (

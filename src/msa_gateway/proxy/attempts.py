@@ -215,8 +215,9 @@ class Attempts:
         self.fw.note_panic(route, panic)
         if not candidates:
             raise NoHealthyInstance(f"no healthy instance of {route.name!r}")
+        pick_for = getattr(route.balancer, "pick_for", None)  # a balancer reading the request
         while True:
-            instance = route.balancer.pick(candidates)
+            instance = route.balancer.pick(candidates) if pick_for is None else pick_for(candidates, self.req)
             key = route.key_for[id(instance)]
             if guard.limits.try_acquire(key):
                 return instance, key
@@ -231,9 +232,13 @@ class Attempts:
         """Return the outcome, or None to try again."""
         trace = self.req.trace
         start_ns = time.time_ns() if trace is not None and trace.sampled and self.fw.exporter else 0
+        observe = getattr(self.route.balancer, "observe", None)  # a latency-aware balancer
+        sent = time.monotonic() if observe is not None else 0.0
         try:
             resp = await self._send(lease.instance)
         except UpstreamError as exc:
+            if observe is not None:
+                observe(lease.instance, time.monotonic() - sent)
             lease.release()
             retry = self._retry_error(lease, exc)
             if start_ns:
@@ -244,6 +249,8 @@ class Attempts:
         except BaseException:
             lease.release()
             raise
+        if observe is not None:
+            observe(lease.instance, time.monotonic() - sent)
         retry = self._retry_status(lease, resp.status)
         if start_ns:
             self._span(lease, start_ns, resp.status, None, retry)

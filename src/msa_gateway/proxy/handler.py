@@ -33,9 +33,17 @@ from msa_gateway.proxy.redirects import Redirects
 from msa_gateway.proxy.request import ProxyRequest, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from msa_gateway.policies.base import Reply
+    from msa_gateway.policies.base import Reply, ResponseStage
     from msa_gateway.registry.snapshot import ServiceRoute
     from msa_gateway.runtime import Runtime
+
+
+def response_stages(route: ServiceRoute, lease: Lease | None) -> tuple[ResponseStage, ...]:
+    """Return the route's response stages, plus the balancer's for this answer (the sticky cookie)."""
+    extra = getattr(route.balancer, "response_stage", None)
+    if extra is None or lease is None:
+        return route.response_stages
+    return (*route.response_stages, extra(lease.instance, route.name))
 
 
 class ProxyApp:
@@ -97,7 +105,7 @@ class ProxyApp:
                 assert outcome.error is not None
                 raise outcome.error
             redirects = self._redirects(req, route, outcome.lease) if self.rewrite_redirects else None
-            await stream_back(req, ex, outcome.response, route.response_stages, redirects)
+            await stream_back(req, ex, outcome.response, response_stages(route, outcome.lease), redirects)
         finally:
             outcome.finish()
 
