@@ -26,6 +26,7 @@ from msa_gateway.observability.otlp import tracing_from_settings
 from msa_gateway.proxy.attempts import note_panic
 from msa_gateway.proxy.resilience import ServiceGuard
 from msa_gateway.proxy.upstream import UpstreamClient, create_client
+from msa_gateway.proxy.websocket import WebSockets
 from msa_gateway.registry.snapshot import EMPTY, ServiceRoute, Snapshot
 from msa_gateway.settings import GatewayConfig, Settings, validate_service_name
 from msa_gateway.tasks import Factory, Supervised, Supervisor
@@ -64,6 +65,7 @@ class Runtime:
         self.registrar: Registrar | None = None
         self.aggregator = Aggregator(self.provider, self.apply, self.metrics)
         self.draining = False
+        self.websockets = WebSockets(self.metrics.websocket_connections)
         self._discovery: Supervised | None = None
         self.guards: dict[str, ServiceGuard] = {}
 

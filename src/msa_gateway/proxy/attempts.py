@@ -194,6 +194,10 @@ class Attempts:
                 guard.budget.end_request()
         return outcome
 
+    def admit(self) -> Lease:
+        """Pick an instance and take its caps slot, alone (a WebSocket handshake: proxy/websocket.py)."""
+        return self._admit()
+
     def _admit(self) -> Lease:
         is_retry, self.retry_slot = self.retry_slot, False
         try:
@@ -260,11 +264,12 @@ class Attempts:
             return None
         return Outcome(self.route.guard, self.n, resp, lease)
 
-    async def _send(self, instance: Instance) -> UpstreamResponse:
+    def upstream_headers(self, instance: Instance) -> list[tuple[bytes, bytes]]:
+        """Return the request's headers for ``instance`` (also a WebSocket upgrade's)."""
         req, fw = self.req, self.fw
         route = self.route
         options = route.spec.options
-        headers = upstream_request_headers(
+        return upstream_request_headers(
             req.headers,
             peer=req.peer,
             scheme=req.scope.get("scheme", "http"),
@@ -276,6 +281,11 @@ class Attempts:
             content_length=req.body_length if req.has_body else None,
             allow_underscores=fw.allow_underscores,
         )
+
+    async def _send(self, instance: Instance) -> UpstreamResponse:
+        req, fw = self.req, self.fw
+        options = self.route.spec.options
+        headers = self.upstream_headers(instance)
         self._trace_headers(headers)
         sending = fw.upstream.send(
             instance, options, req.method, req.target, headers, self.body, req.body_length

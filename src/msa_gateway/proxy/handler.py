@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from msa_gateway.errors import HTTPError, UpstreamError, render
-from msa_gateway.observability.metrics import UNKNOWN_SERVICE, method_label
+from msa_gateway.observability.metrics import method_label
 from msa_gateway.observability.otlp import server_span
 from msa_gateway.proxy.attempts import Forwarder, Lease
 from msa_gateway.proxy.exchange import (
@@ -25,12 +25,14 @@ from msa_gateway.proxy.exchange import (
     ClientGone,
     Exchange,
     client_error,
+    log_access,
     open_body,
     stream_back,
 )
 from msa_gateway.proxy.headers import is_trusted
 from msa_gateway.proxy.redirects import Redirects
 from msa_gateway.proxy.request import ProxyRequest, Receive, Scope, Send
+from msa_gateway.proxy.websocket import WebSocketProxy
 
 if TYPE_CHECKING:
     from msa_gateway.policies.base import Reply, ResponseStage
@@ -59,6 +61,7 @@ class ProxyApp:
             allow_underscores=settings.allow_underscores_in_headers,
             tracing=(runtime.tracer, runtime.exporter),
         )
+        self.websocket = WebSocketProxy(runtime, self.forwarder)
         self.tracer = runtime.tracer
         self.exporter = runtime.exporter
         self.body_timeout = settings.body_timeout
@@ -70,10 +73,10 @@ class ProxyApp:
         receive: Receive,
         send: Send,
     ) -> None:
-        """Serve one HTTP request (websocket upgrades are refused: not supported yet)."""
+        """Serve one HTTP request, or one WebSocket connection (proxy/websocket.py)."""
         if scope["type"] != "http":
             if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1003})
+                await self.websocket(scope, receive, send)
             return
         req = ProxyRequest(scope, receive, send)
         if self.tracer is not None:
@@ -163,19 +166,6 @@ class ProxyApp:
             route.duration.observe(time.perf_counter() - req.started)
         else:
             rt.count_unknown(mlabel, ex.status)
-        rt.access.log(
-            method=req.method,
-            path=req.raw_path.decode("latin-1"),
-            status=ex.status,
-            started=req.started,
-            request_id=req.request_id,
-            service=route.name if route is not None else UNKNOWN_SERVICE,
-            instance=ex.instance,
-            nbytes=ex.nbytes,
-            client=req.peer or "-",
-            error=ex.error,
-            retry_refused=ex.retry_refused,
-            trace_id=None if req.trace is None else req.trace.trace_id.decode(),
-        )
+        log_access(rt.access, req, ex)
         if req.trace is not None and req.trace.sampled and self.exporter is not None:
             self.exporter.submit(server_span(req, ex))
