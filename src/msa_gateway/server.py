@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import signal
-import socket
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -107,11 +106,3 @@ class GatewayServer(uvicorn.Server):
             self.should_exit = True
             return
         super().handle_exit(sig, frame)
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Close the proxied WebSockets with 1001 first (uvicorn's own shutdown would send 1012)."""
-        runtime = self.gateway.runtime
-        if runtime is not None:
-            runtime.draining = True
-            await runtime.websockets.drain(self.config.timeout_graceful_shutdown or 0)
-        await super().shutdown(sockets)

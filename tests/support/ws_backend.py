@@ -62,7 +62,13 @@ async def ws_backend() -> AsyncIterator[WsBackend]:
     """Run a ``WsBackend`` on a free port of 127.0.0.1 for the block."""
     backend = WsBackend()
     async with serve(
-        backend._handle, "127.0.0.1", 0, process_request=backend._refuse, compression=None, ping_interval=None
+        backend._handle,
+        "127.0.0.1",
+        0,
+        process_request=backend._refuse,
+        compression=None,
+        ping_interval=None,
+        backlog=2048,  # a burst of 1,000 handshakes must not overflow the accept queue
     ) as server:
         backend.server = server
         yield backend
