@@ -195,19 +195,19 @@ class BalancerOptions:
 
 @dataclass(frozen=True, slots=True)
 class WebSocketConfig:
-    """WebSocket settings of one service: idle connections close, and their number is capped."""
+    """WebSocket settings of one service: idle connections close, and their number is capped.
+
+    There is no message size limit: the gateway relays bytes, it never holds a message.
+    """
 
     idle_timeout: float = 300.0  # seconds without a message either way
     max_connections: int = 10_000  # open WebSocket connections to the service, across instances
-    max_message_size: int = MIB  # bytes of one message from the instance (the client's: WS_MAX_SIZE)
 
     def __post_init__(self) -> None:
         if not self.idle_timeout > 0:
             raise ValueError("idle_timeout must be > 0")
         if self.max_connections < 1:
             raise ValueError("max_connections must be >= 1")
-        if self.max_message_size < 1:
-            raise ValueError("max_message_size must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)

@@ -190,7 +190,6 @@ class _BalancerOptionsModel(_Strict):
 class _WebSocketModel(_Strict):
     idle_timeout: Annotated[float, Field(gt=0, le=86400)] = 300.0
     max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
-    max_message_size: Annotated[int, Field(ge=1, le=64 * 1024 * 1024)] = 1024 * 1024
 
 
 class _OptionsModel(_Strict):
