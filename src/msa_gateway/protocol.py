@@ -181,6 +181,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def handle_websocket_upgrade(self) -> None:
         """Hand the connection to the proxy (``ws_upgrade.py``), not to uvicorn's WebSocket protocol."""
+        if self.scope["method"] != "GET" or self.parser.get_http_version() != "1.1":
+            self._reject(
+                Rejection(400, "bad_request", "a WebSocket upgrade is a GET on HTTP/1.1", "invalid_upgrade")
+            )
+            return
         self.connections.discard(self)
         self._unset_keepalive_if_required()
         if self._timer is not None:

@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.support.gateway import InProcessGateway, serve_gateway, service_yaml
+from tests.support.gateway import InProcessGateway, raw_request, serve_gateway, service_yaml
 from tests.support.ws_backend import WsBackend, ws_backend
 
 
@@ -181,3 +181,15 @@ async def test_a_thousand_concurrent_connections(backend: WsBackend) -> None:
         assert gw.runtime.websockets.counts["chat"] == 1000 and backend.open == 1000
         go.set()
         assert await asyncio.gather(*tasks) == [f"m{n}" for n in range(1000)]
+
+
+async def test_an_upgrade_that_is_not_a_get_is_refused_before_the_instance(backend: WsBackend) -> None:
+    async with serve_gateway(service_yaml({"chat": [backend.port]})) as gw:
+        head = (
+            b"POST /chat/echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        answer = await raw_request(gw.port, head)
+    assert answer.startswith(b"HTTP/1.1 400") and b"invalid_upgrade" not in answer.split(b"\r\n\r\n")[0]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "bad_request"
+    assert backend.open == 0 and backend.closed.empty()
