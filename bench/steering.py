@@ -7,7 +7,8 @@ registered twice in one gateway: service ``rr`` balanced by ``round_robin`` and 
 by ``p2c_ewma``. An open-loop load (``bench.openloop``) sends ``--rate`` requests/s to each
 service at the same time, so both see the same machine; latencies of the first ``--warmup``
 seconds are left out. Prints p50/p99/max per service, the slow instance's share, and the
-ratio p99(p2c_ewma) / p99(round_robin) (the target: at most 1/3).
+ratio p99(p2c_ewma) / p99(round_robin) (the target: at most 1/3). A ``generator lag`` p99 of more
+than a few ms means the machine stalled the load generator itself: run again on a quieter machine.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         p99[name] = percentile(ok, 99)
         print(
             f"{name:4} requests={len(mine)} failed={len(mine) - len(ok)} p50={percentile(ok, 50):.2f}ms "
-            f"p99={p99[name]:.2f}ms max={max(ok):.2f}ms slow_share={slow / max(1, len(mine)):.1%}"
+            f"p99={p99[name]:.2f}ms max={max(ok):.2f}ms slow_share={slow / max(1, len(mine)):.1%} "
+            f"generator lag p99={percentile([s.lag * 1000 for s in mine], 99):.2f}ms"
         )
     ratio = p99["p2c"] / p99["rr"]
     print(f"p99 p2c_ewma / round_robin = {ratio:.3f} (target <= 0.333)")
