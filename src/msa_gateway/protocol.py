@@ -197,6 +197,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         task = self.loop.create_task(self.app(scope, upgraded.receive, upgraded.send))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(upgraded.app_done)
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         """Hold a request's task back while its bytes are being parsed (see the module docstring)."""

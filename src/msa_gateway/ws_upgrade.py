@@ -16,6 +16,7 @@ a spliced connection gets a 1001 close frame both ways, then closes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import urllib.parse
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,8 @@ import httptools
 
 if TYPE_CHECKING:
     from msa_gateway.proxy.ws_splice import Splice
+
+log = logging.getLogger("msa_gateway.server")
 
 EXTENSION = "msa.upgrade"
 MAX_EARLY = 64 * 1024  # bytes a client may send before the 101 (kept, then relayed)
@@ -76,6 +79,13 @@ class UpgradedConnection(asyncio.Protocol):
             splice.from_client(early)
         if self.lost.done():
             splice.client_lost()
+
+    def app_done(self, task: asyncio.Task[None]) -> None:
+        """The application ended: log a crash (with the traceback) and close a connection it left open."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("websocket application failed", exc_info=task.exception())
+        if self.splice is None:
+            self.respond(500, [(b"content-type", b"application/json")], b'{"error":"internal_error"}')
 
     # --- asyncio.Protocol -------------------------------------------------------------
 

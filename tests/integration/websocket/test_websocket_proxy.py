@@ -11,6 +11,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from msa_gateway.proxy.websocket import WebSocketProxy
 from tests.support.gateway import InProcessGateway, raw_request, serve_gateway, service_yaml
 from tests.support.ws_backend import WsBackend, ws_backend
 
@@ -193,3 +194,18 @@ async def test_an_upgrade_that_is_not_a_get_is_refused_before_the_instance(backe
     assert answer.startswith(b"HTTP/1.1 400") and b"invalid_upgrade" not in answer.split(b"\r\n\r\n")[0]
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "bad_request"
     assert backend.open == 0 and backend.closed.empty()
+
+
+async def test_a_crash_in_the_proxy_answers_500_and_is_logged(
+    backend: WsBackend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def boom(*args: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(WebSocketProxy, "_connect", boom)
+    async with serve_gateway(service_yaml({"chat": [backend.port]})) as gw:
+        with pytest.raises(InvalidStatus) as info:
+            await connect(_ws(gw, "/chat/echo"))
+    assert info.value.response.status_code == 500
+    assert any(r.getMessage() == "websocket application failed" for r in caplog.records)
+    assert gw.runtime.websockets.counts["chat"] == 0  # the slot was given back
