@@ -10,6 +10,7 @@ snapshot and the aggregator can tell in one ``==`` whether anything changed.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from msa_gateway.policies.shared import SharedState
 
 MIB = 1024 * 1024
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110 5.6.2)
 DEFAULT_PANIC_THRESHOLD = 50.0  # percent, Envoy's healthy_panic_threshold default
 
 # First path segments the gateway's own endpoints answer; no route or service may take them.
@@ -158,6 +160,68 @@ class OutlierConfig:
         return max(1, math.ceil(self.max_ejection_time / self.base_ejection_time - 1e-9))
 
 
+def check_hash_key(value: str) -> str:
+    """Return ``value`` when it names a hash key source; raise ValueError saying why not."""
+    kind, _, name = value.partition(":")
+    if kind in ("header", "cookie"):
+        if not name or not _TOKEN.match(name):
+            raise ValueError(f"hash_key {value!r}: {kind}: needs a valid name after the colon")
+    elif value not in ("client_ip", "path"):
+        raise ValueError(f"hash_key {value!r}: use header:<name>, cookie:<name>, client_ip or path")
+    return value
+
+
+def check_cookie_name(value: str) -> str:
+    """Return ``value`` when it is a valid cookie name (an HTTP token); raise ValueError if not."""
+    if not _TOKEN.match(value):
+        raise ValueError(f"{value!r} is not a valid cookie name")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class BalancerOptions:
+    """Settings of the balancers that need more than a name (``balancer_options:``).
+
+    ``hash_key`` (consistent_hash): ``header:<name>``, ``cookie:<name>``, ``client_ip`` or ``path``.
+    ``cookie`` (sticky): the name of the cookie the gateway sets; its value is an opaque hash.
+    ``decay`` (p2c_ewma): seconds over which a latency observation fades, so an idle slow
+    instance gets probed again.
+    """
+
+    hash_key: str = "client_ip"
+    virtual_nodes: int = 500
+    cookie: str = "msa_sticky"
+    cookie_max_age: int | None = None
+    decay: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_hash_key(self.hash_key)
+        check_cookie_name(self.cookie)
+        if not 1 <= self.virtual_nodes <= 10_000:
+            raise ValueError("virtual_nodes must be between 1 and 10000")
+        if self.cookie_max_age is not None and self.cookie_max_age < 0:
+            raise ValueError("cookie_max_age must be >= 0")
+        if not self.decay > 0:
+            raise ValueError("decay must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketConfig:
+    """WebSocket settings of one service: idle connections close, and their number is capped.
+
+    There is no message size limit: the gateway relays bytes, it never holds a message.
+    """
+
+    idle_timeout: float = 300.0  # seconds without a message either way
+    max_connections: int = 10_000  # open WebSocket connections to the service, across instances
+
+    def __post_init__(self) -> None:
+        if not self.idle_timeout > 0:
+            raise ValueError("idle_timeout must be > 0")
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
+
+
 @dataclass(frozen=True, slots=True)
 class HedgingConfig:
     """Request hedging of one service (``proxy/hedging.py``); off unless the service sets it.
@@ -192,6 +256,8 @@ class ServiceOptions:
     timeouts: Timeouts = field(default_factory=Timeouts)
     health_check: HealthCheck = field(default_factory=HealthCheck)
     balancer: str = "round_robin"
+    balancer_options: BalancerOptions = field(default_factory=BalancerOptions)
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     pass_host_header: bool = False
     max_connections_per_instance: int = 256
     retry: RetryPolicy = field(default_factory=RetryPolicy)

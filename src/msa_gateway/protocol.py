@@ -74,6 +74,7 @@ from msa_gateway.server_rules import (
     too_many_headers,
     too_much_framing,
 )
+from msa_gateway.ws_upgrade import UpgradedConnection, websocket_scope
 
 log = logging.getLogger("msa_gateway.server")
 
@@ -177,6 +178,26 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             return False
         self._feeding = False
         return True
+
+    def handle_websocket_upgrade(self) -> None:
+        """Hand the connection to the proxy (``ws_upgrade.py``), not to uvicorn's WebSocket protocol."""
+        if self.scope["method"] != "GET" or self.parser.get_http_version() != "1.1":
+            self._reject(
+                Rejection(400, "bad_request", "a WebSocket upgrade is a GET on HTTP/1.1", "invalid_upgrade")
+            )
+            return
+        self.connections.discard(self)
+        self._unset_keepalive_if_required()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        upgraded = UpgradedConnection(self.transport, self.server_state)
+        scope = websocket_scope(dict(self.scope), self.url, self.root_path, upgraded)
+        self.transport.set_protocol(upgraded)
+        task = self.loop.create_task(self.app(scope, upgraded.receive, upgraded.send))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(upgraded.app_done)
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         """Hold a request's task back while its bytes are being parsed (see the module docstring)."""

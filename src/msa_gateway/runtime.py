@@ -30,6 +30,7 @@ from msa_gateway.policies.shared import SharedState
 from msa_gateway.proxy.forwarder import note_panic
 from msa_gateway.proxy.resilience import ServiceGuard
 from msa_gateway.proxy.upstream import UpstreamClient, create_client
+from msa_gateway.proxy.websocket import WebSockets
 from msa_gateway.registry.snapshot import EMPTY, ServiceRoute, Snapshot
 from msa_gateway.reload import ConfigReloader
 from msa_gateway.routing.table import build_table
@@ -74,6 +75,7 @@ class Runtime:
         self.discovered: Discovered | None = None  # the last set applied, rebuilt on a config reload
         self.reloader = ConfigReloader(self)
         self.draining = False
+        self.websockets = WebSockets(self.metrics.websocket_connections)
         self._discovery: Supervised | None = None
         self.guards: dict[str, ServiceGuard] = {}
         # policy state that outlives snapshots (JWKS caches, rate-limit buckets and their Redis client)

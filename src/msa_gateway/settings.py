@@ -27,6 +27,7 @@ from msa_gateway.discovery import codec
 from msa_gateway.errors import ConfigError
 from msa_gateway.model import (
     RESERVED_NAMES,
+    BalancerOptions,
     HealthCheck,
     HedgingConfig,
     Instance,
@@ -35,6 +36,9 @@ from msa_gateway.model import (
     RetryPolicy,
     ServiceOptions,
     Timeouts,
+    WebSocketConfig,
+    check_cookie_name,
+    check_hash_key,
 )
 from msa_gateway.policies.chain import PolicyError, merge_policies
 from msa_gateway.routing.config import RouteConfig, RouteModel, parse_routes
@@ -221,10 +225,28 @@ class _LimitsModel(_Strict):
     retry_after: Annotated[int, Field(ge=0, le=3600)] = 1
 
 
+class _BalancerOptionsModel(_Strict):
+    hash_key: str = "client_ip"
+    virtual_nodes: Annotated[int, Field(ge=1, le=10_000)] = 500
+    cookie: str = "msa_sticky"
+    cookie_max_age: Annotated[int, Field(ge=0, le=400 * 86400)] | None = None
+    decay: Annotated[float, Field(gt=0, le=3600)] = 10.0
+
+    _hash_key = field_validator("hash_key")(check_hash_key)
+    _cookie = field_validator("cookie")(check_cookie_name)
+
+
+class _WebSocketModel(_Strict):
+    idle_timeout: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+
+
 class _OptionsModel(_Strict):
     timeouts: _TimeoutsModel | None = None
     health_check: _HealthModel | None = None
     balancer: str | None = None
+    balancer_options: _BalancerOptionsModel | None = None
+    websocket: _WebSocketModel | None = None
     pass_host_header: bool | None = None
     max_connections_per_instance: Annotated[int, Field(ge=1, le=100000)] | None = None
     retry: _RetryModel | None = None
@@ -320,6 +342,10 @@ def _merge(base: ServiceOptions, over: _OptionsModel) -> ServiceOptions:
         changes["limits"] = LimitsConfig(**over.limits.model_dump())
     if over.hedging is not None:
         changes["hedging"] = over.hedging.frozen()
+    if over.balancer_options is not None:
+        changes["balancer_options"] = BalancerOptions(**over.balancer_options.model_dump())
+    if over.websocket is not None:
+        changes["websocket"] = WebSocketConfig(**over.websocket.model_dump())
     if over.policies is not None:
         changes["policies"] = merge_policies(base.policies, over.policies)
     for name in (

@@ -6,6 +6,16 @@ state (counters, current weights) lives as long as the snapshot; state that must
 snapshot, the requests in flight per instance, reaches it through ``Load``, read from the
 service's concurrency caps (one counter for both). A new algorithm is one module plus one
 entry in ``balancing/table.py``.
+
+Optional extras, looked up with ``getattr`` so a balancer without them costs nothing more:
+
+* ``configured(load, options)``, a classmethod used instead of ``create`` to pass the service's
+  ``balancer_options`` (``BalancerOptions``);
+* ``pick_for(eligible, request)``, used instead of ``pick`` when the choice depends on the
+  request (a hash key, a cookie);
+* ``observe(instance, seconds)``, called after every attempt with its latency (p2c_ewma);
+* ``response_stage(instance)``, a response stage added for the answered request (the sticky
+  cookie).
 """
 
 from __future__ import annotations

@@ -68,6 +68,7 @@ class AccessLog:
         error: str | None = None,
         retry_refused: str | None = None,
         trace_id: str | None = None,
+        bytes_in: int | None = None,
     ) -> None:
         """Write one line describing a finished request; ``started`` is a ``perf_counter`` value."""
         if not self._enabled:
@@ -93,6 +94,9 @@ class AccessLog:
             line["retry_refused"] = retry_refused
         if trace_id is not None:
             line["trace_id"] = trace_id
+        if bytes_in is not None:  # a WebSocket connection: ``bytes`` went to the client, these came from it
+            line["event"] = "websocket"
+            line["bytes_in"] = bytes_in
         if self._console:
             extras = " ".join(
                 f"{k}={v}" for k, v in line.items() if k not in {"timestamp", "level", "logger"}

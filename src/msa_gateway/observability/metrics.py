@@ -59,6 +59,12 @@ class Metrics:
             ["route", "service"],
             registry=r,
         )
+        self.websocket_connections = Gauge(
+            "gateway_websocket_connections",
+            "WebSocket connections open through the gateway, by service.",
+            ["service"],
+            registry=r,
+        )
         self.instance_up = Gauge(
             "gateway_instance_up",
             "1 when the instance passes its health checks, else 0.",

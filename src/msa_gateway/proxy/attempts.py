@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from msa_gateway.errors import HTTPError, NoHealthyInstance, Overloaded, UpstreamError, UpstreamTimeout
@@ -65,6 +65,7 @@ class Attempts:
         "fw",
         "hedging",
         "n",
+        "observe",
         "req",
         "retry_slot",
         "route",
@@ -86,6 +87,8 @@ class Attempts:
             hedging if hedging is not None and req.method in IDEMPOTENT_METHODS and self._buffered else None
         )
         self.timed = hedging is not None or route.guard.waits.enabled
+        # a latency-aware balancer (p2c_ewma) learns from every exchange; None for the others
+        self.observe: Callable[[Instance, float], None] | None = getattr(route.balancer, "observe", None)
 
     async def run(self) -> Outcome:
         """Try instances until one answers or a rule says stop."""
@@ -102,6 +105,10 @@ class Attempts:
             if outcome is None:  # cancelled, or the client went away: nobody will call finish()
                 guard.budget.end_request()
         return outcome
+
+    def admit(self) -> Lease:
+        """Pick an instance and take its caps slot, alone (a WebSocket handshake: proxy/websocket.py)."""
+        return self._admit()
 
     def _admit(self) -> Lease:
         is_retry, self.retry_slot = self.retry_slot, False
@@ -126,8 +133,9 @@ class Attempts:
             self.fw.note_slow(route, guard.newly_slow)
         if not candidates:
             raise NoHealthyInstance(f"no healthy instance of {route.name!r}")
+        pick_for = getattr(route.balancer, "pick_for", None)  # a balancer reading the request
         while True:
-            instance = route.balancer.pick(candidates)
+            instance = route.balancer.pick(candidates) if pick_for is None else pick_for(candidates, self.req)
             key = route.key_for[id(instance)]
             if guard.limits.try_acquire(key):
                 return instance, key
@@ -169,6 +177,19 @@ class Attempts:
 
     async def exchange(self, lease: Lease) -> UpstreamResponse:
         """Send to the lease's instance and wait for the head (traced and timed when anything reads it)."""
+        observe = self.observe
+        if observe is None:
+            return await self._exchange(lease)
+        sent = time.monotonic()
+        try:
+            resp = await self._exchange(lease)
+        except UpstreamError:
+            observe(lease.instance, time.monotonic() - sent)
+            raise
+        observe(lease.instance, time.monotonic() - sent)
+        return resp
+
+    async def _exchange(self, lease: Lease) -> UpstreamResponse:
         trace = self.req.trace
         if trace is not None and trace.sampled and self.fw.exporter is not None:
             return await self._traced(lease)
@@ -242,9 +263,9 @@ class Attempts:
             return None
         return Outcome(self.route.guard, self.n, resp, lease)
 
-    async def _send(self, instance: Instance, span_id: bytes | None = None) -> UpstreamResponse:
-        req, fw = self.req, self.fw
-        route = self.route
+    def upstream_headers(self, instance: Instance) -> list[tuple[bytes, bytes]]:
+        """Return the request's headers for ``instance`` (also a WebSocket upgrade's)."""
+        req, route = self.req, self.route
         options = route.spec.options
         headers = upstream_request_headers(
             req.headers,
@@ -256,10 +277,16 @@ class Attempts:
             trusted=is_trusted(req.peer, req.trusted),
             pass_host_header=options.pass_host_header,
             content_length=req.body_length if req.has_body else None,
-            allow_underscores=fw.allow_underscores,
+            allow_underscores=self.fw.allow_underscores,
         )
         if req.extra_headers:
             headers.extend(req.extra_headers)
+        return headers
+
+    async def _send(self, instance: Instance, span_id: bytes | None = None) -> UpstreamResponse:
+        req, fw = self.req, self.fw
+        options = self.route.spec.options
+        headers = self.upstream_headers(instance)
         self._trace_headers(headers, span_id)
         sending = fw.upstream.send(
             instance, options, req.method, req.target, headers, self.body, req.body_length

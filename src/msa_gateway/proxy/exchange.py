@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from msa_gateway.errors import HTTPError, PayloadTooLarge, RequestTimeout, UpstreamError
 from msa_gateway.model import ServiceOptions
+from msa_gateway.observability.metrics import UNKNOWN_SERVICE
 from msa_gateway.proxy.headers import downstream_response_headers
 from msa_gateway.proxy.redirects import Redirects
 from msa_gateway.proxy.retry import IDEMPOTENT_METHODS
 from msa_gateway.proxy.upstream import UpstreamResponse
 
 if TYPE_CHECKING:
+    from msa_gateway.observability.access import AccessLog
     from msa_gateway.policies.base import ResponseStage
     from msa_gateway.proxy.request import ProxyRequest
 
@@ -195,3 +197,23 @@ async def watch_disconnect(receive: Any, ex: Exchange, resp: UpstreamResponse) -
             ex.client_gone = True
             resp.close()
             return
+
+
+def log_access(access: AccessLog, req: ProxyRequest, ex: Exchange, bytes_in: int | None = None) -> None:
+    """Write the access line of a finished exchange (``bytes_in``: a WebSocket connection's)."""
+    route = req.route
+    access.log(
+        method=req.method,
+        path=req.raw_path.decode("latin-1"),
+        status=ex.status,
+        started=req.started,
+        request_id=req.request_id,
+        service=route.name if route is not None else UNKNOWN_SERVICE,
+        instance=ex.instance,
+        nbytes=ex.nbytes,
+        client=req.peer or "-",
+        error=ex.error,
+        retry_refused=ex.retry_refused,
+        trace_id=None if req.trace is None else req.trace.trace_id.decode(),
+        bytes_in=bytes_in,
+    )

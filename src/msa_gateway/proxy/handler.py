@@ -17,13 +17,14 @@ import time
 from typing import TYPE_CHECKING
 
 from msa_gateway.errors import HTTPError, UpstreamError, render
-from msa_gateway.observability.metrics import UNKNOWN_SERVICE, method_label
+from msa_gateway.observability.metrics import method_label
 from msa_gateway.observability.otlp import server_span
 from msa_gateway.proxy.exchange import (
     STATUS_CLIENT_GONE,
     ClientGone,
     Exchange,
     client_error,
+    log_access,
     open_body,
     stream_back,
 )
@@ -32,11 +33,20 @@ from msa_gateway.proxy.headers import is_trusted
 from msa_gateway.proxy.lease import Lease
 from msa_gateway.proxy.redirects import Redirects
 from msa_gateway.proxy.request import ProxyRequest, Receive, Scope, Send
+from msa_gateway.proxy.websocket import WebSocketProxy
 
 if TYPE_CHECKING:
-    from msa_gateway.policies.base import Reply
+    from msa_gateway.policies.base import Reply, ResponseStage
     from msa_gateway.registry.snapshot import ServiceRoute
     from msa_gateway.runtime import Runtime
+
+
+def response_stages(route: ServiceRoute, lease: Lease | None) -> tuple[ResponseStage, ...]:
+    """Return the route's response stages, plus the balancer's for this answer (the sticky cookie)."""
+    extra = getattr(route.balancer, "response_stage", None)
+    if extra is None or lease is None:
+        return route.response_stages
+    return (*route.response_stages, extra(lease.instance, route.name))
 
 
 class ProxyApp:
@@ -51,6 +61,7 @@ class ProxyApp:
             allow_underscores=settings.allow_underscores_in_headers,
             tracing=(runtime.tracer, runtime.exporter),
         )
+        self.websocket = WebSocketProxy(runtime, self.forwarder)
         self.tracer = runtime.tracer
         self.exporter = runtime.exporter
         self.body_timeout = settings.body_timeout
@@ -62,10 +73,10 @@ class ProxyApp:
         receive: Receive,
         send: Send,
     ) -> None:
-        """Serve one HTTP request (websocket upgrades are refused: not supported yet)."""
+        """Serve one HTTP request, or one WebSocket connection (proxy/websocket.py)."""
         if scope["type"] != "http":
             if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1003})
+                await self.websocket(scope, receive, send)
             return
         req = ProxyRequest(scope, receive, send)
         if self.tracer is not None:
@@ -97,7 +108,7 @@ class ProxyApp:
                 assert outcome.error is not None
                 raise outcome.error
             redirects = self._redirects(req, route, outcome.lease) if self.rewrite_redirects else None
-            await stream_back(req, ex, outcome.response, route.response_stages, redirects)
+            await stream_back(req, ex, outcome.response, response_stages(route, outcome.lease), redirects)
         finally:
             outcome.finish()
 
@@ -159,19 +170,6 @@ class ProxyApp:
             route.duration.observe(time.perf_counter() - req.started)
         else:
             rt.count_unknown(mlabel, ex.status)
-        rt.access.log(
-            method=req.method,
-            path=req.raw_path.decode("latin-1"),
-            status=ex.status,
-            started=req.started,
-            request_id=req.request_id,
-            service=route.name if route is not None else UNKNOWN_SERVICE,
-            instance=ex.instance,
-            nbytes=ex.nbytes,
-            client=req.peer or "-",
-            error=ex.error,
-            retry_refused=ex.retry_refused,
-            trace_id=None if req.trace is None else req.trace.trace_id.decode(),
-        )
+        log_access(rt.access, req, ex)
         if req.trace is not None and req.trace.sampled and self.exporter is not None:
             self.exporter.submit(server_span(req, ex))

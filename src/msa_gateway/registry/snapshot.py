@@ -59,7 +59,9 @@ class ServiceRoute:
         self.guard = guard
         limits, key_for = guard.limits, self.key_for
         self.balancer: Balancer = create_balancer(
-            spec.options.balancer, lambda instance: limits.in_flight(key_for[id(instance)])
+            spec.options.balancer,
+            lambda instance: limits.in_flight(key_for[id(instance)]),
+            spec.options.balancer_options,
         )
         self.request_stages: tuple[RequestStage, ...] = compile_request_stages(spec)
         self.response_stages: tuple[ResponseStage, ...] = compile_response_stages(spec)

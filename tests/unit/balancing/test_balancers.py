@@ -66,7 +66,15 @@ def test_least_request_scales_load_by_weight() -> None:
 def test_balancer_names_come_from_the_table() -> None:
     assert tuple(BALANCERS) == BALANCER_NAMES
     assert all(BALANCERS[name].name == name for name in BALANCER_NAMES)
-    assert set(BALANCER_NAMES) == {"round_robin", "weighted_round_robin", "random", "least_request"}
+    assert set(BALANCER_NAMES) == {
+        "round_robin",
+        "weighted_round_robin",
+        "random",
+        "least_request",
+        "p2c_ewma",
+        "consistent_hash",
+        "sticky",
+    }
 
 
 @pytest.mark.parametrize("name", BALANCER_NAMES)

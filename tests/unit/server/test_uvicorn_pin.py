@@ -49,6 +49,19 @@ def test_protocol_hooks_exist_with_the_signatures_relied_on() -> None:
     assert startup.index("lifespan.startup()") < startup.index("config.http_protocol_class")
 
 
+def test_websocket_upgrade_hook_is_called_as_relied_on() -> None:
+    """``GatewayHttpProtocol.handle_websocket_upgrade`` (ws_upgrade.py) takes over from these internals."""
+    on_headers = inspect.getsource(HttpToolsProtocol.on_headers_complete)
+    # An upgrade request returns before the URL is parsed into the scope: ws_upgrade parses it.
+    assert on_headers.index("should_upgrade()") < on_headers.index("parse_url")
+    init = inspect.getsource(HttpToolsProtocol.__init__)
+    for attr in ("self.tasks", "self.server_state", "self.root_path", "self.app", "self.connections"):
+        assert attr in init, attr
+    assert "self.url" in inspect.getsource(HttpToolsProtocol.on_url)
+    # Server.shutdown calls shutdown() on every connection it tracks: how a spliced WebSocket hears of SIGTERM.
+    assert "connection.shutdown()" in inspect.getsource(uvicorn.Server.shutdown)
+
+
 async def _noop(scope: Any, receive: Any, send: Any) -> None:
     return None
 
