@@ -128,15 +128,16 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> GatewayProcess:
-        """Start the process (and wait until it listens)."""
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [PY, *(a.replace("{port}", str(self.port)) for a in self.argv)],
-                env=self.env,
-                cwd=REPO,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        """Start the process unless it runs already (and wait until it listens)."""
+        if self.proc is None or self.proc.poll() is not None:
+            with self.log.open("ab") as out:
+                self.proc = subprocess.Popen(
+                    [PY, *(a.replace("{port}", str(self.port)) for a in self.argv)],
+                    env=self.env,
+                    cwd=REPO,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
         if wait:
             try:
                 wait_port(self.port, timeout=20, proc=self.proc)
