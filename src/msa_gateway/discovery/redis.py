@@ -321,7 +321,7 @@ class RedisProvider:
             raise DiscoveryError(f"redis at {self._where}: {str(exc) or type(exc).__name__}") from exc
         finally:
             with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # typed in newer redis-py
 
     async def _wait(
         self, pubsub: PubSub, wake: float, polled: tuple[Sequence[bytes], tuple[int, str]] | None
