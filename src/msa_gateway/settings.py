@@ -11,7 +11,7 @@ import hashlib
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -46,6 +46,13 @@ from msa_gateway.routing.config import RouteConfig, RouteModel, parse_routes
 _PERCENTILE_RE = re.compile(r"^p(?:[5-9][0-9](?:\.[0-9])?)$")
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$")
 EMBEDDED_CONFIG = "embedded:default_config.yaml"
+
+
+def one_of(what: str, value: str, names: Collection[str]) -> str:
+    """Return ``value`` when a table names it, else raise naming the known names (table order)."""
+    if value not in names:
+        raise ValueError(f"unknown {what} {value!r}; known: {', '.join(names)}")
+    return value
 
 
 class Settings(BaseSettings):
@@ -129,18 +136,14 @@ class Settings(BaseSettings):
     def _known_provider(cls, v: str) -> str:
         from msa_gateway.discovery.providers import PROVIDERS  # the table names the providers
 
-        if v not in PROVIDERS:
-            raise ValueError(f"unknown discovery type {v!r}; known: {', '.join(PROVIDERS)}")
-        return v
+        return one_of("discovery type", v, PROVIDERS)
 
     @field_validator("upstream_client")
     @classmethod
     def _known_client(cls, v: str) -> str:
         from msa_gateway.proxy.upstream import UPSTREAM_CLIENTS  # the table names the clients
 
-        if v not in UPSTREAM_CLIENTS:
-            raise ValueError(f"unknown upstream client {v!r}; known: {', '.join(UPSTREAM_CLIENTS)}")
-        return v
+        return one_of("upstream client", v, UPSTREAM_CLIENTS)
 
 
 # --- YAML schema (validated, then frozen) -------------------------------------------------
@@ -260,9 +263,7 @@ class _OptionsModel(_Strict):
     @field_validator("balancer")
     @classmethod
     def _known_balancer(cls, v: str | None) -> str | None:
-        if v is not None and v not in BALANCER_NAMES:
-            raise ValueError(f"unknown balancer {v!r}; known: {', '.join(BALANCER_NAMES)}")
-        return v
+        return v if v is None else one_of("balancer", v, BALANCER_NAMES)
 
 
 class _ServiceModel(_OptionsModel):
