@@ -22,6 +22,7 @@ from msa_gateway.proxy.headers import downstream_response_headers
 from msa_gateway.proxy.redirects import Redirects
 from msa_gateway.proxy.retry import IDEMPOTENT_METHODS
 from msa_gateway.proxy.upstream import UpstreamResponse
+from msa_gateway.uvicorn_cycle import body_waiting, write_whole
 
 if TYPE_CHECKING:
     from msa_gateway.observability.access import AccessLog
@@ -115,11 +116,13 @@ async def stream_back(
         out_headers = stage(req, resp.status, out_headers)
     ex.status = resp.status
     ex.started_response = True
-    await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
     ex.nbytes = len(first)
     if resp.at_eof():
-        await send({"type": "http.response.body", "body": first})
+        if not write_whole(send, resp.status, out_headers, first):
+            await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
+            await send({"type": "http.response.body", "body": first})
         return
+    await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
     await send({"type": "http.response.body", "body": first, "more_body": True})
     watcher = None
     if ex.body_done:
@@ -160,12 +163,10 @@ async def read_body(receive: Any, ex: Exchange, limit: int | None, idle: float) 
     ex.body_started = True
     more = True
     while more:
-        try:
-            async with asyncio.timeout(idle):
-                message = await receive()
-        except TimeoutError:
-            ex.too_slow = True
-            raise ClientGone from None
+        if body_waiting(receive):
+            message = await receive()
+        else:
+            message = await _receive_within(receive, ex, idle)
         if message["type"] == "http.disconnect":
             ex.client_gone = True
             raise ClientGone
@@ -178,6 +179,16 @@ async def read_body(receive: Any, ex: Exchange, limit: int | None, idle: float) 
                 raise ClientGone
             yield chunk
     ex.body_done = True
+
+
+async def _receive_within(receive: Any, ex: Exchange, idle: float) -> Any:
+    """Return the next message from the client, or give up after ``idle`` seconds of silence."""
+    try:
+        async with asyncio.timeout(idle):
+            return await receive()
+    except TimeoutError:
+        ex.too_slow = True
+        raise ClientGone from None
 
 
 async def read_all(receive: Any, ex: Exchange, limit: int | None, idle: float) -> bytes:

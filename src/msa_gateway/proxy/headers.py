@@ -14,10 +14,10 @@ URLs pointing at the instance itself are rewritten (``proxy/redirects.py``).
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from random import getrandbits
 
 from msa_gateway.proxy.redirects import REDIRECT_HEADERS, Redirects
 
@@ -65,8 +65,12 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def new_request_id() -> str:
-    """Return a fresh random request id (32 hex digits)."""
-    return os.urandom(16).hex()
+    """Return a fresh random request id (32 hex digits).
+
+    An id only needs to be unique, not secret: ``random`` (reseeded in forked children) costs a
+    fraction of the ``getrandom`` system call ``os.urandom`` makes on every request.
+    """
+    return "%032x" % getrandbits(128)  # noqa: UP031 - %-format is the fastest here; hot path
 
 
 def request_id_from(value: bytes | None) -> str:

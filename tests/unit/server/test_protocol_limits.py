@@ -13,6 +13,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from msa_gateway.protocol import GatewayHttpProtocol, ServerLimits, head_size, make_protocol, response_bytes
+from msa_gateway.uvicorn_cycle import body_waiting, write_whole
 
 
 class FakeTransport(asyncio.Transport):
@@ -219,4 +220,23 @@ async def test_request_id_from_the_client_is_kept_when_safe() -> None:
     body = bytes(transport.out).partition(b"\r\n\r\n")[2]
     assert statuses(bytes(transport.out)) == [414]
     assert orjson.loads(body)["request_id"] == "abc-123"
+    proto.connection_lost(None)
+
+
+async def test_the_gateways_protocol_serves_the_one_write_shortcut_and_the_next_pipelined_request() -> None:
+    seen: list[tuple[bool, bool]] = []
+
+    async def whole(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        waiting = body_waiting(receive)
+        await receive()
+        seen.append((waiting, write_whole(send, 200, [(b"content-length", b"2")], b"ok")))
+
+    config = uvicorn.Config(whole, lifespan="off", log_config=None, access_log=False, date_header=False)
+    proto = make_protocol(SMALL)(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    proto.data_received(b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nhiGET /b HTTP/1.1\r\n\r\n")
+    await settle()
+    assert seen == [(True, True), (True, True)]
+    assert statuses(bytes(transport.out)) == [200, 200]
     proto.connection_lost(None)

@@ -1,0 +1,117 @@
+"""Two shortcuts past ASGI for the proxy's commonest case, when uvicorn's httptools cycle serves it.
+
+Most proxied answers arrive whole with their head (a small JSON body), and most request bodies
+arrive with theirs. Through ASGI, an answer costs two message dicts, uvicorn's header loop (two
+regular-expression searches per header) and two socket writes; reading a body that is already
+there costs an ``asyncio.timeout`` armed and cancelled for nothing.
+
+When ``send``/``receive`` are bound methods of uvicorn's ``RequestResponseCycle`` (uvicorn is
+pinned in pyproject.toml, as protocol.py also relies on its internals):
+
+* ``write_whole`` writes status line, headers and body in one ``transport.write``, byte for byte
+  what uvicorn's ``send`` would write for the two messages: lower-cased names, the same header
+  checks, the same Content-Length or chunked framing, ``connection: close`` when the connection
+  ends, and the same bookkeeping afterwards (response complete, the next pipelined request).
+* ``body_waiting`` says whether ``receive`` will return at once (the body or a disconnect is
+  there), so no idle timeout is needed for it.
+
+Anything else (another server, writes paused, a header that fails the checks, framing uvicorn
+would refuse) returns False and the caller takes the ASGI path, which behaves as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    RequestResponseCycle,
+)
+
+NO_BODY_STATUS = (204, 304)
+_FRAMING = (b"transfer-encoding", b"connection")
+
+
+def _cycle(bound: Any) -> Any:
+    """Return uvicorn's cycle behind a bound ``send``/``receive``, or None."""
+    cycle = getattr(bound, "__self__", None)
+    return cycle if type(cycle) is RequestResponseCycle else None
+
+
+def body_waiting(receive: Any) -> bool:
+    """Return whether ``receive()`` returns without waiting (a body part or a disconnect is there)."""
+    cycle = _cycle(receive)
+    return cycle is not None and cycle.message_event.is_set()
+
+
+def _payload(cycle: Any, status: int, length: int | None, body: bytes) -> tuple[bytes, bytes] | None:
+    """Return (extra head line, bytes after the head) as uvicorn frames them, or None if it would refuse."""
+    if cycle.scope["method"] == "HEAD":
+        return b"", b""
+    if length is not None:
+        return (b"", body) if length == len(body) else None
+    if status in NO_BODY_STATUS:
+        return None if body else (b"", b"")
+    chunk = b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
+    return b"transfer-encoding: chunked\r\n", chunk
+
+
+def _writable(cycle: Any, status: int) -> bool:
+    """Return whether nothing was written yet and uvicorn would write now without waiting."""
+    idle = not (cycle.response_started or cycle.disconnected or cycle.flow.write_paused)
+    return idle and not cycle.access_log and status in STATUS_LINE
+
+
+def _content_length(names: list[bytes], values: list[bytes]) -> int | None:
+    """Return the Content-Length given, None when absent; -1 for framing left to uvicorn."""
+    length = None
+    for name, value in zip(names, values, strict=True):
+        if name == b"content-length":
+            if length is not None or not value.isdigit():
+                return -1
+            length = int(value)
+        elif name in _FRAMING:
+            return -1
+    return length
+
+
+def _response(cycle: Any, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> bytes | None:
+    """Return the response's bytes as uvicorn writes them, or None when it would refuse or differ."""
+    every = [*cycle.default_headers, *headers] if cycle.default_headers else headers
+    names = [name.lower() for name, _ in every]
+    values = [value for _, value in every]
+    if HEADER_RE.search(b"".join(names)) or HEADER_VALUE_RE.search(b"".join(values)):
+        return None
+    length = _content_length(names, values)
+    framed = None if length == -1 else _payload(cycle, status, length, body)
+    if framed is None:
+        return None
+    extra, payload = framed
+    parts = [STATUS_LINE[status]]
+    for name, value in zip(names, values, strict=True):
+        parts += (name, b": ", value, b"\r\n")
+    if not cycle.keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts += (extra, b"\r\n", payload)
+    return b"".join(parts)
+
+
+def write_whole(send: Any, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> bool:
+    """Write a complete response in one write, as uvicorn would for start + final body; or return False."""
+    cycle = _cycle(send)
+    if cycle is None or not _writable(cycle, status):
+        return False
+    data = _response(cycle, status, headers, body)
+    if data is None:
+        return False
+    cycle.response_started = cycle.response_complete = True
+    cycle.waiting_for_100_continue = False
+    cycle.transport.write(data)
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        cycle.transport.close()
+    cycle.on_response()
+    return True

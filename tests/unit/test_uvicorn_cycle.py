@@ -1,0 +1,137 @@
+"""``write_whole`` writes what uvicorn's own ``send`` writes, in one write, or declines."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+from msa_gateway.uvicorn_cycle import body_waiting, write_whole
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class Transport:
+    """Records writes and whether the connection was closed."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def make_cycle(
+    method: str = "GET", keep_alive: bool = True, default_headers: Headers | None = None
+) -> tuple[RequestResponseCycle, Transport, list[int]]:
+    transport = Transport()
+    done: list[int] = []
+    log = logging.getLogger("test")
+    cycle = RequestResponseCycle(
+        scope={"method": method},  # type: ignore[typeddict-item]
+        transport=transport,  # type: ignore[arg-type]
+        flow=FlowControl(transport),  # type: ignore[arg-type]
+        logger=log,
+        access_logger=log,
+        access_log=False,
+        default_headers=default_headers or [],
+        message_event=asyncio.Event(),
+        expect_100_continue=False,
+        keep_alive=keep_alive,
+        on_response=lambda: done.append(1),
+    )
+    return cycle, transport, done
+
+
+def through_uvicorn(status: int, headers: Headers, body: bytes, **kwargs: Any) -> tuple[bytes, bool]:
+    cycle, transport, _ = make_cycle(**kwargs)
+
+    async def send_both() -> None:
+        await cycle.send({"type": "http.response.start", "status": status, "headers": headers})
+        await cycle.send({"type": "http.response.body", "body": body})
+
+    asyncio.run(send_both())
+    return b"".join(transport.writes), transport.closed
+
+
+CASES = [
+    pytest.param(
+        200, [(b"Content-Type", b"application/json"), (b"content-length", b"2")], b"{}", {}, id="length"
+    ),
+    pytest.param(200, [(b"x-a", b"1")], b"hello", {}, id="chunked"),
+    pytest.param(200, [(b"x-a", b"1")], b"", {}, id="chunked-empty"),
+    pytest.param(200, [(b"content-length", b"5")], b"", {"method": "HEAD"}, id="head"),
+    pytest.param(204, [(b"x-a", b"1")], b"", {}, id="no-content"),
+    pytest.param(304, [(b"etag", b'"x"')], b"", {}, id="not-modified"),
+    pytest.param(200, [(b"content-length", b"2")], b"ok", {"keep_alive": False}, id="closing"),
+    pytest.param(
+        404, [(b"content-length", b"0")], b"", {"default_headers": [(b"server", b"uvicorn")]}, id="defaults"
+    ),
+]
+
+
+@pytest.mark.parametrize(("status", "headers", "body", "kwargs"), CASES)
+def test_one_write_is_byte_for_byte_what_uvicorn_writes(
+    status: int, headers: Headers, body: bytes, kwargs: dict[str, Any]
+) -> None:
+    expected, closed = through_uvicorn(status, headers, body, **kwargs)
+    cycle, transport, done = make_cycle(**kwargs)
+    assert write_whole(cycle.send, status, headers, body)
+    assert transport.writes == [expected]
+    assert transport.closed is closed
+    assert cycle.response_complete and cycle.message_event.is_set() and done == [1]
+
+
+REFUSED = [
+    pytest.param(200, [(b"x-a", b"1\r\nset-cookie: x")], b"", id="header-splitting"),
+    pytest.param(200, [(b"x a", b"1")], b"", id="bad-name"),
+    pytest.param(200, [(b"content-length", b"3")], b"ok", id="length-mismatch"),
+    pytest.param(200, [(b"content-length", b"2"), (b"content-length", b"2")], b"ok", id="two-lengths"),
+    pytest.param(200, [(b"transfer-encoding", b"chunked")], b"ok", id="own-framing"),
+    pytest.param(204, [], b"body", id="body-on-204"),
+    pytest.param(99, [], b"", id="unknown-status"),
+]
+
+
+@pytest.mark.parametrize(("status", "headers", "body"), REFUSED)
+def test_declines_and_writes_nothing_when_uvicorn_would_refuse_or_frame_it_itself(
+    status: int, headers: Headers, body: bytes
+) -> None:
+    cycle, transport, done = make_cycle()
+    assert not write_whole(cycle.send, status, headers, body)
+    assert transport.writes == [] and not cycle.response_started and done == []
+
+
+def test_declines_when_writes_are_paused_or_the_client_left() -> None:
+    paused, _, _ = make_cycle()
+    paused.flow.write_paused = True
+    gone, _, _ = make_cycle()
+    gone.disconnected = True
+    for cycle in (paused, gone):
+        assert not write_whole(cycle.send, 200, [(b"content-length", b"0")], b"")
+
+
+def test_declines_for_a_send_that_is_not_uvicorns() -> None:
+    async def send(message: dict[str, Any]) -> None:
+        raise AssertionError("not called")
+
+    assert not write_whole(send, 200, [(b"content-length", b"0")], b"")
+    assert not body_waiting(send)
+
+
+def test_body_waiting_follows_the_cycles_message_event() -> None:
+    cycle, _, _ = make_cycle()
+    assert not body_waiting(cycle.receive)
+    cycle.message_event.set()
+    assert body_waiting(cycle.receive)
