@@ -163,41 +163,47 @@ async def read_body(receive: Any, ex: Exchange, limit: int | None, idle: float) 
     ex.body_started = True
     more = True
     while more:
-        if body_waiting(receive):
-            message = await receive()
-        else:
-            message = await _receive_within(receive, ex, idle)
-        if message["type"] == "http.disconnect":
-            ex.client_gone = True
-            raise ClientGone
-        chunk = message.get("body", b"")
-        more = message.get("more_body", False)
+        chunk, more = await _next_part(receive, ex, limit, idle)
         if chunk:
-            ex.received += len(chunk)
-            if limit is not None and ex.received > limit:
-                ex.too_large = True
-                raise ClientGone
             yield chunk
     ex.body_done = True
 
 
-async def _receive_within(receive: Any, ex: Exchange, idle: float) -> Any:
-    """Return the next message from the client, or give up after ``idle`` seconds of silence."""
-    try:
-        async with asyncio.timeout(idle):
-            return await receive()
-    except TimeoutError:
-        ex.too_slow = True
-        raise ClientGone from None
+async def _next_part(receive: Any, ex: Exchange, limit: int | None, idle: float) -> tuple[bytes, bool]:
+    """Return the next part of the body and whether more follows; ``ClientGone`` when it cannot."""
+    if body_waiting(receive):
+        message = await receive()
+    else:
+        try:
+            async with asyncio.timeout(idle):
+                message = await receive()
+        except TimeoutError:
+            ex.too_slow = True
+            raise ClientGone from None
+    if message["type"] == "http.disconnect":
+        ex.client_gone = True
+        raise ClientGone
+    chunk = message.get("body", b"")
+    if chunk:
+        ex.received += len(chunk)
+        if limit is not None and ex.received > limit:
+            ex.too_large = True
+            raise ClientGone
+    return chunk, message.get("more_body", False)
 
 
 async def read_all(receive: Any, ex: Exchange, limit: int | None, idle: float) -> bytes:
     """Return the whole request body (a small one, or one kept for replay)."""
-    parts = []
-    async for chunk in read_body(receive, ex, limit, idle):
-        parts.append(chunk)
-    ex.body_started = False
-    return b"".join(parts)
+    ex.body_done = False
+    chunk, more = await _next_part(receive, ex, limit, idle)
+    if more:  # arrived in parts: gather them
+        parts = [chunk]
+        while more:
+            chunk, more = await _next_part(receive, ex, limit, idle)
+            parts.append(chunk)
+        chunk = b"".join(parts)
+    ex.body_done = True
+    return bytes(chunk)
 
 
 async def watch_disconnect(receive: Any, ex: Exchange, resp: UpstreamResponse) -> None:
