@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -48,14 +49,16 @@ def measure(target: Target, backend: Proc, workload: str, run: int, args: argpar
         run_wrk(target.url, args.warmup, args.connections, post, args.client_core, args.header)
     pids = {target.proc.pid, backend.pid}
     before = {pid: cpu_seconds(pid) for pid in pids}
-    system0, wrk0 = read_cpu_times(), children_cpu_seconds()
+    system0, wrk0, wall0 = read_cpu_times(), children_cpu_seconds(), time.monotonic()
     result = run_wrk(target.url, args.duration, args.connections, post, args.client_core, args.header)
-    system1, wrk1 = read_cpu_times(), children_cpu_seconds()
+    system1, wrk1, wall = read_cpu_times(), children_cpu_seconds(), time.monotonic() - wall0
     after = {pid: cpu_seconds(pid) for pid in pids}
     machine = interval(system0, system1, (args.client_core, args.proxy_core))
     used = after[target.proc.pid] - before[target.proc.pid]
     ours = sum(after[p] - before[p] for p in pids) + (wrk1 - wrk0)
-    other = max(0.0, machine.busy_s - ours) / result.duration_s if result.duration_s > 0 else None
+    # Over the wall time between the samples (wrk's start-up included), not wrk's own duration: both
+    # CPU counts cover that whole interval.
+    other = max(0.0, machine.busy_s - ours) / wall if wall > 0 else None
     return Measurement(
         target.config,
         workload,
