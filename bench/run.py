@@ -1,8 +1,11 @@
-"""``python -m bench.run``: wrk against the backend directly, nginx as a reverse proxy, and the gateway.
+"""``python -m bench.run``: wrk against the backend directly, nginx as a reverse proxy, the Python peers
+(``bench.peers``) and the gateway.
 
 Backends (one nginx, two ports) and wrk share core 0; the proxy under test runs alone on core 1.
 Configurations are interleaved ``--runs`` times and the median is reported with the ratios
-gateway/nginx-proxy and gateway/direct. Exit status: 0 all good; 1 a configuration had socket
+gateway/nginx-proxy, gateway/direct and gateway/each peer; every run's CPU steal and other processes'
+CPU are read from /proc/stat, and a run above the limits is reported as noisy (``bench.quiet``).
+Exit status: 0 all good; 1 a configuration had socket
 errors, non-2xx responses or a wrong answer; 2 a gateway ratio is below ``--min-ratio``;
 3 the gateway or a peer did not start or died; 4 (with ``--strict-quiet``) a run was noisy.
 """
