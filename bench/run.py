@@ -5,9 +5,9 @@ Backends (one nginx, two ports) and wrk share core 0; the proxy under test runs 
 Configurations are interleaved ``--runs`` times and the median is reported with the ratios
 gateway/nginx-proxy, gateway/direct and gateway/each peer; every run's CPU steal and other processes'
 CPU are read from /proc/stat, and a run above the limits is reported as noisy (``bench.quiet``).
-Exit status: 0 all good; 1 a configuration had socket
-errors, non-2xx responses or a wrong answer; 2 a gateway ratio is below ``--min-ratio``;
-3 the gateway or a peer did not start or died; 4 (with ``--strict-quiet``) a run was noisy.
+Exit status: 0 all good; 1 a configuration had socket errors, non-2xx responses or a wrong answer;
+2 a gateway ratio is below ``--min-ratio``; 3 the gateway or a peer did not start or died; 4 (with
+``--strict-quiet``) a run was noisy.
 """
 
 from __future__ import annotations
