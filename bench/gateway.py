@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from bench.procs import REPO, Proc, StartError, http_request, start
+from bench.procs import REPO, Proc, http_request, start, wait_ready
 
 SERVICE = "bench"
 DROPPED_ENV = frozenset({"DEBUG", "LOG_LEVEL", "SERVICE_DISCOVERY_TYPE", "PYTHONPATH"})
@@ -102,17 +101,7 @@ def start_gateway(
     # cwd is the temp dir so that a developer's .env in the repository cannot change the settings.
     proc = start("gateway", launch.command, workdir, core=core, env=env, stdout=stdout, cwd=workdir)
     proc.wait_port(port, timeout=timeout)
-    deadline = time.monotonic() + timeout
-    status, body = 0, b""
-    while time.monotonic() < deadline:
-        status, body = http_request(f"http://127.0.0.1:{port}{ready_path}", headers=headers)
-        if status == 200:
-            return proc
-        if not proc.alive():
-            break
-        time.sleep(0.1)
-    proc.stop()
-    raise StartError(proc, f"never answered 200 on {ready_path} (last: {status} {body[:200]!r})")
+    return wait_ready(proc, f"http://127.0.0.1:{port}{ready_path}", timeout, headers)
 
 
 def metrics_requests_total(port: int) -> float | None:

@@ -55,45 +55,10 @@ def parse_vmrss_kib(status: str) -> int:
     return 0
 
 
-def parse_cpu_line(stat: str) -> tuple[int, int]:
-    """Return (busy, total) jiffies from the aggregate ``cpu`` line of ``/proc/stat``."""
-    for line in stat.splitlines():
-        if line.startswith("cpu "):
-            values = [int(v) for v in line.split()[1:]]
-            idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-            return sum(values[:8]) - idle, sum(values[:8])
-    raise ValueError("no aggregate cpu line in /proc/stat")
-
-
-def system_busy_seconds() -> float:
-    """Return the CPU seconds all cores have spent busy since boot (from ``/proc/stat``)."""
-    with open("/proc/stat") as f:
-        return parse_cpu_line(f.read())[0] / CLOCK_TICKS
-
-
 def children_cpu_seconds() -> float:
     """Return the CPU seconds used by this process's waited-for children (wrk runs)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def system_busy(seconds: float = 1.0) -> float:
-    """Return the share of all cores that was busy over the next ``seconds`` (0.0 to 1.0)."""
-    with open("/proc/stat") as f:
-        b0, t0 = parse_cpu_line(f.read())
-    time.sleep(seconds)
-    with open("/proc/stat") as f:
-        b1, t1 = parse_cpu_line(f.read())
-    return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
-
-
-def wait_until_quiet(limit: float, timeout: float) -> float:
-    """Sample CPU use each second until it is at most ``limit`` or ``timeout`` passes; return the last."""
-    deadline = time.monotonic() + timeout
-    busy = system_busy()
-    while busy > limit and time.monotonic() < deadline:
-        busy = system_busy()
-    return busy
 
 
 def _read(path: str) -> str | None:
@@ -214,6 +179,21 @@ class Proc:
                 return
             time.sleep(0.02)
         raise StartError(self, f"nothing listening on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+def wait_ready(proc: Proc, url: str, timeout: float = 20.0, headers: Mapping[str, str] | None = None) -> Proc:
+    """Block until a GET of ``url`` answers 200; on failure stop ``proc`` and raise ``StartError``."""
+    deadline = time.monotonic() + timeout
+    status, body = 0, b""
+    while time.monotonic() < deadline:
+        status, body = http_request(url, headers=headers)
+        if status == 200:
+            return proc
+        if not proc.alive():
+            break
+        time.sleep(0.1)
+    proc.stop()
+    raise StartError(proc, f"never answered 200 on {url} (last: {status} {body[:200]!r})")
 
 
 class StartError(RuntimeError):

@@ -7,9 +7,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bench.peers import PEER_NAMES
 from bench.wrk import WrkResult
 
-CONFIGS = ("direct", "nginx-proxy", "gateway")
+BUILTIN = ("direct", "nginx-proxy", "gateway")
+CONFIGS = ("direct", "nginx-proxy", *PEER_NAMES, "gateway")  # every name that is not a gateway variant
+FLOOR = "bare-asgi"  # gateway req/s over this one's is the ratio that holds across hosts
 WORKLOADS = ("get", "post")
 
 
@@ -17,7 +20,8 @@ WORKLOADS = ("get", "post")
 class Measurement:
     """One measured wrk run of one configuration and workload, with the CPU time its server used.
 
-    ``other_cores`` is how many cores' worth of CPU the rest of the machine used meanwhile.
+    ``other_cores`` is how many cores' worth of CPU the rest of the machine used meanwhile; ``steal_s`` the
+    CPU seconds the hypervisor took from all cores, ``steal_share`` the worst share of a used core's time.
     """
 
     config: str
@@ -26,6 +30,8 @@ class Measurement:
     wrk: WrkResult
     cpu_s: float | None = None
     other_cores: float | None = None
+    steal_s: float | None = None
+    steal_share: float | None = None
 
     @property
     def cpu_us_per_request(self) -> float | None:
@@ -39,7 +45,8 @@ class Measurement:
 class Summary:
     """The median over runs of one configuration and workload; errors are summed over runs.
 
-    ``other_cores`` is the worst run's CPU use by processes outside the benchmark, in cores.
+    ``other_cores`` is the worst run's CPU use by processes outside the benchmark, in cores; ``steal_share``
+    the worst run's share of a used core's time lost to CPU steal.
     """
 
     config: str
@@ -52,6 +59,7 @@ class Summary:
     other_cores: float | None
     socket_errors: int
     non_2xx_3xx: int
+    steal_share: float | None = None
 
     @property
     def errors(self) -> int:
@@ -79,6 +87,7 @@ def summarize(measurements: Iterable[Measurement]) -> list[Summary]:
         ms = groups[key]
         cpus = [c for c in (m.cpu_us_per_request for m in ms) if c is not None]
         others = [m.other_cores for m in ms if m.other_cores is not None]
+        steals = [m.steal_share for m in ms if m.steal_share is not None]
         out.append(
             Summary(
                 config=key[1],
@@ -91,6 +100,7 @@ def summarize(measurements: Iterable[Measurement]) -> list[Summary]:
                 other_cores=max(others) if others else None,
                 socket_errors=sum(m.wrk.socket_errors for m in ms),
                 non_2xx_3xx=sum(m.wrk.non_2xx_3xx for m in ms),
+                steal_share=max(steals) if steals else None,
             )
         )
     return out
@@ -106,10 +116,10 @@ def ratio(summaries: Sequence[Summary], workload: str, numerator: str, denominat
 
 
 def ratios(summaries: Sequence[Summary]) -> dict[str, float]:
-    """Return every available ``{workload}: gateway/nginx-proxy`` and ``gateway/direct`` ratio."""
+    """Return every available ``{workload}: gateway/X`` req/s ratio, X being nginx-proxy, direct or a peer."""
     out: dict[str, float] = {}
     for w in WORKLOADS:
-        for den in ("nginx-proxy", "direct"):
+        for den in ("nginx-proxy", "direct", *PEER_NAMES):
             r = ratio(summaries, w, "gateway", den)
             if r is not None:
                 out[f"{w}: gateway/{den}"] = r
@@ -174,9 +184,12 @@ def _fmt(value: float | None, spec: str) -> str:
 def format_table(summaries: Sequence[Summary]) -> str:
     """Render the summaries as an aligned text table with req/s ratio columns against nginx-proxy and direct.
 
-    When variants were measured (configurations beyond ``CONFIGS``), a column against ``gateway`` too.
+    With ``bare-asgi`` measured, a column against it (the host-independent ratio); when variants were
+    measured (configurations beyond ``CONFIGS``), a column against ``gateway`` too.
     """
     against = ["nginx-proxy", "direct"]
+    if any(s.config == FLOOR for s in summaries):
+        against.append(FLOOR)
     if any(s.config not in CONFIGS for s in summaries):
         against.append("gateway")
     header = (
@@ -187,6 +200,7 @@ def format_table(summaries: Sequence[Summary]) -> str:
         "p99 ms",
         "CPU us/req",
         "other cores",
+        "steal",
         "sock err",
         "non-2xx",
         *(f"x {name}" for name in against),
@@ -202,6 +216,7 @@ def format_table(summaries: Sequence[Summary]) -> str:
                 f"{s.p99_ms:.2f}",
                 _fmt(s.cpu_us_per_request, ".0f"),
                 _fmt(s.other_cores, ".2f"),
+                _fmt(s.steal_share, ".1%"),
                 str(s.socket_errors),
                 str(s.non_2xx_3xx),
                 *(_fmt(ratio(summaries, s.workload, s.config, name), ".3f") for name in against),
@@ -235,6 +250,8 @@ def to_json(
                 "cpu_s": m.cpu_s,
                 "cpu_us_per_request": m.cpu_us_per_request,
                 "other_cores": m.other_cores,
+                "steal_s": m.steal_s,
+                "steal_share": m.steal_share,
                 **asdict(m.wrk),
             }
             for m in measurements

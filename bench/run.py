@@ -1,16 +1,20 @@
-"""``python -m bench.run``: wrk against the backend directly, nginx as a reverse proxy, and the gateway.
+"""``python -m bench.run``: wrk against the backend directly, nginx as a reverse proxy, the Python peers
+(``bench.peers``) and the gateway.
 
 Backends (one nginx, two ports) and wrk share core 0; the proxy under test runs alone on core 1.
 Configurations are interleaved ``--runs`` times and the median is reported with the ratios
-gateway/nginx-proxy and gateway/direct. Exit status: 0 all good; 1 a configuration had socket
-errors, non-2xx responses or a wrong answer; 2 a gateway ratio is below ``--min-ratio``;
-3 the gateway did not start.
+gateway/nginx-proxy, gateway/direct and gateway/each peer; every run's CPU steal and other processes'
+CPU are read from /proc/stat, and a run above the limits is reported as noisy (``bench.quiet``).
+Exit status: 0 all good; 1 a configuration had socket errors, non-2xx responses or a wrong answer;
+2 a gateway ratio is below ``--min-ratio``; 3 the gateway or a peer did not start or died; 4 (with
+``--strict-quiet``) a run was noisy.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -19,25 +23,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench import gateway, nginx
-from bench.procs import (
-    Proc,
-    StartError,
-    children_cpu_seconds,
-    cpu_seconds,
-    free_port,
-    http_request,
-    system_busy_seconds,
-    wait_until_quiet,
-)
+from bench.measure import PATH, Target, check_answer, measure_all
+from bench.peers import PEER_NAMES, peer_command, select_configs, start_peer
+from bench.procs import Proc, StartError, free_port
+from bench.quiet import MAX_OTHER_CORES, MAX_STEAL, QUIET_BUSY, noise, read_cpu_model, wait_until_quiet
 from bench.report import (
+    BUILTIN,
     CONFIGS,
-    Measurement,
+    FLOOR,
     Summary,
     cpu_ratios,
     format_table,
@@ -48,23 +47,8 @@ from bench.report import (
     versus_gateway,
 )
 from bench.variants import GatewayVariant, gateway_variants
-from bench.wrk import POST_BODY_SIZE, run_wrk
 
-PATH = "/bench/anything"
-POST_BODY = b'{"data":"' + b"x" * (POST_BODY_SIZE - 11) + b'"}'
-EXIT_ERRORS, EXIT_RATIO, EXIT_NO_GATEWAY = 1, 2, 3
-QUIET = 0.05  # share of all CPUs busy before start above which the run warns
-NOISY_CORES = 0.15  # CPU used by other processes during a measured run above which the run warns
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A configuration under test: the URL wrk hits and the process whose CPU time is counted."""
-
-    config: str
-    url: str
-    proc: Proc
-    port: int
+EXIT_ERRORS, EXIT_RATIO, EXIT_NO_GATEWAY, EXIT_NOISY = 1, 2, 3, 4
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -79,8 +63,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--only", choices=("get", "post"), help="one workload only (default: both)")
     p.add_argument(
         "--configs",
-        default=",".join(CONFIGS),
-        help=f"comma-separated subset of {','.join(CONFIGS)} (default: all)",
+        help=f"comma-separated subset of {','.join(CONFIGS)} (default: all; a peer only when installed)",
     )
     p.add_argument("--json", type=Path, help="write the results to this file")
     p.add_argument("--min-ratio", type=float, default=0.12, help="gateway/nginx-proxy target (0.12; 0 off)")
@@ -119,7 +102,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--wait-quiet",
         type=float,
         default=0.0,
-        help="wait up to this many seconds for other CPU use to drop below 5%% before starting (0)",
+        help="wait up to this many seconds for other CPU use below 5%% and steal below --max-steal (0)",
+    )
+    p.add_argument(
+        "--max-steal",
+        type=float,
+        default=MAX_STEAL,
+        help=f"share of a used core's time lost to CPU steal above which a run is noisy ({MAX_STEAL})",
+    )
+    p.add_argument(
+        "--max-other",
+        type=float,
+        default=MAX_OTHER_CORES,
+        help=f"cores used by other processes above which a run is noisy ({MAX_OTHER_CORES})",
+    )
+    p.add_argument(
+        "--strict-quiet",
+        action="store_true",
+        help=f"exit {EXIT_NOISY} when a run was noisy (steal or other processes above their limits)",
     )
     p.add_argument(
         "--header",
@@ -136,46 +136,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if not sep or not name.strip():
             p.error(f"--header needs 'NAME: VALUE', got {header!r}")
         args.headers[name.strip()] = value.strip()
-    args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    unknown = set(args.configs) - set(CONFIGS)
-    if unknown:
-        p.error(f"unknown configuration(s): {', '.join(sorted(unknown))}")
     try:
+        args.configs, args.config_notes = select_configs(args.configs, BUILTIN)
         args.gateways = variants_of(args)
     except SystemExit as exc:
         p.error(str(exc.code))
     return args
-
-
-def check_answer(target: Target, extra: Mapping[str, str]) -> str | None:
-    """Send one GET and one 1 KiB POST to ``target`` (with the ``--header`` headers); return what is wrong."""
-    for method, body in (("GET", None), ("POST", POST_BODY)):
-        headers = {**extra, "Content-Type": "application/json"} if body else dict(extra)
-        status, answer = http_request(target.url, method, body, headers)
-        if status != 200 or not gateway.json_body_ok(answer):
-            return f"{target.config}: {method} {target.url} answered {status} {answer[:200]!r}"
-    return None
-
-
-def measure(target: Target, backend: Proc, workload: str, run: int, args: argparse.Namespace) -> Measurement:
-    """Warm up, then run wrk once against ``target``; count the CPU time its process tree used.
-
-    Also count how much CPU everything else on the machine used meanwhile (all busy time minus
-    wrk, the backend and the process under test), in cores: the noise of this run.
-    """
-    post = workload == "post"
-    if args.warmup > 0:
-        run_wrk(target.url, args.warmup, args.connections, post, args.client_core, args.header)
-    pids = {target.proc.pid, backend.pid}
-    before = {pid: cpu_seconds(pid) for pid in pids}
-    system0, wrk0 = system_busy_seconds(), children_cpu_seconds()
-    result = run_wrk(target.url, args.duration, args.connections, post, args.client_core, args.header)
-    system1, wrk1 = system_busy_seconds(), children_cpu_seconds()
-    after = {pid: cpu_seconds(pid) for pid in pids}
-    used = after[target.proc.pid] - before[target.proc.pid]
-    ours = sum(after[p] - before[p] for p in pids) + (wrk1 - wrk0)
-    other = max(0.0, (system1 - system0) - ours) / result.duration_s if result.duration_s > 0 else None
-    return Measurement(target.config, workload, run, result, cpu_s=used, other_cores=other)
 
 
 def tool_version(argv: Sequence[str]) -> str:
@@ -194,6 +160,7 @@ def meta(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "loadavg_before": os.getloadavg(),
+        "cpu_model": read_cpu_model(),
         "python": platform.python_version(),
         "nginx": tool_version(["nginx", "-v"]),
         "wrk": tool_version(["wrk", "--version"]),
@@ -203,6 +170,8 @@ def meta(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "runs": args.runs,
         "client_core": args.client_core,
         "proxy_core": args.proxy_core,
+        "max_steal": args.max_steal,
+        "max_other_cores": args.max_other,
         "gateway_log": str(workdir / "<configuration>" / "gateway-stdout.log")
         if args.gateway_log == "file"
         else os.devnull,
@@ -215,29 +184,57 @@ def variants_of(args: argparse.Namespace) -> list[GatewayVariant]:
     return gateway_variants(args.configs, command, args.gateway_env, args.extra_gateway, args.variant)
 
 
-def start_gateways(
-    args: argparse.Namespace, workdir: Path, ports: Sequence[int], stack: contextlib.ExitStack
-) -> tuple[list[Target], list[str]]:
-    """Start every gateway variant on the proxy core; return the ones up and the failure messages."""
-    targets, failures = [], []
+@dataclass
+class Started:
+    """The processes under test that started (stopped when ``stack`` closes) and the failure messages."""
+
+    stack: contextlib.ExitStack
+    targets: list[Target] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def launch(self, name: str, port: int, start: Callable[[], Proc], failure: str) -> None:
+        """Call ``start``; keep its target, or print and keep ``failure`` with the tail of its output."""
+        try:
+            proc = start()
+        except StartError as exc:
+            self.failures.append(f"{failure}\n{exc}")
+            print(self.failures[-1], file=sys.stderr, flush=True)
+            return
+        self.stack.callback(proc.stop)
+        self.targets.append(Target(name, f"http://127.0.0.1:{port}{PATH}", proc, port))
+
+
+def start_gateways(args: argparse.Namespace, workdir: Path, ports: Sequence[int], started: Started) -> None:
+    """Start every gateway variant on the proxy core."""
     for variant in args.gateways:
         name, port = variant.name, free_port()
         to_file = args.gateway_log == "file"
         launch = gateway.GatewayLaunch(variant.command, log_to_file=to_file, env=variant.env)
         config = gateway.write_config(workdir / name, gateway.gateway_config(ports))
         print(f"{name}: {shlex.join(variant.command)}", flush=True)
-        try:
-            proc = gateway.start_gateway(
-                workdir / name, config, port, args.proxy_core, launch, ready_path=PATH, headers=args.headers
-            )
-        except StartError as exc:
-            envs = " ".join(f"{k}={v}" for k, v in variant.env.items())
-            failures.append(f"GATEWAY DID NOT START ({name}): {envs} {shlex.join(variant.command)}\n{exc}")
-            print(failures[-1], file=sys.stderr, flush=True)
-            continue
-        stack.callback(proc.stop)
-        targets.append(Target(name, f"http://127.0.0.1:{port}{PATH}", proc, port))
-    return targets, failures
+        envs = " ".join(f"{k}={v}" for k, v in variant.env.items())
+        start = functools.partial(
+            gateway.start_gateway,
+            workdir / name,
+            config,
+            port,
+            args.proxy_core,
+            launch,
+            PATH,
+            headers=args.headers,
+        )
+        started.launch(
+            name, port, start, f"GATEWAY DID NOT START ({name}): {envs} {shlex.join(variant.command)}"
+        )
+
+
+def start_peers(args: argparse.Namespace, workdir: Path, ports: Sequence[int], started: Started) -> None:
+    """Start every peer asked for on the proxy core."""
+    for name in (c for c in args.configs if c in PEER_NAMES):
+        port = free_port()
+        print(f"{name}: {shlex.join(peer_command(name, port))}", flush=True)
+        start = functools.partial(start_peer, name, workdir / name, port, ports, args.proxy_core, PATH)
+        started.launch(name, port, start, f"PEER DID NOT START ({name})")
 
 
 def gateway_after(target: Target, args: argparse.Namespace, info: dict[str, Any]) -> bool:
@@ -254,42 +251,26 @@ def gateway_after(target: Target, args: argparse.Namespace, info: dict[str, Any]
     return True
 
 
-def measure_all(
-    targets: Sequence[Target], backend: Proc, workloads: Sequence[str], args: argparse.Namespace
-) -> list[Measurement]:
-    """Measure every target and workload, interleaved, ``args.runs`` times."""
-    print(
-        f"measuring {', '.join(t.config for t in targets)} x {', '.join(workloads).upper()}: "
-        f"{args.runs} run(s) of {args.duration}s (+{args.warmup}s warm-up), c={args.connections}, "
-        f"wrk+backends on core {args.client_core}, proxy on core {args.proxy_core}",
-        flush=True,
-    )
-    measurements: list[Measurement] = []
-    for n in range(args.runs):
-        for workload in workloads:
-            for target in targets:
-                m = measure(target, backend, workload, n, args)
-                measurements.append(m)
-                print(
-                    f"  run {n + 1} {workload.upper():4} {target.config:12} "
-                    f"{m.wrk.requests_per_s:>10,.0f} req/s  p99 {m.wrk.p99_ms:6.2f} ms  "
-                    f"errors {m.wrk.errors}  other {_cores(m.other_cores)}",
-                    flush=True,
-                )
-    return measurements
+def noisy_runs(summaries: Sequence[Summary], args: argparse.Namespace) -> dict[str, list[str]]:
+    """Return, per ``WORKLOAD config`` whose worst run was noisy, why (steal or other processes)."""
+    out = {}
+    for s in summaries:
+        reasons = noise(s.other_cores, s.steal_share, args.max_other, args.max_steal)
+        if reasons:
+            out[f"{s.workload.upper()} {s.config}"] = reasons
+    return out
 
 
-def _cores(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f} cores"
-
-
-def verdict(summaries: Sequence[Summary], args: argparse.Namespace) -> int:
-    """Print the ratios and any errors; return 0, ``EXIT_ERRORS`` or ``EXIT_RATIO``."""
+def verdict(summaries: Sequence[Summary], args: argparse.Namespace, cpu_model: str) -> int:
+    """Print the table, the ratios, noise and errors; return 0, ``EXIT_ERRORS``, ``EXIT_NOISY`` (with
+    ``--strict-quiet``) or ``EXIT_RATIO``, in that order of precedence."""
     status = 0
-    print()
+    print(f"\nCPU: {cpu_model} ({os.cpu_count()} cores); median of {args.runs} run(s)")
     print(format_table(summaries))
     for name, value in ratios(summaries).items():
         line = f"{name} = {value:.3f}"
+        if name.endswith(f"/{FLOOR}"):
+            line += "  (host-independent: quote it with the CPU model above)"
         if name.endswith("/nginx-proxy") and args.min_ratio > 0:
             ok = value >= args.min_ratio
             line += f"  (target >= {args.min_ratio}: {'PASS' if ok else 'MISS'})"
@@ -299,14 +280,12 @@ def verdict(summaries: Sequence[Summary], args: argparse.Namespace) -> int:
         print(f"{name} = {value:.3f}  (per-core efficiency, stricter cross-check)")
     for line in format_versus(versus_gateway(summaries)):
         print(line)
-    noisy = [s for s in summaries if s.other_cores is not None and s.other_cores > NOISY_CORES]
+    noisy = noisy_runs(summaries, args)
     if noisy:
-        worst = max(s.other_cores or 0.0 for s in noisy)
-        print(
-            f"warning: other processes used up to {worst:.2f} cores during "
-            f"{', '.join(f'{s.workload.upper()} {s.config}' for s in noisy)}: "
-            "these numbers are noisy; rerun on a quiet machine (--wait-quiet) before quoting them"
-        )
+        print("\nNOISY, DO NOT QUOTE these figures; rerun when quiet (--wait-quiet 120 waits out steal too):")
+        for name, reasons in noisy.items():
+            print(f"  {name}: {'; '.join(reasons)}")
+        status = EXIT_NOISY if args.strict_quiet and status in (0, EXIT_RATIO) else status
     for s in summaries:
         if s.errors:
             print(
@@ -320,15 +299,20 @@ def verdict(summaries: Sequence[Summary], args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace, workdir: Path) -> int:
     """Start everything, measure, print the table; return the exit status."""
-    busy = wait_until_quiet(QUIET, args.wait_quiet)
-    if busy > QUIET:
+    cores = (args.client_core, args.proxy_core)
+    before = wait_until_quiet(args.wait_quiet, cores, args.max_steal)
+    if before.busy_share > QUIET_BUSY or before.steal_share > args.max_steal:
         print(
-            f"warning: {busy:.0%} of the CPUs busy before start (load average {os.getloadavg()[0]:.2f}): "
-            "something else is running, numbers are noisy"
+            f"warning: {before.busy_share:.0%} of the CPUs busy, {before.steal_share:.0%} of a core stolen "
+            f"before start (load average {os.getloadavg()[0]:.2f}): numbers will be noisy"
         )
+    for note in args.config_notes:
+        print(note)
     workloads = [args.only] if args.only else ["get", "post"]
     info = meta(args, workdir)
-    info["cpu_busy_before"] = busy
+    info["cpu_busy_before"] = before.busy_share
+    info["cpu_steal_before"] = before.steal_share
+    print(f"CPU: {info['cpu_model']}", flush=True)
     p1, p2 = free_port(), free_port()
     alive = True
     with contextlib.ExitStack() as stack:
@@ -342,8 +326,12 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             proxy = nginx.start_proxy(workdir / "proxy", port, p1, p2, core=args.proxy_core)
             stack.callback(proxy.stop)
             targets.append(Target("nginx-proxy", f"http://127.0.0.1:{port}{PATH}", proxy, port))
-        gateways, failures = start_gateways(args, workdir, (p1, p2), stack)
-        targets += gateways
+        started = Started(stack)
+        start_peers(args, workdir, (p1, p2), started)
+        peers = list(started.targets)
+        start_gateways(args, workdir, (p1, p2), started)
+        gateways, failures = started.targets[len(peers) :], started.failures
+        targets += started.targets
         for target in targets:
             problem = check_answer(target, args.headers)
             if problem:
@@ -352,8 +340,13 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         measurements = measure_all(targets, backend, workloads, args)
         for target in gateways:
             alive = gateway_after(target, args, info) and alive
+        for target in (t for t in peers if not t.proc.alive()):
+            print(f"PEER DIED during the benchmark ({target.config})", file=sys.stderr)
+            alive = False
     summaries = summarize(measurements)
-    status = verdict(summaries, args)
+    status = verdict(summaries, args, info["cpu_model"])
+    info["noisy"] = noisy_runs(summaries, args)
+    info["quotable"] = not info["noisy"]
     for failure in failures:
         print(f"\n{failure}", file=sys.stderr)
     if failures or not alive:

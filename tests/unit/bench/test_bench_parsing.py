@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from bench import gateway, nginx
-from bench.procs import find_binary, parse_cpu_line, parse_stat_cpu, parse_stat_ppid, parse_vmrss_kib
+from bench.measure import POST_BODY
+from bench.procs import find_binary, parse_stat_cpu, parse_stat_ppid, parse_vmrss_kib
 from bench.report import Measurement, cpu_ratios, format_table, ratio, ratios, summarize
-from bench.run import POST_BODY
 from bench.stream import RSS_LIMIT, RssSampler, percentile
 from bench.stream_backend import CHUNK, chunks, stream_sha256
 from bench.wrk import POST_SCRIPT, WrkParseError, parse_time_ms, parse_wrk_output, wrk_command
@@ -253,13 +253,6 @@ def test_rss_sampler_sees_a_process_grow_by_more_than_the_limit() -> None:
         del block
     assert sampler.samples >= 1
     assert sampler.peak - before >= RSS_LIMIT
-
-
-def test_parse_cpu_line_counts_idle_and_iowait_as_not_busy() -> None:
-    stat = "cpu  100 5 50 800 20 3 2 10 0 0\ncpu0 50 2 25 400 10 1 1 5 0 0\nintr 1\n"
-    assert parse_cpu_line(stat) == (100 + 5 + 50 + 3 + 2 + 10, 990)
-    with pytest.raises(ValueError):
-        parse_cpu_line("intr 1\n")
 
 
 def test_cpu_ratio_divides_nginx_cpu_per_request_by_the_gateways() -> None:
