@@ -30,7 +30,7 @@ class FakeWorker:
         m = Metrics()
         for _ in range(self.requests):
             m.requests.count("svc", "GET", 200)
-        return m.render()[0].decode()
+        return m.render().decode()
 
     async def _serve(self) -> None:
         while (msg := await wire.read(self.reader)) is not None:

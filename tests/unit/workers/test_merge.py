@@ -18,7 +18,7 @@ def exposition(requests: int, in_flight: int, up: int, seconds: float = 0.01) ->
     m.requests.in_flight = in_flight
     m.instance_up.labels("svc", "127.0.0.1:1").set(up)
     m.upstream_errors.labels("svc", "connect").inc(requests)
-    return merge.parse(m.render()[0].decode())
+    return merge.parse(m.render().decode())
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -64,4 +64,4 @@ def test_requests_total_sums_every_label_set() -> None:
     m = Metrics()
     m.requests.count("svc", "GET", 200)
     m.requests.count("unknown", "POST", 404)
-    assert merge.requests_total(merge.parse(m.render()[0].decode())) == 2
+    assert merge.requests_total(merge.parse(m.render().decode())) == 2
