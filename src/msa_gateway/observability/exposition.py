@@ -29,7 +29,7 @@ from prometheus_client.utils import floatToGoString
 
 go_float: Callable[[float], str] = floatToGoString  # how Prometheus writes a number (+Inf, 1e+06)
 
-SLICE = 0.002  # seconds of rendering between two returns to the event loop
+SLICE = 0.0005  # seconds of rendering between two returns to the event loop
 ROWS_PER_CHUNK = 256  # single-sample series rendered together (each read on its own)
 OPENMETRICS_TYPE = "application/openmetrics-text"
 OM_ONLY_SUFFIXES = ("_created", "_gsum", "_gcount")  # the text format moves these into gauges

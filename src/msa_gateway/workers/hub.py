@@ -158,7 +158,8 @@ class Hub:
             return None
         finally:
             self._pending.pop(rid, None)
-        conn.last = merge.parse(text, openmetrics)
+        # Parsing megabytes takes about a second: in a thread, so relaying health and ejections goes on.
+        conn.last = await asyncio.to_thread(merge.parse, text, openmetrics)
         return conn.last
 
     async def scrape(self, openmetrics: bool = False) -> bytes:
