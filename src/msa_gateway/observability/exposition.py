@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar, Sample
 from prometheus_client.utils import floatToGoString
 
-go_float: Callable[[float], str] = floatToGoString  # how Prometheus writes a number (+Inf, 1e+06)
+_go_float: Callable[[float], str] = floatToGoString
 
 SLICE = 0.0005  # seconds of rendering between two returns to the event loop
 ROWS_PER_CHUNK = 256  # single-sample series rendered together (each read on its own)
@@ -45,6 +45,19 @@ def wants_openmetrics(accept: str | None) -> bool:
 def content_type(openmetrics: bool) -> str:
     """Return the ``Content-Type`` of an exposition in the chosen format."""
     return CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_PLAIN_0_0_4
+
+
+def go_float(value: float) -> str:
+    """Write a number as Prometheus does (``3.0``, ``+Inf``, ``1e+06``); counts take a shortcut.
+
+    prometheus-client's ``floatToGoString`` was 40% of a scrape; below a million it is ``repr``.
+    """
+    kind = type(value)
+    if kind is int and -1_000_000 < value < 1_000_000:
+        return f"{value}.0"
+    if kind is float and -1e6 < value < 1e6:  # NaN and the infinities fail the comparison
+        return repr(value)
+    return _go_float(value)
 
 
 def escape_value(value: str) -> str:

@@ -76,15 +76,19 @@ class LatencyHistogram:
             out.append((go_float(bound), float(running)))
         return out
 
-    def series(self, name: str, labels: str, openmetrics: bool) -> str:
-        """Return the sample lines of this histogram (one consistent reading), exemplars in OpenMetrics."""
+    def series(self, name: str, labels: str, les: Sequence[str], openmetrics: bool) -> str:
+        """Return the sample lines of this histogram (one consistent reading), exemplars in OpenMetrics.
+
+        ``les`` are the bucket bounds as written (``0.005``, ..., ``+Inf``).
+        """
         out, running = [], 0
-        for bound, n, ex in zip((*self.bounds, float("inf")), self.buckets, self.exemplars, strict=True):
+        bucket = f"{name}_bucket"
+        for le, n, ex in zip(les, self.buckets, self.exemplars, strict=True):
             running += n
             suffix = ""
             if openmetrics and ex is not None:
                 suffix = exemplar_suffix(f'trace_id="{ex[0].decode()}"', ex[1], ex[2])
-            out.append(line(f"{name}_bucket", f'le="{go_float(bound)}",{labels}', running, suffix))
+            out.append(line(bucket, f'le="{le}",{labels}', running, suffix))
         out.append(line(f"{name}_count", labels, self.count))
         out.append(line(f"{name}_sum", labels, self.total))
         return "".join(out)
@@ -148,9 +152,10 @@ class RequestStats(Collector):
         return chunked(list(self.counts.items()), render)
 
     def _histogram_chunks(self, openmetrics: bool) -> Iterator[str]:
+        les = [go_float(bound) for bound in (*self.bounds, float("inf"))]
         for service, hist in list(self.histograms.items()):
             if hist.count:
-                yield hist.series(DURATION[0], f'service="{escape_value(service)}"', openmetrics)
+                yield hist.series(DURATION[0], f'service="{escape_value(service)}"', les, openmetrics)
 
     def describe(self) -> Iterator[Metric]:
         """Describe the metric families without values (for registry name checks)."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.utils import floatToGoString
 
 from msa_gateway.observability import exposition
 from msa_gateway.observability.exposition import wants_openmetrics
@@ -19,6 +20,7 @@ from msa_gateway.workers import merge
 
 SAMPLED = Trace(b"4bf92f3577b34da6a3ce929d0e0e4736", b"00f067aa0ba902b7", None, True, None)
 UNSAMPLED = Trace(b"0af7651916cd43dd8448eb211c80319c", b"b7ad6b7169203331", None, False, None)
+REFERENCE_NUMBER: Callable[[float], str] = floatToGoString
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -158,3 +160,35 @@ async def test_the_stream_gives_the_event_loop_back_between_pieces() -> None:
 )
 def test_openmetrics_is_chosen_from_the_accept_header(accept: str | None, expected: bool) -> None:
     assert wants_openmetrics(accept) is expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        0,
+        1,
+        -1,
+        7,
+        999_999,
+        1_000_000,
+        123_456_789,
+        -5_000_000,
+        True,
+        0.0,
+        -0.0,
+        1.0,
+        0.0025,
+        1e-05,
+        123456.7,
+        999_999.9,
+        1e6,
+        1.5e7,
+        1764820000.123,
+        -2.5e9,
+        float("inf"),
+        float("-inf"),
+        float("nan"),
+    ],
+)
+def test_numbers_are_written_exactly_as_prometheus_client_writes_them(value: float) -> None:
+    assert exposition.go_float(value) == REFERENCE_NUMBER(value)
