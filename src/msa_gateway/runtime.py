@@ -57,8 +57,9 @@ class Runtime:
         self.version = __version__
         self.started_at = time.time()
         self.tasks = Supervisor()
-        self.metrics = Metrics()
+        self.metrics = Metrics(per_instance=settings.metrics_per_instance)
         self.metrics.track_tasks(self.tasks)
+        self.metrics.track_services(lambda: self.snapshot.services)
         self.access = access or AccessLog(console=settings.debug)
         self.tracer, self.exporter = tracing_from_settings(settings)
         self.metrics.track_exporter(self.exporter)

@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     otel_exporter_otlp_headers: str = ""
     otel_service_name: str = "msa-gateway"
 
+    metrics_per_instance: bool = True
+
     workers: Annotated[int, Field(ge=1, le=256)] = 1
     shared_health_hints: bool = False
 

@@ -266,7 +266,7 @@ async def test_metrics_count_crashes_and_live_tasks_by_kind(fake: FakeTime, sup:
     body = Crasher(2)
     sup.spawn("health_probe", body, key="svc/a")
     await wait_for(body.steady)
-    families = {f.name: f for f in text_string_to_metric_families(metrics.render()[0].decode())}
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render().decode())}
     crashes = {s.labels["task"]: s.value for s in families["gateway_task_crashes"].samples}
     running = {s.labels["task"]: s.value for s in families["gateway_background_tasks"].samples}
     assert crashes == {"health_probe": 2.0}

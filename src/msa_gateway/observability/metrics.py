@@ -2,19 +2,21 @@
 
 Labels: ``service`` is a registered service name or ``unknown``; ``method`` is one of the
 standard methods or ``OTHER``; ``code`` is the numeric status; ``instance`` is ``host:port`` of
-a registered instance. A raw path never becomes a label value.
+a registered instance. A raw path never becomes a label value. The exposition is rendered by
+``exposition.py``, a slice at a time, in the Prometheus text format or OpenMetrics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from msa_gateway.observability import exposition
+from msa_gateway.observability.instances import InstanceGauge, RouteLike, ServiceStates
 from msa_gateway.observability.requests import RequestStats
 from msa_gateway.tasks import Supervisor
 
@@ -31,13 +33,35 @@ def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else "OTHER"
 
 
-class Metrics:
-    """Every metric the gateway exports, on one ``CollectorRegistry`` owned by the runtime."""
+class OrderedRegistry(CollectorRegistry):
+    """A ``CollectorRegistry`` that remembers its collectors in order, for the sliced exposition."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        super().__init__(auto_describe=True)
+        self.collectors: list[Collector] = []
+
+    def register(self, collector: Collector) -> None:
+        """Register ``collector`` and keep it for ``exposition.pieces``."""
+        super().register(collector)
+        self.collectors.append(collector)
+
+    def unregister(self, collector: Collector) -> None:
+        """Unregister ``collector``."""
+        super().unregister(collector)
+        self.collectors.remove(collector)
+
+
+class Metrics:
+    """Every metric the gateway exports, on one ``CollectorRegistry`` owned by the runtime.
+
+    ``per_instance`` (``METRICS_PER_INSTANCE``) exports ``gateway_instance_up`` per instance;
+    the per-service instance gauges are exported either way.
+    """
+
+    def __init__(self, *, per_instance: bool = True) -> None:
+        self.registry = OrderedRegistry()
         # Set by a supervised worker: one scrape answers with every worker's numbers merged.
-        self.aggregate: Callable[[], Awaitable[bytes]] | None = None
+        self.aggregate: Callable[[bool], Awaitable[bytes]] | None = None
         r = self.registry
         self.requests = RequestStats(BUCKETS)
         r.register(self.requests)
@@ -65,12 +89,8 @@ class Metrics:
             ["service"],
             registry=r,
         )
-        self.instance_up = Gauge(
-            "gateway_instance_up",
-            "1 when the instance passes its health checks, else 0.",
-            ["service", "instance"],
-            registry=r,
-        )
+        self.instance_up = InstanceGauge(export=per_instance)
+        r.register(self.instance_up)
         self.discovery_up = Gauge(
             "gateway_discovery_up",
             "1 when the discovery provider's last read succeeded.",
@@ -178,15 +198,29 @@ class Metrics:
         if exporter is not None:
             self.registry.register(SpanStats(exporter))
 
-    def render(self) -> tuple[bytes, str]:
-        """Return the exposition text and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+    def track_services(self, services: Callable[[], Mapping[str, RouteLike]]) -> None:
+        """Export the instance counts per service of the routes ``services`` returns at scrape time."""
+        self.registry.register(ServiceStates(services))
 
-    async def scrape(self) -> tuple[bytes, str]:
-        """Return what ``/metrics`` shows: this process's metrics, or all workers' when supervised."""
-        if self.aggregate is None:
-            return self.render()
-        return await self.aggregate(), CONTENT_TYPE_LATEST
+    def render(self, openmetrics: bool = False) -> bytes:
+        """Return this process's exposition at once (blocks for its whole length: off the request path)."""
+        return exposition.render(self.registry.collectors, openmetrics)
+
+    def stream(self, openmetrics: bool = False) -> AsyncIterator[bytes]:
+        """Return this process's exposition piece by piece, the event loop running in between."""
+        return exposition.stream(self.registry.collectors, openmetrics)
+
+    async def render_async(self, openmetrics: bool = False) -> bytes:
+        """Return this process's whole exposition, rendered a slice at a time."""
+        return await exposition.render_async(self.registry.collectors, openmetrics)
+
+    async def scrape(self, openmetrics: bool = False) -> AsyncIterator[bytes]:
+        """Yield what ``/metrics`` shows: this process's metrics, or all workers' when supervised."""
+        if self.aggregate is not None:
+            yield await self.aggregate(openmetrics)
+            return
+        async for piece in self.stream(openmetrics):
+            yield piece
 
 
 class TaskStats(Collector):

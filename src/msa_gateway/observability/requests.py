@@ -2,16 +2,24 @@
 
 The proxy counts every request; doing that through prometheus-client's locked children costs a
 few microseconds per request, most of it locking. The event loop is one thread, so the hot
-path here is a dict increment and a bisect; ``RequestStats.collect`` turns the numbers into
+path here is a dict increment and a bisect; ``RequestStats`` turns the numbers into
 ``gateway_requests_total``, ``gateway_request_duration_seconds`` and
 ``gateway_requests_in_flight`` when Prometheus scrapes (a custom collector, as the
-prometheus-client docs describe for exporting numbers kept elsewhere).
+prometheus-client docs describe for exporting numbers kept elsewhere; ``families`` hands them
+out a series at a time, see ``exposition.py``).
+
+Only services that answered a request have a histogram in the exposition: a registry of
+thousands of idle services costs the scrape nothing. Each bucket keeps the latest *sampled*
+trace that fell in it, shown as an OpenMetrics exemplar (``trace_id``) when the scraper asks for
+OpenMetrics; unsampled traces are never exported, so an exemplar naming one would lead nowhere.
 """
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -21,31 +29,69 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
+from msa_gateway.observability.exposition import (
+    Family,
+    chunked,
+    escape_value,
+    exemplar_suffix,
+    go_float,
+    line,
+)
+
+if TYPE_CHECKING:
+    from msa_gateway.observability.tracing import Trace
+
+REQUESTS = ("gateway_requests", "Requests answered, by service, method and status code.")
+DURATION = ("gateway_request_duration_seconds", "Time from request to the end of the response, by service.")
+IN_FLIGHT = ("gateway_requests_in_flight", "Proxied requests being served now.")
+Exemplar = tuple[bytes, float, float]  # trace id, seconds, unix time
+
 
 class LatencyHistogram:
     """Bucket counts, sum and count of one service's request durations."""
 
-    __slots__ = ("bounds", "buckets", "count", "total")
+    __slots__ = ("bounds", "buckets", "count", "exemplars", "total")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = tuple(bounds)
         self.buckets = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.exemplars: list[Exemplar | None] = [None] * len(self.buckets)
         self.total = 0.0
         self.count = 0
 
-    def observe(self, seconds: float) -> None:
-        """Count one request that took ``seconds``."""
-        self.buckets[bisect_left(self.bounds, seconds)] += 1
+    def observe(self, seconds: float, trace: Trace | None = None) -> None:
+        """Count one request that took ``seconds``; a sampled ``trace`` becomes its bucket's exemplar."""
+        i = bisect_left(self.bounds, seconds)
+        self.buckets[i] += 1
         self.total += seconds
         self.count += 1
+        if trace is not None and trace.sampled:
+            self.exemplars[i] = (trace.trace_id, seconds, time.time())
 
     def cumulative(self) -> list[tuple[str, float]]:
         """Return Prometheus buckets: (upper bound, requests at or below it), ending with +Inf."""
         out, running = [], 0
         for bound, n in zip((*self.bounds, float("inf")), self.buckets, strict=True):
             running += n
-            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(running)))
+            out.append((go_float(bound), float(running)))
         return out
+
+    def series(self, name: str, labels: str, les: Sequence[str], openmetrics: bool) -> str:
+        """Return the sample lines of this histogram (one consistent reading), exemplars in OpenMetrics.
+
+        ``les`` are the bucket bounds as written (``0.005``, ..., ``+Inf``).
+        """
+        out, running = [], 0
+        bucket = f"{name}_bucket"
+        for le, n, ex in zip(les, self.buckets, self.exemplars, strict=True):
+            running += n
+            suffix = ""
+            if openmetrics and ex is not None:
+                suffix = exemplar_suffix(f'trace_id="{ex[0].decode()}"', ex[1], ex[2])
+            out.append(line(bucket, f'le="{le}",{labels}', running, suffix))
+        out.append(line(f"{name}_count", labels, self.count))
+        out.append(line(f"{name}_sum", labels, self.total))
+        return "".join(out)
 
 
 class RequestStats(Collector):
@@ -58,7 +104,7 @@ class RequestStats(Collector):
         self.in_flight = 0
 
     def histogram(self, service: str) -> LatencyHistogram:
-        """Return the histogram of ``service`` (kept for the life of the process)."""
+        """Return the histogram of ``service`` (kept for the life of the process, exported once used)."""
         hist = self.histograms.get(service)
         if hist is None:
             hist = self.histograms[service] = LatencyHistogram(self.bounds)
@@ -78,26 +124,38 @@ class RequestStats(Collector):
         return out
 
     def collect(self) -> Iterator[Metric]:
-        """Export the numbers in Prometheus form."""
-        requests = CounterMetricFamily(
-            "gateway_requests",
-            "Requests answered, by service, method and status code.",
-            labels=["service", "method", "code"],
-        )
+        """Export the numbers in Prometheus form (``families`` is the sliced equivalent)."""
+        requests = CounterMetricFamily(*REQUESTS, labels=["service", "method", "code"])
         for (service, method, code), n in sorted(self.counts.items()):
             requests.add_metric([service, method, str(code)], n)
         yield requests
-        duration = HistogramMetricFamily(
-            "gateway_request_duration_seconds",
-            "Time from request to the end of the response, by service.",
-            labels=["service"],
-        )
+        duration = HistogramMetricFamily(*DURATION, labels=["service"])
         for service, hist in sorted(self.histograms.items()):
-            duration.add_metric([service], hist.cumulative(), sum_value=hist.total)
+            if hist.count:
+                duration.add_metric([service], hist.cumulative(), sum_value=hist.total)
         yield duration
-        yield GaugeMetricFamily(
-            "gateway_requests_in_flight", "Proxied requests being served now.", value=self.in_flight
-        )
+        yield GaugeMetricFamily(*IN_FLIGHT, value=self.in_flight)
+
+    def families(self, openmetrics: bool) -> Iterator[Family]:
+        """Yield the three families; their chunks read the live numbers as the scrape reaches them."""
+        yield Family(*REQUESTS, "counter", self._count_chunks())
+        yield Family(*DURATION, "histogram", self._histogram_chunks(openmetrics))
+        yield Family(*IN_FLIGHT, "gauge", (line(IN_FLIGHT[0], "", self.in_flight),))
+
+    def _count_chunks(self) -> Iterator[str]:
+        name = f"{REQUESTS[0]}_total"
+
+        def render(row: tuple[tuple[str, str, int], int]) -> str:
+            (service, method, code), n = row
+            return line(name, f'code="{code}",method="{method}",service="{escape_value(service)}"', n)
+
+        return chunked(list(self.counts.items()), render)
+
+    def _histogram_chunks(self, openmetrics: bool) -> Iterator[str]:
+        les = [go_float(bound) for bound in (*self.bounds, float("inf"))]
+        for service, hist in list(self.histograms.items()):
+            if hist.count:
+                yield hist.series(DURATION[0], f'service="{escape_value(service)}"', les, openmetrics)
 
     def describe(self) -> Iterator[Metric]:
         """Describe the metric families without values (for registry name checks)."""

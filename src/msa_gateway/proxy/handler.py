@@ -167,7 +167,7 @@ class ProxyApp:
         mlabel = method_label(req.method)
         if route is not None:
             route.count(mlabel, ex.status)
-            route.duration.observe(time.perf_counter() - req.started)
+            route.duration.observe(time.perf_counter() - req.started, req.trace)
         else:
             rt.count_unknown(mlabel, ex.status)
         log_access(rt.access, req, ex)

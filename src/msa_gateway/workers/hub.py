@@ -126,7 +126,8 @@ class Hub:
             self.ejections[msg["key"]] = (msg["service"], time.monotonic() + float(msg["remaining"]))
             self._relay(conn, msg)
         elif op == "scrape":
-            task = asyncio.get_running_loop().create_task(self._answer_scrape(conn, int(msg["id"])))
+            answer = self._answer_scrape(conn, int(msg["id"]), bool(msg.get("openmetrics")))
+            task = asyncio.get_running_loop().create_task(answer)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         elif op == "metrics":
@@ -145,11 +146,11 @@ class Hub:
         self.retired_requests[conn.index] = self.retired_requests.get(conn.index, 0.0) + total
         conn.last = []
 
-    async def _collect(self, conn: _Conn) -> list[Metric] | None:
+    async def _collect(self, conn: _Conn, openmetrics: bool) -> list[Metric] | None:
         rid = next(self._ids)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
-        wire.write(conn.writer, {"op": "collect", "id": rid})
+        wire.write(conn.writer, {"op": "collect", "id": rid, "openmetrics": openmetrics})
         try:
             text = await asyncio.wait_for(future, COLLECT_TIMEOUT)
         except TimeoutError:
@@ -157,13 +158,14 @@ class Hub:
             return None
         finally:
             self._pending.pop(rid, None)
-        conn.last = merge.parse(text)
+        # Parsing megabytes takes about a second: in a thread, so relaying health and ejections goes on.
+        conn.last = await asyncio.to_thread(merge.parse, text, openmetrics)
         return conn.last
 
-    async def scrape(self) -> bytes:
+    async def scrape(self, openmetrics: bool = False) -> bytes:
         """Return the merged exposition of every connected worker (and those that died)."""
         conns = list(self.conns.values())
-        found = await asyncio.gather(*(self._collect(c) for c in conns))
+        found = await asyncio.gather(*(self._collect(c, openmetrics) for c in conns))
         per_worker = CounterMetricFamily(
             "gateway_worker_requests",
             "Requests answered, by worker process (how evenly the kernel spreads connections).",
@@ -177,8 +179,8 @@ class Hub:
             total = merge.requests_total(families) + self.retired_requests.get(conn.index, 0.0)
             per_worker.add_metric([str(conn.index)], total)
         metrics = merge.merge(answered, self.retired)
-        return merge.render([*metrics, per_worker, *self.extra()])
+        return merge.render([*metrics, per_worker, *self.extra()], openmetrics)
 
-    async def _answer_scrape(self, conn: _Conn, rid: int) -> None:
-        text = (await self.scrape()).decode()
+    async def _answer_scrape(self, conn: _Conn, rid: int, openmetrics: bool) -> None:
+        text = (await self.scrape(openmetrics)).decode()
         wire.write(conn.writer, {"op": "scraped", "id": rid, "text": text})

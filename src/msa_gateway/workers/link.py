@@ -86,6 +86,7 @@ class WorkerLink:
         self.writer: asyncio.StreamWriter | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[str]] = {}
+        self._answers: set[asyncio.Task[None]] = set()
 
     def attach(self) -> None:
         """Wire the runtime to the hub: shared checks, ejections out, metrics through the hub."""
@@ -117,13 +118,21 @@ class WorkerLink:
             self.rt.health.assign(msg["service"], msg["key"], HealthState(**msg["state"]))
         elif op == "eject":
             self.rt.sync.apply(msg["service"], msg["key"], float(msg["remaining"]))
-        elif op == "collect" and self.writer is not None:
-            text = self.rt.metrics.render()[0].decode()
-            wire.write(self.writer, {"op": "metrics", "id": msg["id"], "text": text})
+        elif op == "collect":
+            answer = self._answer_collect(int(msg["id"]), bool(msg.get("openmetrics")))
+            task = asyncio.get_running_loop().create_task(answer)
+            self._answers.add(task)
+            task.add_done_callback(self._answers.discard)
         elif op == "scraped":
             future = self._pending.pop(int(msg["id"]), None)
             if future is not None and not future.done():
                 future.set_result(str(msg["text"]))
+
+    async def _answer_collect(self, rid: int, openmetrics: bool) -> None:
+        """Send this worker's exposition, rendered a slice at a time so proxied requests keep flowing."""
+        text = (await self.rt.metrics.render_async(openmetrics)).decode()
+        if self.writer is not None:
+            wire.write(self.writer, {"op": "metrics", "id": rid, "text": text})
 
     def publish_health(self, service: str, key: str, state: HealthState) -> None:
         """Send one instance's health state to the other workers."""
@@ -136,18 +145,18 @@ class WorkerLink:
         if self.writer is not None:
             wire.write(self.writer, {"op": "eject", "service": service, "key": key, "remaining": remaining})
 
-    async def scrape(self) -> bytes:
+    async def scrape(self, openmetrics: bool = False) -> bytes:
         """Return every worker's metrics merged by the hub (this worker's alone if the hub is away)."""
         if self.writer is None:
-            return self.rt.metrics.render()[0]
+            return await self.rt.metrics.render_async(openmetrics)
         rid = next(self._ids)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
-        wire.write(self.writer, {"op": "scrape", "id": rid})
+        wire.write(self.writer, {"op": "scrape", "id": rid, "openmetrics": openmetrics})
         try:
             return (await asyncio.wait_for(future, SCRAPE_TIMEOUT)).encode()
         except TimeoutError:
             log.warning("merged_metrics_timeout", extra={"worker": self.env.index})
-            return self.rt.metrics.render()[0]
+            return await self.rt.metrics.render_async(openmetrics)
         finally:
             self._pending.pop(rid, None)

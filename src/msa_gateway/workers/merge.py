@@ -9,6 +9,7 @@ and merges it here. The rules, per sample:
 * gauges that count something per process (``SUMMED_GAUGES``: requests in flight, background
   tasks) are summed; every other gauge describes state the workers share (instance health,
   registry size, panic, discovery) and takes the highest value any worker reports;
+* an OpenMetrics exemplar (a bucket's ``trace_id``) keeps the newest any worker reports;
 * a worker that died keeps counting: its last scraped counters and histograms are folded into
   ``Retired`` and added to every later scrape, so a total never goes backwards when a worker is
   replaced (only what it counted after its last scrape is lost, as with a restarted process).
@@ -19,10 +20,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
+
+from msa_gateway.observability import exposition
 
 SUMMED_GAUGES = frozenset({"gateway_requests_in_flight", "gateway_background_tasks"})
 REQUESTS_SAMPLE = "gateway_requests_total"
@@ -37,9 +41,14 @@ class Family:
     documentation: str
     type: str
     samples: dict[SampleKey, float] = field(default_factory=dict)
+    exemplars: dict[SampleKey, Exemplar] = field(default_factory=dict)
 
-    def add(self, key: SampleKey, value: float) -> None:
+    def add(self, key: SampleKey, value: float, exemplar: Exemplar | None = None) -> None:
         """Fold one worker's ``value`` of sample ``key`` in, by this family's rule."""
+        if exemplar is not None:
+            kept = self.exemplars.get(key)
+            if kept is None or float(exemplar.timestamp or 0.0) > float(kept.timestamp or 0.0):
+                self.exemplars[key] = exemplar
         old = self.samples.get(key)
         if old is None:
             self.samples[key] = value
@@ -53,14 +62,14 @@ class Family:
     def metric(self) -> Metric:
         """Return the merged family as a prometheus-client metric."""
         out = Metric(self.name, self.documentation, self.type)
-        for (sample, labels), value in self.samples.items():
-            out.add_sample(sample, dict(labels), value)
+        for key, value in self.samples.items():
+            out.add_sample(key[0], dict(key[1]), value, exemplar=self.exemplars.get(key))
         return out
 
 
-def parse(text: str) -> list[Metric]:
-    """Parse one worker's exposition text."""
-    return list(text_string_to_metric_families(text))
+def parse(text: str, openmetrics: bool = False) -> list[Metric]:
+    """Parse one worker's exposition (Prometheus text, or OpenMetrics with its exemplars)."""
+    return list((parse_openmetrics if openmetrics else text_string_to_metric_families)(text))
 
 
 def _key(name: str, labels: dict[str, str]) -> SampleKey:
@@ -103,7 +112,7 @@ def merge(workers: Sequence[Iterable[Metric]], retired: Retired | None = None) -
         for fam in families:
             merged = out.setdefault(fam.name, Family(fam.name, fam.documentation, fam.type))
             for s in fam.samples:
-                merged.add(_key(s.name, s.labels), s.value)
+                merged.add(_key(s.name, s.labels), s.value, s.exemplar)
     return [family.metric() for family in out.values()]
 
 
@@ -115,8 +124,6 @@ class _Fixed(Collector):
         yield from self._metrics
 
 
-def render(metrics: Sequence[Metric]) -> bytes:
-    """Return ``metrics`` in the Prometheus text format."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Fixed(metrics))
-    return generate_latest(registry)
+def render(metrics: Sequence[Metric], openmetrics: bool = False) -> bytes:
+    """Return ``metrics`` in the Prometheus text format, or OpenMetrics (with exemplars)."""
+    return exposition.render([_Fixed(metrics)], openmetrics)

@@ -150,7 +150,7 @@ async def test_max_connections_refuses_the_next_with_503(backend: WsBackend) -> 
             await connect(_ws(gw, "/chat/echo"))
         assert info.value.response.status_code == 503
         assert json.loads(info.value.response.body or b"")["error"] == "overloaded"
-        metrics = gw.runtime.metrics.render()[0].decode()
+        metrics = gw.runtime.metrics.render().decode()
         assert 'gateway_websocket_connections{service="chat"} 2.0' in metrics
 
 

@@ -9,8 +9,12 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from msa_gateway.observability.metrics import Metrics
-from msa_gateway.workers import wire
+from msa_gateway.observability.tracing import Trace
+from msa_gateway.workers import merge, wire
 from msa_gateway.workers.hub import Hub
+
+REQUESTS = "gateway_requests_total"
+TRACE = Trace(b"4bf92f3577b34da6a3ce929d0e0e4736", b"00f067aa0ba902b7", None, True, None)
 
 
 class FakeWorker:
@@ -26,16 +30,18 @@ class FakeWorker:
         wire.write(self.writer, {"op": "hello", "worker": self.index, "pid": self.pid})
         self.task = asyncio.create_task(self._serve())
 
-    def exposition(self) -> str:
+    def exposition(self, openmetrics: bool = False) -> str:
         m = Metrics()
         for _ in range(self.requests):
             m.requests.count("svc", "GET", 200)
-        return m.render()[0].decode()
+            m.requests.histogram("svc").observe(0.004, TRACE)
+        return m.render(openmetrics).decode()
 
     async def _serve(self) -> None:
         while (msg := await wire.read(self.reader)) is not None:
             if msg["op"] == "collect":
-                wire.write(self.writer, {"op": "metrics", "id": msg["id"], "text": self.exposition()})
+                text = self.exposition(bool(msg.get("openmetrics")))
+                wire.write(self.writer, {"op": "metrics", "id": msg["id"], "text": text})
             elif msg["op"] == "scraped":
                 await self.scraped.put(msg["text"])
             else:
@@ -48,12 +54,7 @@ class FakeWorker:
 
 def requests_total(text: str | bytes) -> float:
     text = text.decode() if isinstance(text, bytes) else text
-    return sum(
-        s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name == "gateway_requests_total"
-    )
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == REQUESTS)
 
 
 async def test_scrapes_merge_relays_reach_the_others_and_exited_workers_keep_their_counts(
@@ -68,6 +69,13 @@ async def test_scrapes_merge_relays_reach_the_others_and_exited_workers_keep_the
         assert await hub.wait_connected(2, 5.0)
         wire.write(a.writer, {"op": "scrape", "id": 1})
         assert requests_total(await asyncio.wait_for(a.scraped.get(), 5)) == 7
+        wire.write(a.writer, {"op": "scrape", "id": 2, "openmetrics": True})
+        om = await asyncio.wait_for(a.scraped.get(), 5)
+        assert om.endswith("# EOF\n") and f'# {{trace_id="{TRACE.trace_id.decode()}"}} 0.004' in om
+        assert (
+            sum(s.value for f in merge.parse(om, openmetrics=True) for s in f.samples if s.name == REQUESTS)
+            == 7
+        )
 
         eject = {"op": "eject", "service": "svc", "key": "svc/x", "remaining": 30.0}
         wire.write(a.writer, eject)

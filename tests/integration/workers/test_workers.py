@@ -1,4 +1,4 @@
-"""``msa-gateway run --workers 2`` as real processes: totals that add up, spread, restarts, signals.
+"""``msa-gateway run --workers 2`` as real processes: totals that add up, spread, exemplars, restarts, signals.
 
 The figures the issue asks for are printed (``-s``); the bounds asserted here are looser where a
 shared 2-core machine makes timing noisy, and exact where the number is exact (the request total).
@@ -15,12 +15,15 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
+from msa_gateway.workers import merge
 from tests.support.backend import BackendProcess
 from tests.support.gateway import GatewayProcess, service_yaml
 from tests.support.procs import free_port
 from tests.support.workers import fresh_connections, scrape, total, wait_workers, worker_pids
 
 SENT = 20_000
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+OPENMETRICS = "application/openmetrics-text;version=1.0.0"
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,16 @@ async def test_20000_requests_add_up_exactly_in_one_scrape_and_spread_within_20_
         took = time.monotonic() - started
         assert statuses == {200: SENT}
         samples = await scrape(session, gateway.url)
+        traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+        async with session.get(f"{gateway.url}/svc/items", headers={"traceparent": traceparent}) as r:
+            assert r.status == 200  # the newest request of all: its trace is its bucket's exemplar
+        async with session.get(f"{gateway.url}/metrics", headers={"Accept": OPENMETRICS}) as r:
+            openmetrics = merge.parse(await r.text(), openmetrics=True)
+    exemplars = [s.exemplar for f in openmetrics for s in f.samples if s.exemplar is not None]
+    assert {"trace_id": TRACE_ID} in [e.labels for e in exemplars]
+    assert (
+        sum(s.value for f in openmetrics for s in f.samples if s.name == "gateway_requests_total") == SENT + 1
+    )
     assert total(samples, "gateway_requests_total") == SENT
     assert total(samples, "gateway_requests_total", service="svc", code="200") == SENT
     assert total(samples, "gateway_request_duration_seconds_count", service="svc") == SENT

@@ -18,7 +18,7 @@ def exposition(requests: int, in_flight: int, up: int, seconds: float = 0.01) ->
     m.requests.in_flight = in_flight
     m.instance_up.labels("svc", "127.0.0.1:1").set(up)
     m.upstream_errors.labels("svc", "connect").inc(requests)
-    return merge.parse(m.render()[0].decode())
+    return merge.parse(m.render().decode())
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -64,4 +64,18 @@ def test_requests_total_sums_every_label_set() -> None:
     m = Metrics()
     m.requests.count("svc", "GET", 200)
     m.requests.count("unknown", "POST", 404)
-    assert merge.requests_total(merge.parse(m.render()[0].decode())) == 2
+    assert merge.requests_total(merge.parse(m.render().decode())) == 2
+
+
+def test_openmetrics_exemplars_survive_the_merge_and_the_newest_wins() -> None:
+    workers = []
+    for trace, stamp in ((b"a" * 32, 1000.0), (b"b" * 32, 2000.0), (b"c" * 32, 1500.0)):
+        m = Metrics()
+        hist = m.requests.histogram("svc")
+        hist.observe(0.004)
+        hist.exemplars[2] = (trace, 0.004, stamp)  # bucket le=0.005, with a known timestamp
+        workers.append(merge.parse(m.render(openmetrics=True).decode(), openmetrics=True))
+    om = merge.render(merge.merge(workers), openmetrics=True).decode()
+    assert 'le="0.005",service="svc"} 3.0 # {trace_id="' + "b" * 32 + '"} 0.004 2000.0' in om
+    assert "a" * 32 not in om and "c" * 32 not in om
+    assert "trace_id" not in merge.render(merge.merge(workers)).decode()
