@@ -3,7 +3,6 @@
     .venv/bin/python -m bench.ratelimit accuracy [--gateways 3] [--connections 200] [--duration 10]
                                                  [--rate 100] [--backend redis|local] [--sync-interval S]
     .venv/bin/python -m bench.ratelimit failure  [--mode allow|deny|local] [--connections 50]
-    .venv/bin/python -m bench.ratelimit micro    [--number 20000] [--repeat 5]
 
 ``accuracy``: a ``redis-server``, an nginx backend and N gateways, every request under one key
 (``key: route``) limited to ``--rate``/second with burst 0; one wrk per gateway, the connections
@@ -15,8 +14,7 @@ is SIGKILLed 2 s in and started again 2 s later. Reported: when the configured m
 answered after the kill, when Redis decided again after the restart, the slowest request, and
 the admitted rate in the second after Redis came back.
 
-``micro``: CPU µs of one ``local`` decision through the stage (key from the client IP, 10,000
-distinct clients, the request built the same way and its cost subtracted), best of the rounds.
+The CPU cost of the ``local`` stage per request is ``bench/ratelimit_micro.py``.
 """
 
 from __future__ import annotations
@@ -28,16 +26,13 @@ import json
 import subprocess
 import tempfile
 import time
-import timeit
-from collections.abc import Callable, Iterator
-from functools import partial
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from bench import nginx
-from bench.auth_micro import BASE_HEADERS, _drive, _request
 from bench.gateway import GatewayLaunch, gateway_command, gateway_config, start_gateway, write_config
 from bench.procs import Proc, find_binary, free_port, http_request, start
 from bench.wrk import parse_wrk_output, wrk_command
@@ -196,44 +191,10 @@ async def failure_run(
     print(f"outages logged by the {len(ports)} gateways (reason: count): {outage_reasons(work)}")
 
 
-def _per_call_us(fn: Callable[[], object], number: int, repeat: int) -> float:
-    """Return the best CPU time (process time: a busy machine's waits are not counted) per call, in µs."""
-    return min(timeit.repeat(fn, number=number, repeat=repeat, timer=time.process_time)) / number * 1e6
-
-
-def _call(stage: Any, request: Callable[[], Any]) -> None:
-    _drive(stage(request()))
-
-
-def micro(number: int, repeat: int) -> None:
-    """Print the CPU cost of the local stage per request, in µs."""
-    from msa_gateway.model import ServiceOptions, ServiceSpec
-    from msa_gateway.policies.ratelimit import RateLimitStage
-    from msa_gateway.policies.ratelimit_config import parse
-
-    clients = [f"10.0.{i // 250}.{i % 250}" for i in range(10_000)]
-    counter = iter(range(10**12))
-
-    def request() -> Any:
-        req = _request(list(BASE_HEADERS))
-        req.peer = clients[next(counter) % len(clients)]
-        return req
-
-    base = _per_call_us(request, number, repeat)
-    print(f"building the request: {base:.2f} µs (subtracted below)")
-    for limits in (["1000000/second"], ["1000000/second", "100000000/hour"]):
-        config = parse({"limits": limits})
-        stage = RateLimitStage.build(config, ServiceSpec("bench", (), ServiceOptions()))
-        total = _per_call_us(partial(_call, stage, request), number, repeat)
-        print(f"local rate_limit stage, {len(limits)} limit(s): {total - base:.2f} µs CPU per request")
-
-
 def main(argv: list[str] | None = None) -> None:
     """Parse the arguments and run one scenario."""
     parser = argparse.ArgumentParser(prog="bench.ratelimit")
-    parser.add_argument("scenario", choices=["accuracy", "failure", "micro"])
-    parser.add_argument("--number", type=int, default=20000)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("scenario", choices=["accuracy", "failure"])
     parser.add_argument("--gateways", type=int, default=3)
     parser.add_argument("--connections", type=int, default=None)
     parser.add_argument("--duration", type=float, default=10.0)
@@ -244,9 +205,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sync-interval", type=float, default=None)
     parser.add_argument("--timeout", type=float, default=0.05, help="backend_timeout of the policy")
     args = parser.parse_args(argv)
-    if args.scenario == "micro":
-        micro(args.number, args.repeat)
-        return
     if args.scenario == "accuracy":
         args.connections = args.connections or 200
         accuracy(args)

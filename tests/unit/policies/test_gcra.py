@@ -99,3 +99,14 @@ def test_a_late_request_never_lets_more_than_one_extra_through() -> None:
     assert buckets.decide("k", 0.0).allowed  # TAT 0.1
     assert buckets.decide("k", 0.19).allowed  # 90 ms late: TAT 0.2, not 0.29
     assert buckets.decide("k", 0.2).allowed and not buckets.decide("k", 0.2).allowed
+
+
+def test_the_one_limit_shortcut_answers_as_the_general_decision_does() -> None:
+    rng = random.Random(11)
+    limit = per_second(50, burst=3)
+    buckets, tats = LocalBuckets((limit,)), [100.0]  # a new key's TAT is its first request's time
+    now = 100.0
+    for _ in range(5000):
+        fast, general = buckets.decide("k", now), decide(params((limit,)), tats, now)
+        assert fast == general and buckets.tats["k"] == tats
+        now += rng.choice((0.0, 0.001, 0.005, 0.02, 0.3))
