@@ -1,10 +1,12 @@
 """Rate limiting on several gateway processes: how exact it is, and what a Redis outage does.
 
     .venv/bin/python -m bench.ratelimit accuracy [--gateways 3] [--connections 200] [--duration 10]
-                                                 [--rate 100] [--backend redis|local] [--sync-interval S]
+                                                 [--rate 100] [--burst 0] [--backend both|redis|local]
+                                                 [--timeout S] [--sync-interval S]
     .venv/bin/python -m bench.ratelimit failure  [--mode allow|deny|local] [--connections 50]
 
-``accuracy``: a ``redis-server``, an nginx backend and N gateways, every request under one key
+``accuracy``: (``--backend both``, the default: the ``redis`` run, then the same with ``local``)
+a ``redis-server``, an nginx backend and N gateways, every request under one key
 (``key: route``) limited to ``--rate``/second with burst 0; one wrk per gateway, the connections
 split between them, for ``--duration`` seconds. Admitted = the gateways' own
 ``gateway_ratelimit_decisions_total{result="allowed"}``, against the ideal ``rate x duration``.
@@ -23,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -55,8 +58,9 @@ def policy(args: argparse.Namespace) -> dict[str, Any]:
         "limits": [{"rate": f"{args.rate}/second", "burst": args.burst}],
         "backend": args.backend,
         "on_backend_error": args.mode,
-        "backend_timeout": args.timeout,
     }
+    if args.timeout is not None:
+        block["backend_timeout"] = args.timeout
     if args.sync_interval:
         block["sync_interval"] = args.sync_interval
     return block
@@ -109,6 +113,7 @@ def outage_reasons(work: Path) -> dict[str, int]:
 
 def accuracy(args: argparse.Namespace) -> None:
     """Hammer one key through every gateway; print admitted against ideal."""
+    load = os.getloadavg()[0]  # the result depends on it: a starved limiter sees gaps in the arrivals
     with cluster(args) as (ports, _, _, work):
         share = [
             args.connections // len(ports) + (i < args.connections % len(ports)) for i in range(len(ports))
@@ -130,7 +135,7 @@ def accuracy(args: argparse.Namespace) -> None:
     sent = sum(r.requests for r in results)
     ideal = args.rate * args.duration
     print(f"burst={args.burst} backend={args.backend} sync_interval={args.sync_interval}", end=" ")
-    print(f"gateways={len(ports)} c={args.connections}")
+    print(f"gateways={len(ports)} c={args.connections} load average before {load:.2f}")
     print(f"requests sent {sent:.0f} ({sent / args.duration:.0f}/s); admitted {admitted:.0f}")
     print("decisions: " + ", ".join(f"{k}={v:.0f}" for k, v in sorted(results_by.items())))
     if outages:
@@ -200,15 +205,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--rate", type=int, default=100)
     parser.add_argument("--burst", type=int, default=0)
-    parser.add_argument("--backend", choices=["redis", "local"], default="redis")
+    parser.add_argument(
+        "--backend",
+        choices=["redis", "local", "both"],
+        default="both",
+        help="accuracy: both runs redis, then local",
+    )
     parser.add_argument("--mode", choices=["allow", "deny", "local"], default="deny")
     parser.add_argument("--sync-interval", type=float, default=None)
-    parser.add_argument("--timeout", type=float, default=0.05, help="backend_timeout of the policy")
+    parser.add_argument("--timeout", type=float, default=None, help="backend_timeout (default: the policy's)")
     args = parser.parse_args(argv)
     if args.scenario == "accuracy":
         args.connections = args.connections or 200
-        accuracy(args)
+        for backend in ("redis", "local") if args.backend == "both" else (args.backend,):
+            accuracy(argparse.Namespace(**{**vars(args), "backend": backend}))
         return
+    if args.backend == "both":
+        args.backend = "redis"
     args.connections = args.connections or 50
     with cluster(args) as (ports, redis, redis_port, work):
         asyncio.run(failure_run(args, ports, redis, redis_port, work))

@@ -30,6 +30,7 @@ from msa_gateway.policies.shared import SharedState
 
 MAX_STATES = 4096  # formatted RateLimit values kept per stage
 Pairs = tuple[tuple[bytes, bytes], ...]
+CLIENT_MARGIN = 0.1  # seconds the Redis client's socket timeouts add to twice backend_timeout
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -57,7 +58,10 @@ def redis_backend(shared: SharedState, timeout: float) -> RedisBackend:
             if gauge is not None:
                 gauge.set(1 if up else 0)
 
-        return RedisBackend(connect(settings, timeout=timeout), timeout, shared.monotonic, changed)
+        # The client's socket timeouts are longer than the backend's own deadline (which allows
+        # a second timeout when the loop was starved): redis-py must not time out first.
+        client = connect(settings, timeout=2 * timeout + CLIENT_MARGIN)
+        return RedisBackend(client, timeout, shared.monotonic, changed)
 
     return shared.get(("ratelimit_redis", timeout), make, RedisBackend)
 
