@@ -4,6 +4,7 @@
                                                  [--rate 100] [--burst 0] [--backend both|redis|local]
                                                  [--timeout S] [--sync-interval S]
     .venv/bin/python -m bench.ratelimit failure  [--mode allow|deny|local] [--connections 50]
+    .venv/bin/python -m bench.ratelimit decision [--connections 64] [--duration 10]
 
 ``accuracy``: (``--backend both``, the default: the ``redis`` run, then the same with ``local``)
 a ``redis-server``, an nginx backend and N gateways, every request under one key
@@ -15,6 +16,13 @@ split between them, for ``--duration`` seconds. Admitted = the gateways' own
 is SIGKILLed 2 s in and started again 2 s later. Reported: when the configured mode first
 answered after the kill, when Redis decided again after the restart, the slowest request, and
 the admitted rate in the second after Redis came back.
+
+``decision``: the wait one request has for its decision, in-process (no HTTP, no wrk): ``--connections``
+(default 64) coroutines each ask a ``redis`` limiter (a real ``redis-server``, one key, never
+refusing) for decisions one after another for ``--duration`` seconds; p50/p99/p99.9 of the wait
+and decisions per second, then the same with a ``local`` limiter. It isolates the latency the
+Redis round trip adds to a request from the gateway's own (which a busy shared machine makes
+too noisy to difference at p99 with wrk).
 
 The CPU cost of the ``local`` stage per request is ``bench/ratelimit_micro.py``.
 """
@@ -38,6 +46,7 @@ import aiohttp
 from bench import nginx
 from bench.gateway import GatewayLaunch, gateway_command, gateway_config, start_gateway, write_config
 from bench.procs import Proc, find_binary, free_port, http_request, start
+from bench.stream import percentile
 from bench.wrk import parse_wrk_output, wrk_command
 
 PATH = "/bench/anything"
@@ -196,10 +205,55 @@ async def failure_run(
     print(f"outages logged by the {len(ports)} gateways (reason: count): {outage_reasons(work)}")
 
 
+async def _waits(limiter: Any, connections: int, duration: float) -> list[float]:
+    """Return every decision's wait, ``connections`` callers deciding back to back for ``duration``."""
+    waits: list[float] = []
+    until = time.perf_counter() + duration
+
+    async def caller() -> None:
+        while (started := time.perf_counter()) < until:
+            await limiter.decide("ip:127.0.0.1")
+            waits.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(caller() for _ in range(connections)))
+    return waits
+
+
+async def decision_run(args: argparse.Namespace) -> None:
+    """Print the decision wait of a ``redis`` limiter, then of a ``local`` one, under the same load."""
+    from msa_gateway.observability.metrics import Metrics
+    from msa_gateway.policies.ratelimit import redis_backend
+    from msa_gateway.policies.ratelimit_config import parse
+    from msa_gateway.policies.ratelimit_limiter import Limiter
+    from msa_gateway.policies.shared import SharedState
+    from msa_gateway.settings import Settings
+
+    with tempfile.TemporaryDirectory(prefix="bench-rl-") as tmp:
+        port = free_port()
+        redis = start_redis(Path(tmp), port)
+        settings = Settings(_env_file=None, redis_host="127.0.0.1", redis_port=port)  # type: ignore[call-arg]
+        shared = SharedState(settings=settings, metrics=Metrics())
+        try:
+            for backend in ("redis", "local"):
+                config = parse({"key": "ip", "limits": ["1000000/second"], "backend": backend})
+                rb = redis_backend(shared, config.backend_timeout) if backend == "redis" else None
+                limiter = Limiter(config, "bench", rb, time.monotonic, shared.tasks)
+                waits = await _waits(limiter, args.connections, args.duration)
+                ms = [1000 * w for w in waits]
+                print(
+                    f"{backend:5s} c={args.connections}: {len(ms) / args.duration:,.0f} decisions/s;"
+                    f" wait p50 {percentile(ms, 50):.3f} ms, p99 {percentile(ms, 99):.3f} ms,"
+                    f" p99.9 {percentile(ms, 99.9):.3f} ms (load average {os.getloadavg()[0]:.2f})"
+                )
+        finally:
+            await shared.aclose()
+            redis.stop()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the arguments and run one scenario."""
     parser = argparse.ArgumentParser(prog="bench.ratelimit")
-    parser.add_argument("scenario", choices=["accuracy", "failure"])
+    parser.add_argument("scenario", choices=["accuracy", "failure", "decision"])
     parser.add_argument("--gateways", type=int, default=3)
     parser.add_argument("--connections", type=int, default=None)
     parser.add_argument("--duration", type=float, default=10.0)
@@ -215,6 +269,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sync-interval", type=float, default=None)
     parser.add_argument("--timeout", type=float, default=None, help="backend_timeout (default: the policy's)")
     args = parser.parse_args(argv)
+    if args.scenario == "decision":
+        args.connections = args.connections or 64
+        asyncio.run(decision_run(args))
+        return
     if args.scenario == "accuracy":
         args.connections = args.connections or 200
         for backend in ("redis", "local") if args.backend == "both" else (args.backend,):
