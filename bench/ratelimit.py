@@ -4,7 +4,7 @@
                                                  [--rate 100] [--burst 0] [--backend both|redis|local]
                                                  [--timeout S] [--sync-interval S]
     .venv/bin/python -m bench.ratelimit failure  [--mode allow|deny|local] [--connections 50]
-    .venv/bin/python -m bench.ratelimit decision [--connections 64] [--duration 10]
+    .venv/bin/python -m bench.ratelimit decision [--connections 64] [--duration 10] [--decision-rate N]
 
 ``accuracy``: (``--backend both``, the default: the ``redis`` run, then the same with ``local``)
 a ``redis-server``, an nginx backend and N gateways, every request under one key
@@ -19,7 +19,9 @@ the admitted rate in the second after Redis came back.
 
 ``decision``: the wait one request has for its decision, in-process (no HTTP, no wrk): ``--connections``
 (default 64) coroutines each ask a ``redis`` limiter (a real ``redis-server``, one key, never
-refusing) for decisions one after another for ``--duration`` seconds; p50/p99/p99.9 of the wait
+refusing) for decisions for ``--duration`` seconds, back to back (the worst case: every
+connection waiting on Redis at once) or, with ``--decision-rate``, at that total rate as requests
+arriving at a gateway would (open loop); p50/p99/p99.9 of the wait
 and decisions per second, then the same with a ``local`` limiter. It isolates the latency the
 Redis round trip adds to a request from the gateway's own (which a busy shared machine makes
 too noisy to difference at p99 with wrk).
@@ -205,17 +207,38 @@ async def failure_run(
     print(f"outages logged by the {len(ports)} gateways (reason: count): {outage_reasons(work)}")
 
 
-async def _waits(limiter: Any, connections: int, duration: float) -> list[float]:
-    """Return every decision's wait, ``connections`` callers deciding back to back for ``duration``."""
+async def _waits(limiter: Any, connections: int, duration: float, rate: float | None) -> list[float]:
+    """Return every decision's wait, ``connections`` callers deciding for ``duration``.
+
+    Back to back (closed loop) without ``rate``; else together ``rate`` decisions a second, each
+    caller on its own schedule (open loop: a late answer does not delay the next request).
+    """
     waits: list[float] = []
-    until = time.perf_counter() + duration
+    start = time.perf_counter()
+    until = start + duration
 
-    async def caller() -> None:
-        while (started := time.perf_counter()) < until:
-            await limiter.decide("ip:127.0.0.1")
-            waits.append(time.perf_counter() - started)
+    async def decide() -> None:
+        started = time.perf_counter()
+        await limiter.decide("ip:127.0.0.1")
+        waits.append(time.perf_counter() - started)
 
-    await asyncio.gather(*(caller() for _ in range(connections)))
+    async def caller(i: int) -> None:
+        if rate is None:
+            while time.perf_counter() < until:
+                await decide()
+            return
+        pending = set()
+        gap = connections / rate
+        slot = start + i * gap / connections
+        while slot < until:
+            await asyncio.sleep(max(0.0, slot - time.perf_counter()))
+            task = asyncio.ensure_future(decide())
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            slot += gap
+        await asyncio.gather(*pending)
+
+    await asyncio.gather(*(caller(i) for i in range(connections)))
     return waits
 
 
@@ -238,10 +261,11 @@ async def decision_run(args: argparse.Namespace) -> None:
                 config = parse({"key": "ip", "limits": ["1000000/second"], "backend": backend})
                 rb = redis_backend(shared, config.backend_timeout) if backend == "redis" else None
                 limiter = Limiter(config, "bench", rb, time.monotonic, shared.tasks)
-                waits = await _waits(limiter, args.connections, args.duration)
+                waits = await _waits(limiter, args.connections, args.duration, args.decision_rate)
                 ms = [1000 * w for w in waits]
                 print(
-                    f"{backend:5s} c={args.connections}: {len(ms) / args.duration:,.0f} decisions/s;"
+                    f"{backend:5s} c={args.connections} rate={args.decision_rate or 'max'}:"
+                    f" {len(ms) / args.duration:,.0f} decisions/s;"
                     f" wait p50 {percentile(ms, 50):.3f} ms, p99 {percentile(ms, 99):.3f} ms,"
                     f" p99.9 {percentile(ms, 99.9):.3f} ms (load average {os.getloadavg()[0]:.2f})"
                 )
@@ -267,6 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--mode", choices=["allow", "deny", "local"], default="deny")
     parser.add_argument("--sync-interval", type=float, default=None)
+    parser.add_argument("--decision-rate", type=float, default=None, help="decision: per second (open loop)")
     parser.add_argument("--timeout", type=float, default=None, help="backend_timeout (default: the policy's)")
     args = parser.parse_args(argv)
     if args.scenario == "decision":
