@@ -13,9 +13,9 @@ split between them, for ``--duration`` seconds. Admitted = the gateways' own
 ``gateway_ratelimit_decisions_total{result="allowed"}``, against the ideal ``rate x duration``.
 
 ``failure``: the same set-up at 100/s under an asyncio client that records every answer; Redis
-is SIGKILLed 2 s in and started again 2 s later. Reported: when the configured mode first
-answered after the kill, when Redis decided again after the restart, the slowest request, and
-the admitted rate in the second after Redis came back.
+is SIGKILLed 2 s in and started again 2 s later (the load goes on for 2 s after that). Reported:
+when the configured mode first answered after the kill, when Redis decided again after the
+restart, the slowest request, and the admitted counts in the two seconds after Redis came back.
 
 ``decision``: the wait one request has for its decision, in-process (no HTTP, no wrk): ``--connections``
 (default 64) coroutines each ask a ``redis`` limiter (a real ``redis-server``, one key, never
@@ -157,10 +157,10 @@ def accuracy(args: argparse.Namespace) -> None:
     print(f"ideal {ideal} (+1 for the first request); error {100 * (admitted - ideal) / ideal:+.2f}%")
 
 
-async def client(url: str, log: list[tuple[float, float, int]], until: float) -> None:
-    """Send requests one after another until ``until``; record (start, latency, status)."""
+async def client(url: str, log: list[tuple[float, float, int]], until: list[float]) -> None:
+    """Send requests one after another until ``until[0]`` (it may move); record (start, latency, status)."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        while (now := time.perf_counter()) < until:
+        while (now := time.perf_counter()) < until[0]:
             try:
                 async with session.get(url) as r:
                     await r.read()
@@ -176,7 +176,8 @@ async def failure_run(
     log: list[tuple[float, float, int]] = []
     t0 = time.perf_counter()
     urls = [f"http://127.0.0.1:{ports[i % len(ports)]}{PATH}" for i in range(args.connections)]
-    load = asyncio.gather(*(client(u, log, t0 + 6.0) for u in urls))
+    until = [t0 + 60.0]  # set once Redis is back: two full seconds after it
+    load = asyncio.gather(*(client(u, log, until) for u in urls))
     await asyncio.sleep(2.0)
     redis.popen.kill()
     redis.popen.wait()
@@ -185,6 +186,7 @@ async def failure_run(
     restarting = time.perf_counter()
     restarted_proc = await asyncio.to_thread(start_redis, work, redis_port)
     back = time.perf_counter()
+    until[0] = back + 2.0
     await load
     restarted_proc.stop()
     fallback = {"allow": 200, "deny": 503, "local": 200}[args.mode]
