@@ -94,6 +94,8 @@ def decide(limits: Params, tats: list[float], now: float, applied: int = 0) -> D
     cost = applied or 1
     wait = 0.0
     new = []
+    remaining = []
+    reset = []
     for (interval, tolerance), tat in zip(limits, tats, strict=True):
         # A request less than one interval late keeps the schedule (``tat``): with jittery arrivals
         # a burst-0 limit still admits its full rate. Later than that the key was idle: start at now.
@@ -102,17 +104,21 @@ def decide(limits: Params, tats: list[float], now: float, applied: int = 0) -> D
         if late > EPSILON and late > wait and not applied:
             wait = late
         new.append(advanced)
-    allowed = wait == 0.0
-    if allowed:
+        # What the headers show if admitted (``advanced`` is after now); redone below if not.
+        left = int((now + tolerance - advanced) / interval + EPSILON)  # >= 0: truncation is floor
+        remaining.append(left if left > 0 else 0)
+        reset.append(advanced - now)
+    if wait == 0.0:
         tats[:] = new
-    remaining = []
-    reset = []
+        return _new(Decision, (True, 0.0, tuple(remaining), tuple(reset)))
+    remaining.clear()
+    reset.clear()
     for (interval, tolerance), tat in zip(limits, tats, strict=True):
         shown = tat if tat > now else now
-        left = int((now + tolerance - shown) / interval + EPSILON)  # >= 0: truncation is floor
+        left = int((now + tolerance - shown) / interval + EPSILON)
         remaining.append(left if left > 0 else 0)
         reset.append(shown - now)
-    return _new(Decision, (allowed, wait, tuple(remaining), tuple(reset)))
+    return _new(Decision, (False, wait, tuple(remaining), tuple(reset)))
 
 
 class LocalBuckets:
