@@ -8,7 +8,8 @@ echoes one message and then stays idle; the gateway's RSS is read before and aft
 (``/proc``; target: under 30 MiB for 1,000). Then one connection straight to the backend and one
 through the gateway each send a 32-byte message ``--rate`` times a second and wait for its echo,
 taking turns; the p99 round trip of each and their difference is printed (target: under 1 ms), and
-the percentiles of the per-slot difference (less sensitive to a busy machine's stalls).
+the percentiles of the per-slot difference (less sensitive to a busy machine's stalls), and the
+gateway's CPU time per round trip (what the splice itself costs, whatever the stalls).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.gateway import GatewayLaunch, gateway_command, start_gateway, write_config
-from bench.procs import Proc, free_port, process_tree, rss_bytes, start
+from bench.procs import Proc, cpu_seconds, free_port, process_tree, rss_bytes, start
 from bench.stream import percentile
 
 MIB = 1024 * 1024
@@ -88,6 +89,10 @@ async def _measure(gw_port: int, backend_port: int, args: argparse.Namespace) ->
     d: list[float] = []
     g: list[float] = []
     step = 1.0 / args.rate
+    idle_from, idle_cpu = time.perf_counter(), cpu_seconds(pid)
+    await asyncio.sleep(3.0)  # the gateway's own background CPU, subtracted below
+    idle_rate = (cpu_seconds(pid) - idle_cpu) / (time.perf_counter() - idle_from)
+    cpu_before = cpu_seconds(pid)
     start_at = time.perf_counter()
     for i in range(int(args.duration * args.rate)):
         due = start_at + i * step
@@ -100,6 +105,7 @@ async def _measure(gw_port: int, backend_port: int, args: argparse.Namespace) ->
         else:
             g.append(await _rtt(proxied, payload))
             d.append(await _rtt(direct, payload))
+    cpu = cpu_seconds(pid) - cpu_before - idle_rate * (time.perf_counter() - start_at)
     await direct.close()
     await proxied.close()
     added = percentile(g, 99) - percentile(d, 99)
@@ -109,7 +115,9 @@ async def _measure(gw_port: int, backend_port: int, args: argparse.Namespace) ->
         f"p99={percentile(d, 99):.3f}ms; "
         f"gateway p50={percentile(g, 50):.3f}ms p99={percentile(g, 99):.3f}ms; "
         f"added p99={added:.3f}ms (target < 1 ms); per message (gateway - direct, same slot) "
-        f"p50={percentile(paired, 50):.3f}ms p99={percentile(paired, 99):.3f}ms"
+        f"p50={percentile(paired, 50):.3f}ms p99={percentile(paired, 99):.3f}ms; "
+        f"gateway CPU per round trip {cpu / len(g) * 1e6:.0f} µs (two relays; idle"
+        f" {idle_rate * 100:.1f}% of a core subtracted; /proc ticks of 10 ms)"
     )
     return 0 if cost < 30 and added < 1.0 else 1
 

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from msa_gateway.observability import exposition
 from msa_gateway.observability.instances import InstanceGauge, RouteLike, ServiceStates
+from msa_gateway.observability.ratelimit_counts import DecisionCounts
 from msa_gateway.observability.requests import RequestStats
 from msa_gateway.tasks import Supervisor
 
@@ -170,12 +171,8 @@ class Metrics:
             ["service"],
             registry=r,
         )
-        self.ratelimit_decisions = Counter(
-            "gateway_ratelimit_decisions",
-            "Rate-limit decisions by service, policy name and result (allowed, limited, fail_open, ...).",
-            ["service", "policy", "result"],
-            registry=r,
-        )
+        self.ratelimit_decisions = DecisionCounts()
+        r.register(self.ratelimit_decisions)
         self.ratelimit_backend_up = Gauge(
             "gateway_ratelimit_backend_up",
             "1 while the rate-limit backend answers (0 during an outage: on_backend_error applies).",

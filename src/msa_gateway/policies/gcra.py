@@ -20,6 +20,7 @@ The same arithmetic runs in Lua for the ``redis`` backend (``ratelimit_redis.SCR
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -67,6 +68,23 @@ def params(limits: tuple[Limit, ...]) -> Params:
     return tuple((limit.interval, limit.tolerance) for limit in limits)
 
 
+_new = tuple.__new__  # builds a Decision in C: the NamedTuple constructor is Python (about 0.35 µs)
+
+
+def decide_one(interval: float, tolerance: float, tats: list[float], now: float) -> Decision:
+    """``decide`` for a single limit without its loops: the same arithmetic, the same answer."""
+    tat = tats[0]
+    advanced = (now if now >= tat + interval else tat) + interval
+    late = advanced - tolerance - now
+    if late > EPSILON:  # refused: the TAT stays
+        shown = tat if tat > now else now
+        left = int((now + tolerance - shown) / interval + EPSILON)
+        return _new(Decision, (False, late, (left if left > 0 else 0,), (shown - now,)))
+    tats[0] = advanced
+    left = int((now + tolerance - advanced) / interval + EPSILON)
+    return _new(Decision, (True, 0.0, (left if left > 0 else 0,), (advanced - now,)))
+
+
 def decide(limits: Params, tats: list[float], now: float, applied: int = 0) -> Decision:
     """Decide one request against ``tats`` (one per limit), advancing them in place when admitted.
 
@@ -76,6 +94,8 @@ def decide(limits: Params, tats: list[float], now: float, applied: int = 0) -> D
     cost = applied or 1
     wait = 0.0
     new = []
+    remaining = []
+    reset = []
     for (interval, tolerance), tat in zip(limits, tats, strict=True):
         # A request less than one interval late keeps the schedule (``tat``): with jittery arrivals
         # a burst-0 limit still admits its full rate. Later than that the key was idle: start at now.
@@ -84,60 +104,82 @@ def decide(limits: Params, tats: list[float], now: float, applied: int = 0) -> D
         if late > EPSILON and late > wait and not applied:
             wait = late
         new.append(advanced)
-    allowed = wait == 0.0
-    if allowed:
-        tats[:] = new
-    remaining = []
-    reset = []
-    for (interval, tolerance), tat in zip(limits, tats, strict=True):
-        tat = max(tat, now)  # noqa: PLW2901 - shown as of now
-        left = int((now + tolerance - tat) / interval + EPSILON)  # >= 0: truncation is floor
+        # What the headers show if admitted (``advanced`` is after now); redone below if not.
+        left = int((now + tolerance - advanced) / interval + EPSILON)  # >= 0: truncation is floor
         remaining.append(left if left > 0 else 0)
-        reset.append(tat - now)
-    return Decision(allowed, wait, tuple(remaining), tuple(reset))
+        reset.append(advanced - now)
+    if wait == 0.0:
+        tats[:] = new
+        return _new(Decision, (True, 0.0, tuple(remaining), tuple(reset)))
+    remaining.clear()
+    reset.clear()
+    for (interval, tolerance), tat in zip(limits, tats, strict=True):
+        shown = tat if tat > now else now
+        left = int((now + tolerance - shown) / interval + EPSILON)
+        remaining.append(left if left > 0 else 0)
+        reset.append(shown - now)
+    return _new(Decision, (False, wait, tuple(remaining), tuple(reset)))
 
 
 class LocalBuckets:
-    """The ``local`` backend's store: TATs per key in one dict, least recently used first.
+    """The ``local`` backend's store: TATs per key, least recently used first.
 
     Every decision moves its key to the end, so the front holds the keys idle longest; each
-    decision also drops up to two front keys whose TATs have all passed (they are as good as
+    new key also drops up to two front keys whose TATs have all passed (they are as good as
     new), and when ``max_keys`` is reached the oldest key goes regardless (it starts afresh:
     bounded memory wins over remembering a key nobody used for the longest time).
+
+    The store is an ``OrderedDict``: a plain dict popped at the front and appended at the back
+    leaves a growing run of deleted slots that ``next(iter(...))`` walks on every new key (the
+    stage measured 7 µs a request with 10,000 clients). With one limit (the common case) the
+    decision skips the general loop (``decide_one``).
     """
 
-    __slots__ = ("evicted", "limits", "max_keys", "params", "tats")
+    __slots__ = ("evicted", "intervals", "limits", "max_keys", "one", "params", "tats")
 
     def __init__(self, limits: tuple[Limit, ...], max_keys: int = MAX_KEYS) -> None:
         self.limits = limits
         self.params = params(limits)
+        self.intervals = tuple(interval for interval, _ in self.params)
+        self.one = self.params[0] if len(limits) == 1 else None
         self.max_keys = max_keys
-        self.tats: dict[str, list[float]] = {}
+        self.tats: OrderedDict[str, list[float]] = OrderedDict()
         self.evicted = 0  # keys forgotten before they were idle (the bound was reached)
 
     def decide(self, key: str, now: float) -> Decision:
         """Decide one request for ``key`` at ``now`` (seconds, any monotonic origin)."""
         store = self.tats
-        tats = store.pop(key, None)
+        tats = store.get(key)
         if tats is None:
-            self._evict(now)
-            tats = [now] * len(self.limits)
-        store[key] = tats  # (re)inserted last: the most recently used
+            if store:
+                self._evict(now)
+            tats = store[key] = [now] * len(self.limits)
+        else:
+            store.move_to_end(key)  # the most recently used
+        one = self.one
+        if one is not None:
+            return decide_one(one[0], one[1], tats, now)
         return decide(self.params, tats, now)
 
     def _evict(self, now: float) -> None:
         store = self.tats
-        for _ in range(2):
-            oldest = next(iter(store), None)
-            if oldest is None or not self._idle(store[oldest], now):
-                break
-            del store[oldest]
+        idle = self._idle
+        if idle(next(iter(store.values())), now):
+            store.popitem(last=False)
+            if store and idle(next(iter(store.values())), now):
+                store.popitem(last=False)
         while len(store) >= self.max_keys:
-            del store[next(iter(store))]
+            store.popitem(last=False)
             self.evicted += 1
 
     def _idle(self, tats: list[float], now: float) -> bool:
-        return all(tat + p[0] <= now for tat, p in zip(tats, self.params, strict=True))
+        """Return whether every TAT of a key is at least one interval old (the key is as good as new)."""
+        if self.one is not None:
+            return tats[0] + self.one[0] <= now
+        for tat, interval in zip(tats, self.intervals, strict=True):  # noqa: SIM110 - all() over a generator costs twice this
+            if tat + interval > now:
+                return False
+        return True
 
     def __len__(self) -> int:
         return len(self.tats)

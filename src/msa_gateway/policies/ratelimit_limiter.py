@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from msa_gateway.policies.ratelimit_config import RateLimitConfig
     from msa_gateway.tasks import Supervisor
 
-RESULTS = ("allowed", "limited", "fail_open", "fail_closed", "fallback_allowed", "fallback_limited")
 SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.:-_")
 
 

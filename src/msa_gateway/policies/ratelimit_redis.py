@@ -8,7 +8,8 @@ and each key gets a TTL that ends one interval after its TAT: an idle key is as 
 
 When the script is missing (a restarted server, ``SCRIPT FLUSH``) the ``NOSCRIPT`` answer is
 handled by loading it again and retrying those calls once. Any other failure, or no answer within
-``backend_timeout`` (twice that when the event loop itself was late), marks the backend down:
+``backend_timeout`` (twice that when the event loop itself was late; the client's own socket
+timeouts are longer, so this rule is the one that decides), marks the backend down:
 the outage is logged once, ``gateway_ratelimit_backend_up`` goes to 0 and requests get the
 policy's ``on_backend_error`` answer without waiting for Redis; every ``RETRY_INTERVAL`` one
 request tries Redis again, and the first success brings the backend back (logged, gauge 1).
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 RETRY_INTERVAL = 0.25  # seconds between two tries of a backend that is down
 MAX_BATCHES = 4  # pipelines in flight at once (about as many connections)
+GRACE_TURNS = 3  # event-loop turns a timed-out call gets to read an answer already in the socket
 
 # KEYS: one per limit. ARGV: applied, then per limit the interval and the tolerance in microseconds.
 # applied = 0 decides one request; applied = n > 0 accounts for n requests a pre-check already
@@ -168,7 +170,9 @@ class RedisBackend:
 
         A timer that fires more than half a timeout late means the event loop was starved of
         CPU, not that Redis was slow: its answer may be sitting unread in the socket. Then the
-        work gets one more ``timeout`` before the backend is declared down.
+        work gets one more ``timeout`` before the backend is declared down. Either way the loop
+        gets ``GRACE_TURNS`` more turns first: an answer that came while the loop was busy with
+        other requests is read and parsed in those (microseconds), not counted as an outage.
         """
         loop = asyncio.get_running_loop()
         task = loop.create_task(work)
@@ -176,8 +180,12 @@ class RedisBackend:
             deadline = loop.time() + self.timeout
             done, _ = await asyncio.wait({task}, timeout=self.timeout)
             if not done and loop.time() - deadline > self.timeout / 2:
-                done, _ = await asyncio.wait({task}, timeout=self.timeout)
-            if not done:
+                await asyncio.wait({task}, timeout=self.timeout)
+            for _ in range(GRACE_TURNS):
+                if task.done():
+                    break
+                await asyncio.sleep(0)
+            if not task.done():
                 raise TimeoutError
             return task.result()
         finally:

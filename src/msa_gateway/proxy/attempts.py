@@ -287,7 +287,7 @@ class Attempts:
         req, fw = self.req, self.fw
         options = self.route.spec.options
         headers = self.upstream_headers(instance)
-        self._trace_headers(headers, span_id)
+        self.trace_headers(headers, span_id)
         sending = fw.upstream.send(
             instance, options, req.method, req.target, headers, self.body, req.body_length
         )
@@ -311,7 +311,7 @@ class Attempts:
             )
             raise UpstreamTimeout(detail, kind) from None
 
-    def _trace_headers(self, headers: list[tuple[bytes, bytes]], span_id: bytes | None) -> None:
+    def trace_headers(self, headers: list[tuple[bytes, bytes]], span_id: bytes | None) -> None:
         """Send a child ``traceparent`` for this attempt (the client's, untouched, with TRACING=off)."""
         req = self.req
         trace = req.trace

@@ -4,7 +4,8 @@ The upgrade is routed, passes the route's request stages and gets its instance f
 balancer under the caps, as an HTTP request does (the caps slot is held for the handshake
 only: a WebSocket lives long, ``websocket.max_connections`` caps those open per service). The
 gateway sends the instance the upgrade request with the headers of an HTTP request
-(``Attempts.upstream_headers``: hop-by-hop dropped, ``X-Forwarded-*`` its own) plus
+(``Attempts.upstream_headers``: hop-by-hop dropped, ``X-Forwarded-*`` its own; a
+``traceparent`` naming the connection's server span as parent, ``Attempts.trace_headers``) plus
 ``Connection: Upgrade``, ``Upgrade: websocket`` and the client's ``Sec-WebSocket-*`` (the
 handshake is end to end: key, version, subprotocols and extensions are the peers' to agree).
 An instance that cannot be reached is tried again on another one; an answer other than 101
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from msa_gateway.errors import HTTPError, Overloaded, UpstreamError, UpstreamTimeout, render
 from msa_gateway.health import outlier
+from msa_gateway.observability.otlp import server_span
 from msa_gateway.proxy.attempts import Attempts
 from msa_gateway.proxy.exchange import Exchange, log_access
 from msa_gateway.proxy.forwarder import Forwarder
@@ -79,6 +81,9 @@ class WebSocketProxy:
             await send({"type": "websocket.close", "code": 1003})
             return
         req = ProxyRequest({**scope, "method": "GET"}, receive, send)
+        tracer = self.rt.tracer
+        if tracer is not None:  # as an HTTP request: the trace continues upstream and in the access line
+            req.trace = tracer.start(req.traceparent, req.tracestate)
         ex = Exchange()
         splice: Splice | None = None
         try:
@@ -118,6 +123,9 @@ class WebSocketProxy:
             if splice is not None:
                 ex.nbytes, ex.error = splice.bytes_out, splice.ended
             log_access(self.rt.access, req, ex, splice.bytes_in if splice is not None else 0)
+            exporter = self.rt.exporter
+            if req.trace is not None and req.trace.sampled and exporter is not None:
+                exporter.submit(server_span(req, ex))  # the whole connection, upgrade to close
 
     @staticmethod
     def _rid(req: ProxyRequest) -> tuple[bytes, bytes]:
@@ -157,9 +165,10 @@ class WebSocketProxy:
         for n in range(options.retry.max_retries + 1):
             lease = attempts.admit()
             try:
-                link, answer = await self._handshake(
-                    lease.instance, attempts.upstream_headers(lease.instance), req, route
-                )
+                headers = attempts.upstream_headers(lease.instance)
+                # The instance's span is a child of the connection's server span (no client span here).
+                attempts.trace_headers(headers, req.trace.span_id if req.trace is not None else None)
+                link, answer = await self._handshake(lease.instance, headers, req, route)
             except (OSError, TimeoutError) as exc:
                 self.fw.report(route, lease, outlier.Outcome.GATEWAY_FAILURE)
                 sent = not isinstance(exc, ConnectionRefusedError)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from msa_gateway.policies.gcra import Limit, LocalBuckets, decide, params
+from msa_gateway.policies.gcra import Limit, LocalBuckets, decide, decide_one, params
 
 
 def per_second(count: int, burst: int = 0) -> Limit:
@@ -99,3 +99,34 @@ def test_a_late_request_never_lets_more_than_one_extra_through() -> None:
     assert buckets.decide("k", 0.0).allowed  # TAT 0.1
     assert buckets.decide("k", 0.19).allowed  # 90 ms late: TAT 0.2, not 0.29
     assert buckets.decide("k", 0.2).allowed and not buckets.decide("k", 0.2).allowed
+
+
+def test_the_one_limit_shortcut_answers_as_the_general_decision_does() -> None:
+    rng = random.Random(11)
+    limit = per_second(50, burst=3)
+    buckets, tats = LocalBuckets((limit,)), [100.0]  # a new key's TAT is its first request's time
+    now = 100.0
+    for _ in range(5000):
+        fast, general = buckets.decide("k", now), decide(params((limit,)), tats, now)
+        assert fast == general and buckets.tats["k"] == tats
+        now += rng.choice((0.0, 0.001, 0.005, 0.02, 0.3))
+
+
+def test_several_limits_admit_exactly_when_each_alone_would_and_wait_for_the_slowest() -> None:
+    rng = random.Random(5)
+    limits = (per_second(10, burst=2), Limit(20, 60.0, 3, "20/minute"))
+    tats, now = [100.0, 100.0], 100.0
+    for _ in range(5000):
+        alone = [
+            decide_one(*params((limit,))[0], [tat], now) for limit, tat in zip(limits, tats, strict=True)
+        ]
+        before = list(tats)
+        joint = decide(params(limits), tats, now)
+        assert joint.allowed == all(d.allowed for d in alone)
+        if joint.allowed:
+            assert joint.remaining == tuple(d.remaining[0] for d in alone)
+            assert joint.reset == tuple(d.reset[0] for d in alone)
+        else:
+            assert tats == before
+            assert joint.retry_after == max(d.retry_after for d in alone if not d.allowed)
+        now += rng.choice((0.0, 0.01, 0.05, 0.2, 3.0))

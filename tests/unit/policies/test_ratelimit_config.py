@@ -44,7 +44,7 @@ def test_defaults_are_local_per_ip_and_local_on_backend_error() -> None:
         "local",
         "local",
     )
-    assert config.sync_interval is None and config.backend_timeout == 0.05
+    assert config.sync_interval is None and config.backend_timeout == 0.2
 
 
 @pytest.mark.parametrize(
