@@ -38,7 +38,7 @@ def build_api(settings: Settings, surface: Surface = Surface.ALL) -> FastAPI:
 
     ``/redoc`` is off: it loads its script from a CDN; ``/docs`` and ``/openapi.json`` describe the same.
     """
-    from msa_gateway.routers import admin_router, health, metrics, root, services
+    from msa_gateway.routers import admin_router, dashboard, health, metrics, root, services
 
     management = surface is not Surface.PUBLIC
     api = FastAPI(
@@ -58,6 +58,8 @@ def build_api(settings: Settings, surface: Surface = Surface.ALL) -> FastAPI:
         api.include_router(metrics.router)
         api.include_router(services.router)
         api.include_router(admin_router)
+    if surface is Surface.ADMIN:  # only there: on the public port /dashboard stays a service's path
+        api.include_router(dashboard.router)
 
     @api.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
