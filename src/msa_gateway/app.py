@@ -58,8 +58,6 @@ def build_api(settings: Settings, surface: Surface = Surface.ALL) -> FastAPI:
         api.include_router(metrics.router)
         api.include_router(services.router)
         api.include_router(admin_router)
-    if surface is Surface.ADMIN:  # only there: on the public port /dashboard stays a service's path
-        api.include_router(dashboard.router)
 
     @api.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -105,6 +103,11 @@ def build_api(settings: Settings, surface: Surface = Surface.ALL) -> FastAPI:
             )
         return response
 
+    if surface is Surface.ADMIN:  # only there: on the public port /dashboard stays a service's path
+        api.include_router(dashboard.router)
+        api.add_middleware(
+            dashboard.EventStream
+        )  # added last: outermost, ahead of the access-line middleware
     return api
 
 

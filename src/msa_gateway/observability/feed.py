@@ -54,8 +54,12 @@ class LiveFeed:
 
     # --- subscribers -------------------------------------------------------------------
 
-    async def events(self) -> AsyncIterator[bytes]:
-        """Yield the stream of one subscriber: the current event (if any), then one per tick."""
+    async def events(self, stopped: asyncio.Event | None = None) -> AsyncIterator[bytes]:
+        """Yield the stream of one subscriber: the current event (if any), then one per tick.
+
+        The stream ends when the feed closes, or when ``stopped`` is set and ``wake`` called (the
+        client went away).
+        """
         if self._task is None or self._task.done():
             self._task = self._rt.spawn("dashboard_feed", self.run)
         self.subscribers += 1
@@ -63,7 +67,7 @@ class LiveFeed:
         seen = 0
         try:
             yield b"retry: %d\n\n" % RETRY_MS
-            while not self.closed:
+            while not self.closed and not (stopped is not None and stopped.is_set()):
                 if self.seq == seen or self.latest is None:
                     await self._tick.wait()
                     continue
@@ -75,9 +79,10 @@ class LiveFeed:
     def close(self) -> None:
         """End every stream (the gateway is shutting down); later subscribers end at once."""
         self.closed = True
-        self._publish_wakeup()
+        self.wake()
 
-    def _publish_wakeup(self) -> None:
+    def wake(self) -> None:
+        """Wake every subscriber now (each goes back to waiting unless it has something to do)."""
         tick, self._tick = self._tick, asyncio.Event()
         tick.set()
 
@@ -108,7 +113,7 @@ class LiveFeed:
         """Build the current event, make it the latest and wake every subscriber; return it."""
         self.seq += 1
         self.latest = sse(orjson.dumps(self.state(time.time())), self.seq)
-        self._publish_wakeup()
+        self.wake()
         return self.latest
 
     def state(self, now: float) -> dict[str, Any]:

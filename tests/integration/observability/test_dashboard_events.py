@@ -143,7 +143,7 @@ async def test_twenty_subscribers_share_one_producer_and_one_serialised_event() 
         assert feed.seq == idle
 
 
-async def test_a_draining_gateway_ends_open_streams() -> None:
+async def test_a_draining_gateway_ends_open_streams_and_each_stream_gets_an_access_line() -> None:
     async with dashboard_gateway() as (gw, admin), aiohttp.ClientSession() as c:
         async with c.get(admin + "/dashboard/events") as r:
             await next_event(r)
@@ -152,6 +152,8 @@ async def test_a_draining_gateway_ends_open_streams() -> None:
                 while True:
                     await next_event(r, timeout=5)
         gw.runtime.draining = False
+        (line,) = [orjson.loads(x) for x in gw.access_lines() if '"/dashboard/events"' in x]
+        assert line["status"] == 200 and line["bytes"] > 0  # one access line per stream, when it ends
 
 
 TOKENS = {"admin_read_token": "reader-secret", "gateway_admin_token": "writer-secret"}
