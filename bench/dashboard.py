@@ -1,12 +1,14 @@
 """What open live dashboards cost the gateway: CPU of the process, and latency of the requests it proxies.
 
-    .venv/bin/python -m bench.dashboard [--duration 30] [--clients 20] [--rate 200]
+    .venv/bin/python -m bench.dashboard [--duration 30] [--clients 20] [--rate 200] [--rounds 1]
 
 One gateway process (with ``ADMIN_PORT``) in front of one uvicorn backend; four phases of
 ``--duration`` seconds each: idle without and with ``--clients`` subscribers on
 ``/dashboard/events``, then an open-loop load of ``--rate`` req/s (``bench.openloop``) without and
-with them. Per phase: the gateway's CPU (user + system, % of one core, from /proc), events
-received, and under load the requests' p50/p99 and the gateway's CPU per request.
+with them, ``--rounds`` times. Per phase: the gateway's CPU (user + system, % of one core, from
+/proc), events received, and under load the requests' p50/p99 and the gateway's CPU per request;
+then the medians. First, in this process, what one tick of the producer costs for a few registry
+sizes (building and serialising one event).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import statistics
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -25,6 +28,8 @@ from tests.support.procs import free_port, wait_port
 
 from bench.openloop import OpenLoop, PhaseStats, Stream, phase_stats
 from bench.procs import cpu_seconds
+from msa_gateway.runtime import Runtime
+from msa_gateway.settings import Settings, parse_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,27 +89,64 @@ async def measure(name: str, pid: int, duration: float, counts: list[int], load:
     return Phase(name, percent, events, stats, per_request)
 
 
-async def run(duration: float, clients: int, rate: float) -> list[Phase]:
-    """Start backend and gateway, measure the four phases, stop everything."""
+async def run(duration: float, clients: int, rate: float, rounds: int) -> list[Phase]:
+    """Start backend and gateway, measure the four phases ``rounds`` times, stop everything.
+
+    Odd rounds measure "with dashboards" before "without", so a drift of the machine's load
+    over the run does not favour one side.
+    """
     admin = free_port()
+    phases: list[Phase] = []
     with BackendProcess("dash") as backend:
         config = {"services": {"api": {"instances": [{"host": "127.0.0.1", "port": backend.port}]}}}
         with GatewayProcess(config, None, ADMIN_PORT=str(admin), LOG_LEVEL="warning") as gw:
             wait_port(admin)
             events_url = f"http://127.0.0.1:{admin}/dashboard/events"
-            phases = [await measure("idle, no dashboard", gw.pid(), duration, [], None)]
-            async with subscribers(events_url, clients) as counts:
-                phases.append(await measure(f"idle, {clients} dashboards", gw.pid(), duration, counts, None))
-            for label, n in (
-                (f"{rate:g} req/s, no dashboard", 0),
-                (f"{rate:g} req/s, {clients} dashboards", clients),
-            ):
-                async with (
-                    subscribers(events_url, n) as counts,
-                    OpenLoop(gw.url, [Stream("GET", "GET", "/api/items", rate)], duration) as load,
-                ):
-                    phases.append(await measure(label, gw.pid(), duration, counts, load))
+            for r in range(rounds):
+                for loaded in (False, True):
+                    order = (0, clients) if r % 2 == 0 else (clients, 0)
+                    for n in order:
+                        label = f"{rate:g} req/s" if loaded else "idle"
+                        label += f", {n} dashboards" if n else ", no dashboard"
+                        async with contextlib.AsyncExitStack() as stack:
+                            counts = await stack.enter_async_context(subscribers(events_url, n))
+                            load = None
+                            if loaded:
+                                stream = Stream("GET", "GET", "/api/items", rate)
+                                load = await stack.enter_async_context(OpenLoop(gw.url, [stream], duration))
+                            phases.append(await measure(label, gw.pid(), duration, counts, load))
     return phases
+
+
+def median_of(phases: Sequence[Phase], name: str, value: Callable[[Phase], float]) -> float:
+    """Return the median of ``value`` over the phases called ``name``."""
+    return statistics.median(value(p) for p in phases if p.name == name)
+
+
+def tick_cost(services: int, instances: int, ticks: int = 200) -> float:
+    """Return the microseconds one producer tick takes for ``services`` x ``instances`` (in-process)."""
+    config = {
+        "services": {
+            f"svc{s}": {
+                "instances": [{"host": "127.0.0.1", "port": 10000 + i} for i in range(instances)],
+                "health_check": {"path": None},
+            }
+            for s in range(services)
+        }
+    }
+
+    async def measure_ticks() -> float:
+        rt = Runtime(Settings(_env_file=None), parse_config(config, "bench.yaml"))  # type: ignore[call-arg]
+        rt.apply(rt.provider.services())  # type: ignore[attr-defined]
+        for name in rt.snapshot.services:
+            rt.metrics.requests.count(name, "GET", 200)
+            rt.metrics.requests.histogram(name).observe(0.003)
+        started = time.perf_counter()
+        for _ in range(ticks):
+            rt.live.publish()
+        return (time.perf_counter() - started) / ticks * 1e6
+
+    return asyncio.run(measure_ticks())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -113,13 +155,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args(argv)
-    phases = asyncio.run(run(args.duration, args.clients, args.rate))
+    for services, instances in ((2, 2), (50, 4), (200, 10)):
+        cost = tick_cost(services, instances)
+        print(f"one tick, {services} services x {instances} instances: {cost:8.1f} us")
+    phases = asyncio.run(run(args.duration, args.clients, args.rate, args.rounds))
     for phase in phases:
         print(phase.row())
-    idle = phases[1].cpu_percent - phases[0].cpu_percent
-    busy = phases[3].cpu_percent - phases[2].cpu_percent
-    print(f"{args.clients} dashboards cost: idle {idle:+.2f} % of a core, under load {busy:+.2f} % of a core")
+    cpu = {p.name: median_of(phases, p.name, lambda q: q.cpu_percent) for p in phases}
+    names = list(cpu)
+    idle = (
+        cpu[names[1]] - cpu[names[0]] if names[0].endswith("no dashboard") else cpu[names[0]] - cpu[names[1]]
+    )
+    loaded = [n for n in names if not n.startswith("idle")]
+    without = next(n for n in loaded if n.endswith("no dashboard"))
+    with_ = next(n for n in loaded if n != without)
+    busy = cpu[with_] - cpu[without]
+    print(
+        f"{args.clients} dashboards cost (medians of {args.rounds} rounds): idle {idle:+.2f} % of a core,"
+        f" under load {busy:+.2f} % of a core"
+    )
+    for name in (without, with_):
+        p99 = median_of(phases, name, lambda q: q.load.p99 * 1000 if q.load else 0.0)
+        p50 = median_of(phases, name, lambda q: q.load.p50 * 1000 if q.load else 0.0)
+        us = median_of(phases, name, lambda q: q.cpu_us_per_request)
+        print(f"{name}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, gateway CPU {us:.1f} us/request (medians)")
 
 
 if __name__ == "__main__":

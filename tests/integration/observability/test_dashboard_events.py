@@ -14,8 +14,9 @@ import pytest
 
 from msa_gateway.routers.dashboard import COOKIE, cookie_value
 from msa_gateway.settings import Settings
-from tests.support.gateway import InProcessGateway, serve_gateway, service_yaml
-from tests.support.procs import free_port
+from tests.support.backend import BackendProcess
+from tests.support.gateway import GatewayProcess, InProcessGateway, serve_gateway, service_yaml
+from tests.support.procs import free_port, wait_port
 from tests.support.recorder import Recorder, Reply
 from tests.support.sse import event_where, next_event
 
@@ -178,7 +179,9 @@ async def test_without_a_valid_token_both_answer_401_json(path: str) -> None:
                 assert body["error"] == "unauthorized" and "ADMIN_READ_TOKEN" in body["detail"]
                 assert "set-cookie" not in r.headers
         good = {"Cookie": f"{COOKIE}={cookie_value('reader-secret')}"}
-        async with c.get(admin + path, headers=good) as r:  # the same request with the right cookie passes
+        async with c.get(admin + path, headers=good, params={"token": "wrong"}) as r:
+            assert r.status == 401  # a wrong ?token= is refused even with a valid cookie
+        async with c.get(admin + path, headers=good) as r:  # the right cookie alone passes
             assert r.status == 200
 
 
@@ -202,3 +205,37 @@ async def test_a_token_is_accepted_as_bearer_query_or_the_cookie_the_page_sets()
                 assert r.status == 200 and (await next_event(r)).fields == {"retry": "2000"}
         async with c.get(admin + "/dashboard/events", params={"token": "writer-secret"}) as r:
             assert r.status == 200
+
+
+async def test_under_workers_worker_0_serves_the_stream_and_says_so() -> None:
+    admin = free_port()
+    with BackendProcess("w") as backend:
+        config = service_yaml({"svc": [backend.port]})
+        with GatewayProcess(config, WORKERS="2", ADMIN_PORT=str(admin)) as gw:
+            await asyncio.to_thread(wait_port, admin, proc=gw.proc)
+            async with aiohttp.ClientSession() as c, c.get(f"http://127.0.0.1:{admin}/dashboard/events") as r:
+                state = (await event_where(r, lambda s: s["services"][0]["rates"] is not None)).data
+        assert state["gateway"]["worker"] == 0  # the page shows "worker 0 (... this worker's share)"
+        assert [s["name"] for s in state["services"]] == ["svc"]
+
+
+async def test_an_ejected_instance_shows_ejected_and_for_how_long() -> None:
+    admin, dead = free_port(), free_port()  # nothing listens on ``dead``: connect refused
+    async with Recorder(Reply(200, body=b"ok")) as ok:
+        config = service_yaml({"api": [dead, ok.port]}, outlier={"consecutive_failures": 1})
+        async with (
+            serve_gateway(config, settings=settings(admin_port=admin)) as gw,
+            aiohttp.ClientSession() as c,
+            c.get(f"http://127.0.0.1:{admin}/dashboard/events") as stream,
+        ):
+            await next_event(stream)
+            for _ in range(2):  # round robin: one of the two goes to the dead instance
+                async with c.get(f"{gw.url}/api/x") as r:
+                    assert r.status == 200  # the refused attempt is retried on the other instance
+            state = (
+                await event_where(stream, lambda s: any(i["ejected"] for i in service(s, "api")["instances"]))
+            ).data
+    by_address = {i["address"]: i for i in service(state, "api")["instances"]}
+    gone, alive = by_address[f"127.0.0.1:{dead}"], by_address[f"127.0.0.1:{ok.port}"]
+    assert gone["ejected"] is True and gone["ejected_for"] > 0
+    assert alive["ejected"] is False and alive["ejected_for"] == 0
