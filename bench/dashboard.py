@@ -8,7 +8,8 @@ One gateway process (with ``ADMIN_PORT``) in front of one uvicorn backend; four 
 with them, ``--rounds`` times. Per phase: the gateway's CPU (user + system, % of one core, from
 /proc), events received, and under load the requests' p50/p99 and the gateway's CPU per request;
 then the medians. First, in this process, what one tick of the producer costs for a few registry
-sizes (building and serialising one event).
+sizes (building and serialising one event); ``--registry 200x10`` adds that many unreachable,
+unprobed instances to the gateway's registry, so every event carries them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from tests.support.backend import BackendProcess
@@ -89,7 +91,18 @@ async def measure(name: str, pid: int, duration: float, counts: list[int], load:
     return Phase(name, percent, events, stats, per_request)
 
 
-async def run(duration: float, clients: int, rate: float, rounds: int) -> list[Phase]:
+def filler(services: int, instances: int) -> dict[str, Any]:
+    """Return ``services`` more services of ``instances`` unreachable instances each, never probed."""
+    return {
+        f"filler{s}": {
+            "instances": [{"host": "127.0.0.1", "port": 1 + i} for i in range(instances)],
+            "health_check": {"path": None},
+        }
+        for s in range(services)
+    }
+
+
+async def run(duration: float, clients: int, rate: float, rounds: int, extra: dict[str, Any]) -> list[Phase]:
     """Start backend and gateway, measure the four phases ``rounds`` times, stop everything.
 
     Odd rounds measure "with dashboards" before "without", so a drift of the machine's load
@@ -98,7 +111,8 @@ async def run(duration: float, clients: int, rate: float, rounds: int) -> list[P
     admin = free_port()
     phases: list[Phase] = []
     with BackendProcess("dash") as backend:
-        config = {"services": {"api": {"instances": [{"host": "127.0.0.1", "port": backend.port}]}}}
+        api = {"instances": [{"host": "127.0.0.1", "port": backend.port}]}
+        config = {"services": {"api": api, **extra}}
         with GatewayProcess(config, None, ADMIN_PORT=str(admin), LOG_LEVEL="warning") as gw:
             wait_port(admin)
             events_url = f"http://127.0.0.1:{admin}/dashboard/events"
@@ -125,15 +139,7 @@ def median_of(phases: Sequence[Phase], name: str, value: Callable[[Phase], float
 
 def tick_cost(services: int, instances: int, ticks: int = 200) -> float:
     """Return the microseconds one producer tick takes for ``services`` x ``instances`` (in-process)."""
-    config = {
-        "services": {
-            f"svc{s}": {
-                "instances": [{"host": "127.0.0.1", "port": 10000 + i} for i in range(instances)],
-                "health_check": {"path": None},
-            }
-            for s in range(services)
-        }
-    }
+    config = {"services": filler(services, instances)}
 
     async def measure_ticks() -> float:
         rt = Runtime(Settings(_env_file=None), parse_config(config, "bench.yaml"))  # type: ignore[call-arg]
@@ -156,11 +162,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--registry", default="0x0", help="SxI: S more services of I instances each (a bigger event)"
+    )
     args = parser.parse_args(argv)
+    more, _, each = args.registry.partition("x")
     for services, instances in ((2, 2), (50, 4), (200, 10)):
         cost = tick_cost(services, instances)
         print(f"one tick, {services} services x {instances} instances: {cost:8.1f} us")
-    phases = asyncio.run(run(args.duration, args.clients, args.rate, args.rounds))
+    extra = filler(int(more), int(each or 0))
+    phases = asyncio.run(run(args.duration, args.clients, args.rate, args.rounds, extra))
     for phase in phases:
         print(phase.row())
     cpu = {p.name: median_of(phases, p.name, lambda q: q.cpu_percent) for p in phases}

@@ -64,6 +64,14 @@ async def test_page_is_one_self_contained_html_document_on_the_management_listen
             assert r.status == 404 and (await r.json())["error"] != "unauthorized"
 
 
+async def test_without_admin_port_dashboard_stays_a_service_path() -> None:
+    async with Recorder(Reply(200, body=b"from the service")) as rec:
+        async with serve_gateway(service_yaml({"dashboard": [rec.port]})) as gw, aiohttp.ClientSession() as c:
+            for path in ("/dashboard", "/dashboard/events"):
+                async with c.get(gw.url + path) as r:
+                    assert r.status == 200 and await r.read() == b"from the service"
+
+
 async def test_events_are_server_sent_json_snapshots_one_per_tick() -> None:
     async with dashboard_gateway() as (gw, admin), aiohttp.ClientSession() as c:
         async with c.get(admin + "/dashboard/events") as r:
