@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from msa_gateway.runtime import Runtime
 
 TICK_SECONDS = 1.0
+# What each array in a service's ``instances`` holds (``ejected_for``: seconds left, None when not ejected).
+INSTANCE_FIELDS = ("id", "address", "health", "ejected_for", "in_flight")
 RETRY_MS = 2000  # how soon a browser's EventSource reconnects after the stream ends
 
 
@@ -125,6 +127,7 @@ class LiveFeed:
         return {
             "time": now,
             "interval": self.interval,
+            "instance_fields": INSTANCE_FIELDS,
             "gateway": {
                 "version": rt.version,
                 "uptime_seconds": round(now - rt.started_at, 1),
@@ -164,15 +167,16 @@ def _service(route: ServiceRoute, rates: ServiceRates | None, rt: Runtime) -> di
     remaining = (
         {k: s.remaining for k, s in guard.outlier.snapshot(now).items() if s.ejected} if ejected else {}
     )
+    # One array per instance, in INSTANCE_FIELDS order: with thousands of instances the event is
+    # what every dashboard receives each second, and objects would repeat every key per instance.
     instances = [
-        {
-            "id": inst.id,
-            "address": inst.address,
-            "health": health(key).status,
-            "ejected": key in remaining,
-            "ejected_for": round(remaining[key], 1) if key in remaining else 0,
-            "in_flight": in_flight(key),
-        }
+        [
+            inst.id,
+            inst.address,
+            health(key).status,
+            round(remaining[key], 1) if key in remaining else None,
+            in_flight(key),
+        ]
         for inst, key in zip(route.instances, route.keys, strict=True)
     ]
     return {
