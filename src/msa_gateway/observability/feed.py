@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -56,7 +56,7 @@ class LiveFeed:
 
     # --- subscribers -------------------------------------------------------------------
 
-    async def events(self, stopped: asyncio.Event | None = None) -> AsyncIterator[bytes]:
+    async def events(self, stopped: asyncio.Event | None = None) -> AsyncGenerator[bytes, None]:
         """Yield the stream of one subscriber: the current event (if any), then one per tick.
 
         The stream ends when the feed closes, or when ``stopped`` is set and ``wake`` called (the
