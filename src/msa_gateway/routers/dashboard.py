@@ -151,13 +151,16 @@ class EventStream:
 
 async def _stream(request: Request, send: Send) -> int:
     """Write the feed's events to one client until it leaves or the feed closes; return the bytes sent."""
-    feed = runtime_of(request).live
+    runtime = runtime_of(request)
+    feed = runtime.live
     headers = [
         (b"content-type", b"text/event-stream"),
         (b"cache-control", b"no-store"),
         (b"x-accel-buffering", b"no"),
         (b"x-request-id", request_id_of(request).encode()),
     ]
+    if runtime.worker is not None:
+        headers.append((b"x-gateway-worker", b"%d" % runtime.worker))
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     gone = asyncio.Event()
 

@@ -240,6 +240,7 @@ async def test_under_workers_worker_0_serves_the_stream_and_says_so() -> None:
         with GatewayProcess(config, WORKERS="2", ADMIN_PORT=str(admin)) as gw:
             await asyncio.to_thread(wait_port, admin, proc=gw.proc)
             async with aiohttp.ClientSession() as c, c.get(f"http://127.0.0.1:{admin}/dashboard/events") as r:
+                assert r.headers["x-gateway-worker"] == "0"
                 state = (await event_where(r, lambda s: s["services"][0]["rates"] is not None)).data
         assert state["gateway"]["worker"] == 0  # the page shows "worker 0 (... this worker's share)"
         assert [s["name"] for s in state["services"]] == ["svc"]
