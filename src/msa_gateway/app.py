@@ -38,7 +38,7 @@ def build_api(settings: Settings, surface: Surface = Surface.ALL) -> FastAPI:
 
     ``/redoc`` is off: it loads its script from a CDN; ``/docs`` and ``/openapi.json`` describe the same.
     """
-    from msa_gateway.routers import admin_router, health, metrics, root, services
+    from msa_gateway.routers import admin_router, dashboard, health, metrics, root, services
 
     management = surface is not Surface.PUBLIC
     api = FastAPI(
@@ -103,6 +103,11 @@ def build_api(settings: Settings, surface: Surface = Surface.ALL) -> FastAPI:
             )
         return response
 
+    if surface is Surface.ADMIN:  # only there: on the public port /dashboard stays a service's path
+        api.include_router(dashboard.router)
+        api.add_middleware(
+            dashboard.EventStream
+        )  # added last: outermost, ahead of the access-line middleware
     return api
 
 

@@ -24,6 +24,7 @@ from msa_gateway.health.sync import EjectionSync
 from msa_gateway.health.table import HealthState, HealthTable, instance_key
 from msa_gateway.model import Discovered, Instance, RecoveryConfig, ServiceSpec
 from msa_gateway.observability.access import AccessLog
+from msa_gateway.observability.feed import LiveFeed
 from msa_gateway.observability.metrics import UNKNOWN_SERVICE, Metrics
 from msa_gateway.observability.otlp import tracing_from_settings
 from msa_gateway.policies.shared import SharedState
@@ -83,6 +84,7 @@ class Runtime:
         self.shared = SharedState(self.tasks, settings=settings, metrics=self.metrics)
         self.sync = EjectionSync(self.guards)  # ejections to/from other workers and replicas
         self.worker: int | None = None  # the worker index under ``--workers N``
+        self.live = LiveFeed(self)  # the dashboard's event stream (idle until someone subscribes)
 
     # --- lifecycle ---------------------------------------------------------------------
 

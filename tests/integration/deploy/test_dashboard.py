@@ -1,7 +1,7 @@
 """deploy/grafana/msa-gateway.json: importable, valid PromQL, and only metrics a real gateway exports.
 
-A gateway process serves traffic that retries, ejects, refuses a retry and hits an unknown
-service; its /metrics is then the list of names every dashboard panel and alert rule may use.
+A gateway process serves traffic that retries, ejects, refuses a retry, is rate limited and
+hits an unknown service; its /metrics is then the list of names every dashboard panel and alert rule may use.
 """
 
 from __future__ import annotations
@@ -46,10 +46,13 @@ def exposition() -> Iterator[str]:
         config["services"].update(
             service_yaml({"flaky": [b.port]}, retry={"retry_on_status": [500], "max_retries": 0})["services"]
         )
+        limited = {"rate_limit": {"key": "ip", "limits": ["1/minute"]}}
+        config["services"].update(service_yaml({"limited": [a.port]}, policies=limited)["services"])
         with gateway_process(config) as gw:
             statuses = [_get(f"{gw.url}/api/items") for _ in range(4)]
             statuses += [_get(f"{gw.url}/flaky/items"), _get(f"{gw.url}/nope/items")]
-            assert statuses == [200, 200, 200, 200, 500, 404]
+            statuses += [_get(f"{gw.url}/limited/items") for _ in range(2)]
+            assert statuses == [200, 200, 200, 200, 500, 404, 200, 429]
             with urllib.request.urlopen(f"{gw.url}/metrics", timeout=10) as resp:
                 yield resp.read().decode()
 
@@ -66,6 +69,7 @@ def test_the_traffic_filled_the_series_the_panels_are_about(exposition: str) -> 
         "gateway_instance_up",
         "gateway_discovery_up",
         "gateway_task_crashes_total",
+        "gateway_ratelimit_decisions_total",
     ):
         assert f"\n{name}{{" in exposition, f"{name}: no sample after the traffic"
         assert name in exported
@@ -140,4 +144,7 @@ def test_panels_cover_the_issue_list() -> None:
         "gateway_discovery_up",
         "gateway_task_crashes_total",
         "gateway_requests_in_flight",
+        "gateway_ratelimit_decisions_total",
+        "gateway_ratelimit_backend_up",
+        "gateway_config_reloads_total",
     } <= used
