@@ -20,9 +20,11 @@ from msa_gateway.discovery.providers import create_provider, create_registrar
 from msa_gateway.discovery.static import StaticProvider
 from msa_gateway.health.active import ActiveHealthChecker, ProbeTarget
 from msa_gateway.health.hints import start_hints
+from msa_gateway.health.lag import LoopLag
+from msa_gateway.health.probe_stats import ProbeStats
 from msa_gateway.health.sync import EjectionSync
 from msa_gateway.health.table import HealthState, HealthTable, instance_key
-from msa_gateway.model import Discovered, Instance, RecoveryConfig, ServiceSpec
+from msa_gateway.model import Discovered, Instance, ProbeLimits, RecoveryConfig, ServiceSpec
 from msa_gateway.observability.access import AccessLog
 from msa_gateway.observability.metrics import UNKNOWN_SERVICE, Metrics
 from msa_gateway.observability.otlp import tracing_from_settings
@@ -64,7 +66,14 @@ class Runtime:
         self.metrics.track_exporter(self.exporter)
         self.health = HealthTable()
         self.health.set_listener(self._on_health_change)
-        self.checker = ActiveHealthChecker(self.health, tasks=self.tasks)
+        self.lag = LoopLag()  # the event loop's own lateness: probes it spoiled are not counted
+        limits = ProbeLimits(
+            settings.health_probe_concurrency,
+            settings.health_probe_cpu_budget,
+            settings.health_probe_lag_fraction,
+        )
+        self.checker = ActiveHealthChecker(self.health, tasks=self.tasks, limits=limits, lag=self.lag)
+        self.metrics.registry.register(ProbeStats(lambda: self.checker.scheduler, self.lag))
         self.upstream: UpstreamClient = upstream or create_client(settings.upstream_client, self.tasks)
         self.snapshot: Snapshot = EMPTY
         self.provider = provider or create_provider(settings, config, self.tasks)
@@ -95,6 +104,7 @@ class Runtime:
         """Start discovery (probes start as snapshots arrive)."""
         self.registrar = create_registrar(self.settings)
         self._discovery = self.spawn("discovery", self.aggregator.run, key=self.provider.name)
+        self.spawn("loop_lag", self.lag.run)
         if self.exporter is not None:
             self.spawn("trace_export", self.exporter.run)
         self.reloader.start()
