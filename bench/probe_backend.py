@@ -1,4 +1,4 @@
-"""Many cheap backends in one process: ``python -m bench.probe_backend --ports 8100-8119``.
+"""Many cheap backends in one process: ``python -m bench.probe_backend --ports 8100-8119 | --count 16``.
 
 Every port answers any request with ``200 ok`` and closes the connection (``Connection: close``),
 from a bare asyncio protocol, so thousands of probes a second cost this process little and
@@ -62,7 +62,7 @@ def parse_ports(spec: str) -> list[int]:
 
 
 async def serve(ports: list[int], host: str = "127.0.0.1") -> None:
-    """Answer on every port until SIGTERM/SIGINT."""
+    """Answer on every port (0: any free one) until SIGTERM/SIGINT; print the ports as a JSON line."""
     loop = asyncio.get_running_loop()
     counts = Counts()
     servers = [
@@ -72,7 +72,8 @@ async def serve(ports: list[int], host: str = "127.0.0.1") -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"listening on {len(servers)} ports", flush=True)
+    bound = [server.sockets[0].getsockname()[1] for server in servers]
+    print(json.dumps({"ports": bound}), flush=True)
     await stop.wait()
     for server in servers:
         server.close()
@@ -81,8 +82,11 @@ async def serve(ports: list[int], host: str = "127.0.0.1") -> None:
 def main() -> None:
     """Parse the arguments and serve (on uvloop when installed)."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--ports", required=True, help="A-B or A,B,C")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--ports", help="A-B or A,B,C")
+    group.add_argument("--count", type=int, help="this many ports the kernel picks")
     args = parser.parse_args()
+    ports = parse_ports(args.ports) if args.ports else [0] * args.count
     factory: Callable[[], asyncio.AbstractEventLoop]
     try:
         import uvloop
@@ -91,7 +95,7 @@ def main() -> None:
     except ImportError:
         factory = asyncio.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(parse_ports(args.ports)))
+        runner.run(serve(ports))
 
 
 if __name__ == "__main__":

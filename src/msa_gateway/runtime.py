@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Mapping
@@ -105,6 +106,7 @@ class Runtime:
         self.registrar = create_registrar(self.settings)
         self._discovery = self.spawn("discovery", self.aggregator.run, key=self.provider.name)
         self.spawn("loop_lag", self.lag.run)
+        self.spawn("gc_freeze", self._freeze_when_loaded, restart=False)
         if self.exporter is not None:
             self.spawn("trace_export", self.exporter.run)
         self.reloader.start()
@@ -115,6 +117,15 @@ class Runtime:
             "gateway starting",
             extra={"discovery": self.provider.name, "config": self.config.source, "version": self.version},
         )
+
+    async def _freeze_when_loaded(self) -> None:
+        """Once the first registry is in, exempt what start-up built from garbage collection.
+
+        With 20,000 instances a full collection walks a million objects (0.1-1 s with the loop
+        stopped), and probe traffic triggers one every few seconds; frozen objects are skipped.
+        """
+        await self.aggregator.loaded.wait()
+        gc.freeze()
 
     async def wait_loaded(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the first snapshot; return whether it came."""

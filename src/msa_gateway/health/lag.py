@@ -10,12 +10,14 @@ is not held against the instance.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections import deque
 from collections.abc import Callable
 
 EVERY = 0.05  # seconds between two wake-ups
 KEEP = 30.0  # seconds of samples kept (longer than any probe timeout worth trusting)
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)  # for the /metrics histogram
 
 
 class LoopLag:
@@ -25,17 +27,26 @@ class LoopLag:
         self.every = every
         self.clock = clock
         self._samples: deque[tuple[float, float]] = deque(maxlen=max(16, int(keep / every)))
-        self.worst = 0.0  # largest lateness since start, for /metrics
+        self.worst = 0.0  # largest lateness since start
+        self.counts = [0] * (len(BUCKETS) + 1)  # samples per bucket (the last: above every bound)
+        self.total = 0.0  # sum of every lateness noted
+        self._due: float | None = None  # when the running sleep should end
 
     def note(self, woke: float, lateness: float) -> None:
         """Record that the loop ran at ``woke`` something due ``lateness`` seconds earlier."""
         lateness = max(0.0, lateness)
         self._samples.append((woke, lateness))
         self.worst = max(self.worst, lateness)
+        self.counts[bisect.bisect_left(BUCKETS, lateness)] += 1
+        self.total += lateness
+
+    def pending(self) -> float:
+        """Return how late the monitor is right now: a stall that just ended has no sample yet."""
+        return 0.0 if self._due is None else max(0.0, self.clock() - self._due)
 
     def worst_since(self, since: float) -> float:
-        """Return the largest lateness of the samples taken at or after ``since`` (0 when none)."""
-        worst = 0.0
+        """Return the largest lateness seen since ``since``, the one still pending included."""
+        worst = self.pending()
         for woke, lateness in reversed(self._samples):
             if woke < since:
                 break
@@ -49,7 +60,7 @@ class LoopLag:
     async def run(self) -> None:
         """Sleep ``every`` seconds at a time and note how late each wake-up is (a runtime task)."""
         while True:
-            asked = self.clock() + self.every
+            self._due = asked = self.clock() + self.every
             await asyncio.sleep(self.every)
             woke = self.clock()
             self.note(woke, woke - asked)

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from msa_gateway.health.lag import LoopLag
+from msa_gateway.health.lag import BUCKETS, LoopLag
 from msa_gateway.health.scheduler import ProbeScheduler
 
 RESULTS = ("ok", "failed", "inconclusive")
@@ -56,8 +61,13 @@ class ProbeStats(Collector):
         yield GaugeMetricFamily(
             "gateway_health_probes_in_flight", "Active health probes out now.", value=s.in_flight
         )
-        yield GaugeMetricFamily(
+        cumulative, buckets = 0, []
+        for bound, count in zip((*map(str, BUCKETS), "+Inf"), self._lag.counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily(
             "gateway_event_loop_lag_seconds",
-            "Largest lateness of the gateway's event loop over the last second.",
-            value=self._lag.recent(),
+            "How late the gateway's event loop ran a task due every 50 ms (0 = on time).",
+            buckets=buckets,
+            sum_value=self._lag.total,
         )

@@ -20,6 +20,8 @@ FIRST_SPREAD = 0.2  # seconds over which the first probes of a few new instances
 INITIAL_COST = 0.0003  # seconds of CPU per probe assumed until measured
 HEADROOM = 1.1  # when stretching, aim 10% below the budget
 CHANGE = 0.15  # a stretch changes only when it is off by more than this share
+LAG_SLOW = 0.05  # seconds of event-loop lag in the last second that slow probing down
+LAG_UP, LAG_DOWN, LAG_MAX = 1.5, 1.2, 8.0  # lag factor: x1.5 a lagging second, /1.2 a calm one, at most 8
 
 
 def phase_of(key: str) -> float:
@@ -67,6 +69,7 @@ class Slot:
     key: str
     interval: float
     phase: float
+    gen: int = 0  # which add() made it: heap entries of an older one are dropped
     busy: bool = False  # queued or in flight: a slot that comes meanwhile is skipped
 
 
@@ -77,12 +80,13 @@ class Schedule:
     slots: dict[str, Slot] = field(default_factory=dict)
     rate: float = 0.0  # probes per virtual second the slots ask for
     skipped: int = 0
-    _heap: list[tuple[float, int, Slot, bool]] = field(default_factory=list)
+    # (due, seq, key, gen, extra): atoms only, so the garbage collector never has to walk them
+    _heap: list[tuple[float, int, str, int, bool]] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
 
     def add(self, key: str, interval: float, now: float, first_within: float) -> Slot:
         """Schedule ``key`` every ``interval``: first probe within ``first_within``, then on its phase."""
-        slot = Slot(key, interval, phase_of(key))
+        slot = Slot(key, interval, phase_of(key), next(self._seq))
         self.remove(key)
         self.slots[key] = slot
         self.rate += 1.0 / interval
@@ -110,8 +114,9 @@ class Schedule:
         out: list[Slot] = []
         heap = self._heap
         while heap and heap[0][0] <= now:
-            when, _, slot, extra = heapq.heappop(heap)
-            if self.slots.get(slot.key) is not slot:
+            when, _, key, gen, extra = heapq.heappop(heap)
+            slot = self.slots.get(key)
+            if slot is None or slot.gen != gen:
                 continue  # removed or replaced
             if not extra:
                 self.skipped += int((now - when) / slot.interval)  # whole slots the loop was too late for
@@ -125,23 +130,39 @@ class Schedule:
 
     def next_due(self) -> float | None:
         """Return the virtual time of the earliest entry (None when empty)."""
-        while self._heap and self.slots.get(self._heap[0][2].key) is not self._heap[0][2]:
+        while self._heap and not self._current(self._heap[0][2], self._heap[0][3]):
             heapq.heappop(self._heap)
         return self._heap[0][0] if self._heap else None
 
+    def _current(self, key: str, gen: int) -> bool:
+        slot = self.slots.get(key)
+        return slot is not None and slot.gen == gen
+
     def _push(self, when: float, slot: Slot, *, extra: bool) -> None:
-        heapq.heappush(self._heap, (when, next(self._seq), slot, extra))
+        heapq.heappush(self._heap, (when, next(self._seq), slot.key, slot.gen, extra))
 
 
 class Budget:
-    """The stretch that keeps probing within ``budget`` of a core, from the measured CPU per probe."""
+    """The stretch that keeps probing within ``budget`` of a core and off a lagging event loop.
+
+    ``cpu_stretch`` follows the measured CPU per probe against the budget. ``lag_factor`` grows
+    1.5x for every second in which the gateway's loop ran ``LAG_SLOW`` late (a CPU-starved host
+    makes the thread-time budget look fine while requests queue) and shrinks back 1.2x per calm
+    second. ``stretch`` is their product.
+    """
 
     def __init__(self, budget: float, cost: float = INITIAL_COST, alpha: float = 0.01) -> None:
         self.budget = budget
         self.cost = cost  # moving average of CPU seconds per probe
         self.alpha = alpha
-        self.stretch = 1.0
+        self.cpu_stretch = 1.0
+        self.lag_factor = 1.0
         self.measured = 0  # probes measured so far
+
+    @property
+    def stretch(self) -> float:
+        """Return how many times longer than configured every interval is."""
+        return self.cpu_stretch * self.lag_factor
 
     def observe(self, cpu: float) -> None:
         """Count one probe that took ``cpu`` seconds of CPU."""
@@ -153,15 +174,18 @@ class Budget:
         """Return the probes per second the budget pays for."""
         return self.budget / self.cost if self.cost > 0 else math.inf
 
-    def update(self, rate: float) -> bool:
-        """Set ``stretch`` for ``rate`` probes per second asked; return whether it changed."""
+    def update(self, rate: float, lag: float = 0.0) -> bool:
+        """Set the stretch for ``rate`` probes/s asked and ``lag`` s of recent loop lag; say if it changed."""
+        before = self.stretch
         need = rate * self.cost / self.budget
-        if need <= 1.0 / HEADROOM or (self.stretch == 1.0 and need <= 1.0):
-            new = 1.0
+        if need <= 1.0 / HEADROOM or (self.cpu_stretch == 1.0 and need <= 1.0):
+            self.cpu_stretch = 1.0
         else:
             new = max(1.0, need * HEADROOM)
-            if self.stretch > 1.0 and abs(new / self.stretch - 1.0) <= CHANGE:
-                new = self.stretch
-        changed = new != self.stretch
-        self.stretch = new
-        return changed
+            if self.cpu_stretch == 1.0 or abs(new / self.cpu_stretch - 1.0) > CHANGE:
+                self.cpu_stretch = new
+        if lag >= LAG_SLOW:
+            self.lag_factor = min(LAG_MAX, self.lag_factor * LAG_UP)
+        elif lag < LAG_SLOW / 2:
+            self.lag_factor = max(1.0, self.lag_factor / LAG_DOWN)
+        return self.stretch != before

@@ -3,8 +3,9 @@
 It runs the schedule of ``schedule.py`` (each instance at its stable phase, spread evenly), keeps
 at most ``ProbeLimits.concurrency`` probes in flight (the rest wait their turn; a probe's timeout
 starts when it is sent, never while it waits), and measures what each probe costs in CPU. When
-the configured intervals would cost more than ``cpu_budget`` of a core, every interval is
-stretched alike: logged once when it starts and once when it ends, shown in ``/metrics``.
+the configured intervals would cost more than ``cpu_budget`` of a core, or the gateway's own
+loop keeps running late (``schedule.Budget``), every interval is stretched alike: logged once
+when it starts and once when it ends, shown in ``/metrics``.
 
 A probe that timed out while the gateway's own loop was late by ``lag_fraction`` of the
 timeout or more (``lag.py``) is not recorded: it is sent again shortly instead, so a stall of
@@ -176,19 +177,26 @@ class ProbeScheduler:
 
     def _check_budget(self, now: float) -> None:
         before = self.clock.stretch
-        if not self.budget.update(self.schedule.rate):
+        lag = self.lag.recent(BUDGET_EVERY) if self.lag is not None else 0.0
+        if not self.budget.update(self.schedule.rate, lag):
             return
-        self.clock.set_stretch(now, self.budget.stretch)
+        stretch = self.budget.stretch
+        self.clock.set_stretch(now, stretch)
+        if (before == 1.0) == (stretch == 1.0):
+            return  # a change of degree: /metrics shows it
         extra = {
-            "stretch": round(self.budget.stretch, 2),
+            "stretch": round(stretch, 2),
+            "cpu_stretch": round(self.budget.cpu_stretch, 2),
+            "lag_factor": round(self.budget.lag_factor, 2),
             "probes_per_s_configured": round(self.schedule.rate, 1),
-            "probes_per_s_now": round(self.schedule.rate / self.budget.stretch, 1),
+            "probes_per_s_now": round(self.schedule.rate / stretch, 1),
             "cpu_per_probe_ms": round(self.budget.cost * 1000, 3),
             "cpu_budget": self.limits.cpu_budget,
+            "loop_lag": round(lag, 3),
         }
         if before == 1.0:
-            log.warning("health probes slowed down to stay within their CPU budget", extra=extra)
-        elif self.budget.stretch == 1.0:
+            log.warning("health probes slowed down to spare the gateway", extra=extra)
+        else:
             log.info("health probes back at their configured intervals", extra=extra)
 
     async def aclose(self) -> None:

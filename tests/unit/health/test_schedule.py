@@ -144,3 +144,17 @@ def test_the_first_measurements_replace_the_initial_guess() -> None:
     budget = Budget(0.5)
     budget.observe(0.001)
     assert budget.cost == pytest.approx(0.001)
+
+
+def test_a_lagging_loop_slows_probing_down_and_calm_seconds_bring_it_back() -> None:
+    budget = Budget(0.5, cost=0.0001)
+    assert budget.update(1000.0, lag=0.2)  # 0.2 cores is within budget, but the loop lags
+    assert budget.stretch == pytest.approx(1.5)
+    for _ in range(10):
+        budget.update(1000.0, lag=0.2)
+    assert budget.stretch == 8.0  # at most 8x
+    assert not budget.update(1000.0, lag=0.03)  # between the two marks: held
+    for _ in range(12):
+        budget.update(1000.0, lag=0.0)
+    assert budget.stretch == 1.0
+    assert budget.cpu_stretch == 1.0
