@@ -260,10 +260,12 @@ class Runtime:
         route = self.snapshot.services.get(service)
         if route is None:
             return
-        route.refresh(self.health)
-        note_panic(self.metrics, route, route.panic_now())
         if state.status == "healthy" and route.guard.outlier.active_probe_passed(key, time.monotonic()):
             log.info("ejected instance returns: its active health check recovered", extra={"instance": key})
+        if state.eligible == (state.previous != "unhealthy"):
+            return  # unknown -> healthy: eligible before and after (20,000 of them on the first round)
+        route.refresh(self.health)
+        note_panic(self.metrics, route, route.panic_now())
         for inst, k in zip(route.instances, route.keys, strict=True):
             if k == key:
                 self.metrics.instance_up.labels(service, inst.address).set(1 if state.eligible else 0)
