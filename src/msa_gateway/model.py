@@ -51,6 +51,28 @@ class HealthCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeLimits:
+    """How active probing as a whole may load the gateway (``health/scheduler.py``).
+
+    ``concurrency``: probes in flight at once. ``cpu_budget``: share of one core probing may use;
+    past it every interval is stretched alike. ``lag_fraction``: a timeout during which the
+    gateway's own event loop ran this share of the timeout late is not held against the instance.
+    """
+
+    concurrency: int = 512
+    cpu_budget: float = 0.5
+    lag_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if not self.cpu_budget > 0:
+            raise ValueError("cpu_budget must be > 0")
+        if not 0 < self.lag_fraction <= 1:
+            raise ValueError("lag_fraction must be more than 0 and at most 1")
+
+
+@dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Retry settings of one service; the defaults retry only what cannot have been delivered.
 

@@ -118,6 +118,9 @@ class Settings(BaseSettings):
 
     workers: Annotated[int, Field(ge=1, le=256)] = 1
     shared_health_hints: bool = False
+    health_probe_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 512
+    health_probe_cpu_budget: Annotated[float, Field(gt=0, le=64)] = 0.5
+    health_probe_lag_fraction: Annotated[float, Field(gt=0, le=1)] = 0.25
 
     @field_validator("workers", mode="before")
     @classmethod

@@ -1,47 +1,36 @@
-"""Active health checks: one named probe task per instance, reconciled after every swap.
+"""Active health checks: every instance with a health path, probed by one scheduler task.
 
-A probe is an HTTP GET of the instance's health path; any 2xx/3xx within the timeout passes.
-Results go only to the health table, which outlives snapshots.
+A probe is an HTTP GET of the instance's health path; any 2xx/3xx within the timeout passes
+(``probe.py``). ``scheduler.py`` decides when (stable phases, bounded concurrency, a CPU budget,
+no verdict from a probe the gateway's own lag spoiled). Results go only to the health table,
+which outlives snapshots.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import logging
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import aiohttp
-
+from msa_gateway.health.lag import LoopLag
+from msa_gateway.health.probe import HttpProber, ProbeResult
+from msa_gateway.health.scheduler import ProbeScheduler
 from msa_gateway.health.table import HealthTable
-from msa_gateway.model import HealthCheck, Instance
+from msa_gateway.model import HealthCheck, Instance, ProbeLimits
 from msa_gateway.tasks import Supervised, Supervisor
 
-log = logging.getLogger("msa_gateway.health")
+__all__ = ["ActiveHealthChecker", "ProbeResult", "ProbeTarget"]
 
 
 @dataclass(frozen=True, slots=True)
 class ProbeTarget:
-    """What to probe for one instance; a change restarts its task."""
+    """What to probe for one instance; a change gives it a new schedule entry (same phase)."""
 
     service: str
     key: str
     instance: Instance
     path: str
     check: HealthCheck
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    """The outcome of one probe."""
-
-    ok: bool
-    status: int | None
-    latency_ms: float
-    error: str | None = None
 
 
 class ActiveHealthChecker:
@@ -53,58 +42,30 @@ class ActiveHealthChecker:
         on_result: Callable[[ProbeTarget, ProbeResult], None] | None = None,
         *,
         tasks: Supervisor | None = None,
+        limits: ProbeLimits | None = None,
+        lag: LoopLag | None = None,
     ) -> None:
         self._table = table
         self._supervisor = tasks or Supervisor()
-        self._tasks: dict[str, tuple[ProbeTarget, Supervised]] = {}
-        self._session: aiohttp.ClientSession | None = None
-        self._rng = random.Random()
         self._on_result = on_result
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64, force_close=True),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                auto_decompress=False,
-            )
-        return self._session
+        self.limits = limits or ProbeLimits()
+        self.lag = lag
+        self.prober = HttpProber()
+        self.scheduler = ProbeScheduler(self.limits, self._probe_target, self.record, lag)
+        self._task: Supervised | None = None
 
     async def probe(self, instance: Instance, path: str, timeout: float) -> ProbeResult:
         """Probe ``instance`` once now."""
-        started = time.perf_counter()
-        try:
-            async with self._client().get(
-                instance.base_url + path,
-                timeout=aiohttp.ClientTimeout(total=timeout),
-                allow_redirects=False,
-                headers={"User-Agent": "msa-gateway-health"},
-            ) as resp:
-                await resp.read()
-                ok = 200 <= resp.status < 400
-                return ProbeResult(
-                    ok,
-                    resp.status,
-                    (time.perf_counter() - started) * 1000,
-                    None if ok else f"status {resp.status}",
-                )
-        except TimeoutError:
-            return ProbeResult(False, None, (time.perf_counter() - started) * 1000, "timeout")
-        except (aiohttp.ClientError, OSError) as exc:
-            reason = (
-                "connection refused" if isinstance(exc, aiohttp.ClientConnectorError) else type(exc).__name__
-            )
-            return ProbeResult(False, None, (time.perf_counter() - started) * 1000, reason)
+        return await self.prober.probe(instance, path, timeout)
+
+    async def _probe_target(self, target: ProbeTarget) -> ProbeResult:
+        return await self.prober.probe(target.instance, target.path, target.check.timeout)
 
     def reconcile(self, targets: Mapping[str, ProbeTarget]) -> None:
-        """Start probes for new targets, stop removed ones, keep unchanged ones running."""
-        for key in [k for k in self._tasks if k not in targets or targets[k] != self._tasks[k][0]]:
-            _, task = self._tasks.pop(key)
-            task.cancel()
-        for key, target in targets.items():
-            if key not in self._tasks:
-                task = self._supervisor.spawn("health_probe", functools.partial(self._loop, target), key=key)
-                self._tasks[key] = (target, task)
+        """Probe exactly ``targets``: new ones soon, removed ones no more, unchanged ones on their phase."""
+        self.scheduler.set_targets(targets)
+        if targets and self._task is None:
+            self._task = self._supervisor.spawn("health_probe", self.scheduler.run)
 
     def record(self, target: ProbeTarget, result: ProbeResult) -> None:
         """Write one probe result to the table."""
@@ -121,25 +82,14 @@ class ActiveHealthChecker:
         if self._on_result is not None:
             self._on_result(target, result)
 
-    async def _loop(self, target: ProbeTarget) -> None:
-        check = target.check
-        await asyncio.sleep(self._rng.uniform(0, min(check.interval, 0.2)))
-        while True:
-            result = await self.probe(target.instance, target.path, check.timeout)
-            self.record(target, result)
-            await asyncio.sleep(check.interval)
-
     @property
     def running(self) -> int:
-        """Return how many probe tasks run."""
-        return len(self._tasks)
+        """Return how many instances are being probed."""
+        return len(self.scheduler.targets)
 
     async def aclose(self) -> None:
-        """Stop every probe and close the probe client."""
-        tasks = [t for _, t in self._tasks.values()]
-        self._tasks.clear()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*(t.stop() for t in tasks))
-        if self._session is not None:
-            await self._session.close()
+        """Stop the scheduler and every probe in flight."""
+        if self._task is not None:
+            await self._task.stop()
+            self._task = None
+        await self.scheduler.aclose()

@@ -32,6 +32,7 @@ class HealthState:
     last_latency_ms: float | None = None
     last_error: str | None = None
     since: float | None = None
+    previous: Status = "unknown"  # the status before the last flip
 
     @property
     def eligible(self) -> bool:
@@ -62,7 +63,7 @@ class HealthState:
             target = "unhealthy"
             flip = self.status != "unhealthy" and self.failures >= unhealthy_threshold
         if flip:
-            previous = self.status
+            previous = self.previous = self.status
             self.status, self.since = target, now
             return previous != "unknown" or target == "unhealthy"
         return False
@@ -136,6 +137,8 @@ class HealthTable:
     def assign(self, service: str, key: str, state: HealthState) -> None:
         """Take ``state`` as found by another process's probe (workers share one prober); notify on a flip."""
         before = self.get(key).status
+        if state.status != before:
+            state.previous = before  # what this process saw before, whatever the prober's history
         self._states[key] = state
         if state.status != before and self._listener is not None:
             self._listener(service, key, state)

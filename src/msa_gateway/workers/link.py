@@ -60,8 +60,16 @@ class WorkerEnv:
 class SharedChecker(ActiveHealthChecker):
     """Active checks run by one worker per host; every result is published to the others."""
 
-    def __init__(self, table: HealthTable, link: WorkerLink, *, probing: bool, tasks: Supervisor) -> None:
-        super().__init__(table, tasks=tasks)
+    def __init__(
+        self,
+        table: HealthTable,
+        link: WorkerLink,
+        *,
+        probing: bool,
+        tasks: Supervisor,
+        like: ActiveHealthChecker,
+    ) -> None:
+        super().__init__(table, tasks=tasks, limits=like.limits, lag=like.lag)
         self.table = table
         self.link = link
         self.probing = probing
@@ -92,7 +100,7 @@ class WorkerLink:
         """Wire the runtime to the hub: shared checks, ejections out, metrics through the hub."""
         rt = self.rt
         rt.worker = self.env.index
-        rt.checker = SharedChecker(rt.health, self, probing=self.env.probes, tasks=rt.tasks)
+        rt.checker = SharedChecker(rt.health, self, probing=self.env.probes, tasks=rt.tasks, like=rt.checker)
         rt.sync.sinks.append(self.publish_eject)
         rt.metrics.aggregate = self.scrape
         rt.spawn("worker_link", self.run)

@@ -44,3 +44,18 @@ def test_table_notifies_and_retains() -> None:
 def test_instance_key_is_short_when_id_is_address() -> None:
     assert instance_key("s", "h:1", "h:1") == "s/h:1"
     assert instance_key("s", "id", "h:1") == "s/id@h:1"
+
+
+def test_a_flip_remembers_the_status_before_it() -> None:
+    s = HealthState()
+    s.record(True, healthy_threshold=1, unhealthy_threshold=1, now=1)
+    assert (s.previous, s.status) == ("unknown", "healthy")
+    s.record(False, healthy_threshold=1, unhealthy_threshold=1, now=2)
+    assert (s.previous, s.status) == ("healthy", "unhealthy")
+
+
+def test_an_assigned_state_takes_this_process_s_previous_status() -> None:
+    table = HealthTable()
+    table.record("svc", "svc/a", False, healthy_threshold=1, unhealthy_threshold=1, now=1)
+    table.assign("svc", "svc/a", HealthState(status="healthy", previous="unknown"))
+    assert table.get("svc/a").previous == "unhealthy"
