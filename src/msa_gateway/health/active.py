@@ -11,7 +11,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -105,6 +105,24 @@ class ActiveHealthChecker:
             if key not in self._tasks:
                 task = self._supervisor.spawn("health_probe", functools.partial(self._loop, target), key=key)
                 self._tasks[key] = (target, task)
+
+    def update(self, targets: Mapping[str, ProbeTarget], removed: Iterable[str]) -> None:
+        """Start (or restart, when changed) the probes of ``targets`` and stop those of ``removed``.
+
+        ``reconcile`` for a part of the registry: a swap calls it for the services it rebuilt only.
+        """
+        for key in removed:
+            entry = self._tasks.pop(key, None)
+            if entry is not None:
+                entry[1].cancel()
+        for key, target in targets.items():
+            entry = self._tasks.get(key)
+            if entry is not None:
+                if entry[0] == target:
+                    continue
+                entry[1].cancel()
+            task = self._supervisor.spawn("health_probe", functools.partial(self._loop, target), key=key)
+            self._tasks[key] = (target, task)
 
     def record(self, target: ProbeTarget, result: ProbeResult) -> None:
         """Write one probe result to the table."""
