@@ -1,14 +1,21 @@
-"""Redis provider: watch the layout written by ``redis_registry`` and emit complete snapshots.
+"""Redis provider: watch the layout written by ``redis_registry``, reading only what changed.
 
-``watch()`` subscribes to the events channel first, then re-reads everything (one script with
-the server's ``TIME``) on every event, just after the earliest instance expiry, and every
-``resync_interval`` seconds; the resync also ``SCAN``s for the original ``service:{name}``
-hashes. Writers of that original layout publish no events, so between reads the provider polls
-a fingerprint every ``legacy_poll`` seconds (one ``EVALSHA`` answering ``DBSIZE`` and a SHA-1 of
-the known ``service:*`` hashes, computed in Redis): a changed digest triggers a read, a changed
-``DBSIZE`` (a key came or went) a ``SCAN`` and a read; an idle registry costs 1/``legacy_poll``
-small commands a second. Bad entries are skipped with one warning naming the key; a connection
-error raises ``DiscoveryError`` and the aggregator restarts ``watch()``, whose first read catches up.
+``watch()`` subscribes to the events channel first, then keeps a ``RedisView`` (``redis_view.py``)
+up to date one service at a time: an event names its service and only that service is read
+(a burst of events: the services it names, in batches); just after a service's earliest
+instance expiry, that service is read; and every ``resync_interval`` seconds a resync walks the
+services set with ``SSCAN`` in steps of ``SCAN_COUNT`` services, each step answering a digest per
+service (SHA-1 in Redis over its hash and live ids), and reads whole only the services whose
+digest differs from the one held. Each script call is short: no command walks the registry. A
+snapshot is yielded only when something changed, with unchanged services as the same tuples.
+
+The original ``service:{name}`` hashes are found by ``SCAN`` at each resync. Writers of that
+layout publish no events, so between reads the provider polls a fingerprint every ``legacy_poll``
+seconds (one ``EVALSHA`` answering ``DBSIZE`` and a SHA-1 of the known ``service:*`` hashes,
+computed in Redis): a changed digest triggers a read of them, a changed ``DBSIZE`` a ``SCAN`` too;
+an idle registry costs 1/``legacy_poll`` small commands a second. Bad entries are skipped with one
+warning naming the key; a connection error raises ``DiscoveryError`` and the aggregator restarts
+``watch()``, whose first read catches up.
 """
 
 from __future__ import annotations
@@ -17,32 +24,28 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Self
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any, Self
 
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from msa_gateway.discovery import codec
-from msa_gateway.discovery.codec import valid_host, valid_port, validate_instance_id
 from msa_gateway.discovery.redis_registry import (
     DEFAULT_PREFIX,
     connect,
     events_channel,
-    expiry_key,
-    instances_key,
     services_key,
 )
+from msa_gateway.discovery.redis_view import RedisView, ServiceRead, pairs, parse_row
 from msa_gateway.errors import DiscoveryError
 from msa_gateway.model import Discovered, Instance
-from msa_gateway.settings import GatewayConfig, Settings, validate_service_name
+from msa_gateway.settings import GatewayConfig, Settings
 from msa_gateway.tasks import Supervisor
 
 log = logging.getLogger(__name__)
 
-SOURCE = "redis"
 LEGACY_PATTERN = "service:*"
 LEGACY_POLL = 0.5  # seconds between fingerprint polls: an original-layout change is read within ~0.5 s
 EXPIRY_SLACK = 0.005  # re-read this long after the earliest expiry, so it has passed on the server
@@ -72,166 +75,108 @@ end
 # KEYS: the services set, then legacy hashes. Answers [DBSIZE, digest] (see _FINGERPRINT).
 POLL_LUA = _FINGERPRINT + "return fingerprint()\n"
 
-# KEYS: the services set, then legacy hashes. ARGV: the per-service key prefix "P:service:".
-# Answers one JSON text: [now_ms, [[name, hash, zset], ...], [[key, hash], ...], [dbsize, digest]]
-# where a hash or zset is a flat [field, value, ...] list ({} when empty or missing, false when of
-# another type).
-READ_LUA = (
-    _FINGERPRINT
-    + """
+# One service, read atomically: [name, digest, lowest live score, highest finite live score] and,
+# when ``known`` is given and differs from the digest, its hash and zset as flat lists. The digest
+# covers the hash (sorted) and which ids are live, not the scores: heartbeats do not change it.
+# A hash or zset of another type answers digest false.
+_SERVICE = """
 local t = redis.call('TIME')
-local function get(key, kind, ...)
-  local found = redis.call('TYPE', key).ok
-  if found == 'none' then return {} end
-  if found ~= kind then return false end
-  return redis.call(...)
-end
-local services = {}
-for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local ikey, ekey = ARGV[1] .. name .. ':instances', ARGV[1] .. name .. ':expiry'
-  services[#services + 1] = {
-    name,
-    get(ikey, 'hash', 'HGETALL', ikey),
-    get(ekey, 'zset', 'ZRANGE', ekey, 0, -1, 'WITHSCORES'),
-  }
-end
-local legacy = {}
-for i = 2, #KEYS do
-  legacy[#legacy + 1] = {KEYS[i], get(KEYS[i], 'hash', 'HGETALL', KEYS[i])}
-end
 local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-return cjson.encode({now, services, legacy, fingerprint()})
+local function service(prefix, name, known)
+  local ikey, ekey = prefix .. name .. ':instances', prefix .. name .. ':expiry'
+  local itype, etype = redis.call('TYPE', ikey).ok, redis.call('TYPE', ekey).ok
+  if (itype ~= 'hash' and itype ~= 'none') or (etype ~= 'zset' and etype ~= 'none') then
+    return {name, false, false, false}
+  end
+  local flat = redis.call('HGETALL', ikey)
+  local live = redis.call('ZRANGEBYSCORE', ekey, '(' .. now, '+inf', 'WITHSCORES')
+  local items, ids = {}, {}
+  for j = 1, #flat, 2 do
+    items[#items + 1] = #flat[j] .. ':' .. flat[j] .. #flat[j + 1] .. ':' .. flat[j + 1]
+  end
+  for j = 1, #live, 2 do ids[#ids + 1] = #live[j] .. ':' .. live[j] end
+  table.sort(items)
+  table.sort(ids)
+  local digest = redis.sha1hex(table.concat(items) .. '|' .. table.concat(ids))
+  local hi = false
+  for j = #live, 2, -2 do
+    if live[j] ~= 'inf' then hi = live[j] break end
+  end
+  local row = {name, digest, live[2] or false, hi}
+  if known and known ~= digest then
+    row[5] = flat
+    row[6] = redis.call('ZRANGE', ekey, 0, -1, 'WITHSCORES')
+  end
+  return row
+end
+"""
+
+# ARGV: the per-service key prefix "P:service:", then name, known digest ('' for none), ...
+# Answers JSON [now_ms, [row, ...]] with the content of every service whose digest differs.
+READ_LUA = (
+    _SERVICE
+    + """
+local rows = {}
+for i = 2, #ARGV, 2 do rows[#rows + 1] = service(ARGV[1], ARGV[i], ARGV[i + 1]) end
+return cjson.encode({now, rows})
 """
 )
 
+# KEYS: the services set. ARGV: the per-service key prefix, an SSCAN cursor, a COUNT.
+# Answers JSON [now_ms, [row without content, ...], next cursor]: one step of a full resync.
+SCAN_LUA = (
+    _SERVICE
+    + """
+local step = redis.call('SSCAN', KEYS[1], ARGV[2], 'COUNT', ARGV[3])
+local rows = {}
+for _, name in ipairs(step[2]) do rows[#rows + 1] = service(ARGV[1], name, nil) end
+return cjson.encode({now, rows, step[1]})
+"""
+)
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class RawService:
-    """What one read returned for one service of the current layout."""
+# KEYS: the services set, then legacy hashes. Answers JSON [[[key, hash], ...], [dbsize, digest]].
+LEGACY_LUA = (
+    _FINGERPRINT
+    + """
+local legacy = {}
+for i = 2, #KEYS do
+  local found = redis.call('TYPE', KEYS[i]).ok
+  legacy[#legacy + 1] = {KEYS[i], found == 'hash' and redis.call('HGETALL', KEYS[i]) or {}}
+end
+return cjson.encode({legacy, fingerprint()})
+"""
+)
 
-    name: str
-    instances: Mapping[str, str]
-    expiry: Sequence[tuple[str, float]]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Reading:
-    """A parsed read: the snapshot, when the next live instance expires, what was skipped, the fingerprint."""
-
-    snapshot: dict[str, tuple[Instance, ...]]
-    now_ms: int
-    next_expiry_ms: float | None
-    problems: tuple[str, ...]
-    fingerprint: tuple[int, str] | None = None
-    longest_ttl_ms: float | None = None  # the longest remaining lifetime of a live instance
-
-
-def parse_legacy(instance_id: str, raw: str) -> Instance:
-    """Parse a ``"host:port"`` value of the original layout; raise ``ValueError`` if it is not one."""
-    text = raw.strip()
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected 'host:port', got {text!r}")
-    return Instance(id=instance_id, host=valid_host(host), port=valid_port(int(port)), source=SOURCE)
-
-
-def _name(name: str) -> str:
-    why = validate_service_name(name)
-    if why:
-        raise ValueError(why)
-    return name
+SCAN_COUNT = 32  # services per resync step: a few ms of Redis time at most at 10 instances each
+READ_BATCH = 256  # instances (as last known) per read of named services
+MAX_EVENT_SERVICES = 512  # more services named in one burst of events: a full resync instead
+MAX_BURST = 10_000  # events drained in one go before falling back to a full resync
 
 
-def _id(instance_id: str) -> str:
-    why = validate_instance_id(instance_id)
-    if why:
-        raise ValueError(f"instance id {instance_id!r}: {why}")
-    return instance_id
+@dataclasses.dataclass(slots=True)
+class Wake:
+    """Why ``_wait`` returned: services named by events, a full resync, the original layout."""
+
+    names: set[str] = dataclasses.field(default_factory=set)
+    full: bool = False
+    rescan: bool = False  # DBSIZE changed: look for original-layout keys again
+    legacy: bool = False  # the original layout's fingerprint changed
 
 
-def build_snapshot(
-    now_ms: int,
-    services: Sequence[RawService],
-    legacy: Mapping[str, Mapping[str, str]] | None = None,
-    prefix: str = DEFAULT_PREFIX,
-) -> Reading:
-    """Turn one read into a snapshot of live instances, skipping (and reporting) bad entries."""
-    found: dict[str, dict[str, Instance]] = {}
-    problems: list[str] = []
-    next_expiry: float | None = None
-    last_expiry: float | None = None
-    for svc in services:
-        try:
-            name = _name(svc.name)
-        except ValueError as exc:
-            problems.append(f"{services_key(prefix)} member {svc.name!r}: {exc}")
-            continue
-        key = instances_key(prefix, name)
-        scores = dict(svc.expiry)
-        for raw_id, raw in svc.instances.items():
-            score = scores.get(raw_id)
-            if score is not None and score <= now_ms:
-                continue  # expired: not yet purged by a registrar, but gone
-            try:
-                instance_id = _id(raw_id)
-                if score is None:
-                    raise ValueError(f"no expiry entry in {expiry_key(prefix, name)}")
-                instance = codec.decode(raw, source=SOURCE, instance_id=instance_id)
-            except ValueError as exc:
-                problems.append(f"{key} field {raw_id!r}: {exc}")
-                continue
-            found.setdefault(name, {})[instance_id] = instance
-            if score != float("inf"):
-                next_expiry = score if next_expiry is None else min(next_expiry, score)
-                last_expiry = score if last_expiry is None else max(last_expiry, score)
-    for key, fields in (legacy or {}).items():
-        try:
-            name = _name(key.removeprefix("service:"))
-        except ValueError as exc:
-            problems.append(f"{key}: {exc}")
-            continue
-        current = found.setdefault(name, {})
-        for raw_id, raw in fields.items():
-            try:
-                instance_id = _id(raw_id)
-                instance = parse_legacy(instance_id, raw)
-            except ValueError as exc:
-                problems.append(f"{key} field {raw_id!r}: {exc}")
-                continue
-            if instance_id in current:
-                problems.append(f"{key} field {instance_id!r}: shadowed by {instances_key(prefix, name)}")
-                continue
-            current[instance_id] = instance
-    snapshot = {
-        name: tuple(insts[i] for i in sorted(insts)) for name, insts in sorted(found.items()) if insts
-    }
-    longest = None if last_expiry is None else last_expiry - now_ms
-    return Reading(snapshot, now_ms, next_expiry, tuple(problems), longest_ttl_ms=longest)
+def parse_event(data: object) -> str | None:
+    """Return the service an events-channel message names (None: not one of ours)."""
+    try:
+        doc = orjson.loads(data if isinstance(data, (bytes, str)) else b"")
+    except orjson.JSONDecodeError:
+        return None
+    service = doc.get("service") if isinstance(doc, dict) else None
+    return service if isinstance(service, str) else None
 
 
-def _pairs(flat: object) -> list[tuple[str, str]]:
-    """Pair up a flat ``[k1, v1, k2, v2]`` reply (an empty Lua table arrives as ``{}``)."""
-    if not isinstance(flat, list):
-        return []
-    return list(zip(flat[::2], flat[1::2], strict=True))
-
-
-def parse_read(payload: bytes, prefix: str = DEFAULT_PREFIX) -> Reading:
-    """Parse the JSON answer of ``READ_LUA`` (invalid UTF-8 becomes U+FFFD and fails validation)."""
-    now, raw_services, raw_legacy, *rest = orjson.loads(payload.decode("utf-8", "replace"))
-    services: list[RawService] = []
-    problems: list[str] = []
-    for name, fields, scores in raw_services:
-        if fields is False or scores is False:
-            key = instances_key(prefix, name) if fields is False else expiry_key(prefix, name)
-            problems.append(f"{key}: wrong type (want a hash and a zset)")
-            continue
-        expiry = [(member, float(score)) for member, score in _pairs(scores)]
-        services.append(RawService(name, dict(_pairs(fields)), expiry))
-    legacy = {key: dict(_pairs(fields)) for key, fields in raw_legacy if fields}
-    reading = build_snapshot(int(now), services, legacy, prefix)
-    fingerprint = (int(rest[0][0]), str(rest[0][1])) if rest else None
-    return dataclasses.replace(reading, problems=(*problems, *reading.problems), fingerprint=fingerprint)
+def parse_answer(payload: bytes) -> tuple[int, list[ServiceRead], Any]:
+    """Parse a ``READ_LUA``/``SCAN_LUA`` answer (invalid UTF-8 becomes U+FFFD and fails validation)."""
+    now, rows, *rest = orjson.loads(payload.decode("utf-8", "replace"))
+    return int(now), [parse_row(row) for row in rows], rest[0] if rest else None
 
 
 class RedisProvider:
@@ -255,7 +200,10 @@ class RedisProvider:
         self.longest_ttl: float | None = None  # seconds; read by the aggregator for its recovery grace
         self._per_service = f"{prefix}:service:"
         self._read = client.register_script(READ_LUA)
+        self._scan = client.register_script(SCAN_LUA)
+        self._read_legacy = client.register_script(LEGACY_LUA)
         self._fingerprint = client.register_script(POLL_LUA)
+        self._clock: tuple[float, float] = (0.0, 0.0)  # (Redis ms, loop time) of the last answer
         kw = client.connection_pool.connection_kwargs
         self._where = f"{kw.get('host', kw.get('path', '?'))}:{kw.get('port', '')}"
 
@@ -267,13 +215,72 @@ class RedisProvider:
         del tasks  # the re-reads run inside watch(), no background task
         return cls(connect(settings, retries=0))
 
-    async def read(self, legacy_keys: Sequence[bytes] = ()) -> Reading:
-        """Read every service (and the given legacy hashes) in one atomic script."""
-        payload = await self._read(keys=[services_key(self._prefix), *legacy_keys], args=[self._per_service])
-        return parse_read(payload, self._prefix)
+    # --- reads ----------------------------------------------------------------------------
+
+    def _took(self, now_ms: int) -> None:
+        self._clock = (float(now_ms), asyncio.get_running_loop().time())
+
+    def _redis_now_ms(self) -> float:
+        """Return the Redis clock now, as estimated from the last answer."""
+        at_ms, at_loop = self._clock
+        return at_ms + (asyncio.get_running_loop().time() - at_loop) * 1000
+
+    async def read_names(self, view: RedisView, names: Iterable[str]) -> bool:
+        """Read the named services (only those whose digest changed come back whole); return whether
+        the view changed. Batches hold about ``READ_BATCH`` instances, so no call runs long in Redis."""
+        changed = False
+        batch: list[str] = []
+        size = 0
+        pending = list(dict.fromkeys(names))
+        for n, name in enumerate(pending, 1):
+            batch += [name, view.digest(name)]
+            size += max(1, view.size(name))
+            if size >= READ_BATCH or n == len(pending):
+                payload = await self._read(args=[self._per_service, *batch])
+                now, rows, _ = parse_answer(payload)
+                self._took(now)
+                changed |= view.apply(rows, now)[0]
+                batch, size = [], 0
+        return changed
+
+    async def resync(self, view: RedisView) -> bool:
+        """Walk the whole services set in small steps, comparing digests; read what differs whole.
+
+        Services missing from the set at the end are dropped. Return whether the view changed.
+        """
+        cursor, changed = "0", False
+        present: set[str] = set()
+        while True:
+            payload = await self._scan(
+                keys=[services_key(self._prefix)], args=[self._per_service, cursor, SCAN_COUNT]
+            )
+            now, rows, cursor = parse_answer(payload)
+            self._took(now)
+            present.update(row.name for row in rows)
+            step_changed, stale = view.apply(rows, now)
+            changed |= step_changed
+            if stale:
+                changed |= await self.read_names(view, stale)
+            if str(cursor) == "0":
+                break
+        return view.drop_missing(present) | changed
+
+    async def read_legacy(self, view: RedisView, keys: Sequence[bytes]) -> tuple[bool, tuple[int, str]]:
+        """Read the original layout's hashes; return whether the view changed and their fingerprint."""
+        payload = await self._read_legacy(keys=[services_key(self._prefix), *keys])
+        hashes, (size, digest) = orjson.loads(payload.decode("utf-8", "replace"))
+        found = {str(key): dict(pairs(fields)) for key, fields in hashes if isinstance(fields, list)}
+        return view.apply_legacy(found), (int(size), str(digest))
+
+    async def read(self) -> dict[str, tuple[Instance, ...]]:
+        """Read everything once, both layouts (the CLI and tests; ``watch`` keeps its own view)."""
+        view = RedisView(self._prefix)
+        await self.resync(view)
+        await self.read_legacy(view, await self.scan_legacy())
+        return view.discovered()
 
     async def fingerprint(self, legacy_keys: Sequence[bytes] = ()) -> tuple[int, str]:
-        """Return ``DBSIZE`` and the digest of the given legacy hashes, as ``read()`` reports them."""
+        """Return ``DBSIZE`` and the digest of the given legacy hashes, as ``read_legacy`` reports them."""
         size, digest = await self._fingerprint(keys=[services_key(self._prefix), *legacy_keys])
         return int(size), digest.decode() if isinstance(digest, bytes) else str(digest)
 
@@ -284,37 +291,47 @@ class RedisProvider:
         keys = [k async for k in self._redis.scan_iter(match=LEGACY_PATTERN, count=1000, _type="hash")]
         return sorted(keys)
 
+    # --- the watch --------------------------------------------------------------------------
+
     async def watch(self) -> AsyncIterator[Discovered]:
         """Yield the current snapshot, then a new one after every change; raise ``DiscoveryError``."""
         loop = asyncio.get_running_loop()
         pubsub = self._redis.pubsub()
-        last: dict[str, tuple[Instance, ...]] | None = None
-        reported: frozenset[str] = frozenset()
+        view = RedisView(self._prefix)
         legacy_keys: list[bytes] = []
+        polled: tuple[int, str] | None = None
+        wake = Wake(full=True)
         next_resync = 0.0
-        rescan = False
+        first = True
         try:
             await pubsub.subscribe(events_channel(self._prefix))
             while True:
-                if rescan or loop.time() >= next_resync:
-                    legacy_keys = await self.scan_legacy()
+                changed = False
+                if wake.full or loop.time() >= next_resync:
                     next_resync = loop.time() + self._resync
-                reading = await self.read(legacy_keys)
-                for problem in reading.problems:
-                    if problem not in reported:
-                        log.warning("redis discovery: skipping %s", problem)
-                reported = frozenset(reading.problems)
-                if reading.longest_ttl_ms is not None:
-                    self.longest_ttl = max(self.longest_ttl or 0.0, reading.longest_ttl_ms / 1000)
-                if reading.snapshot != last:
-                    last = reading.snapshot
-                    yield last
-                wake = next_resync
-                if reading.next_expiry_ms is not None:
-                    delay = (reading.next_expiry_ms - reading.now_ms) / 1000 + EXPIRY_SLACK
-                    wake = min(wake, loop.time() + delay)
-                polled = (legacy_keys, reading.fingerprint) if self._legacy and reading.fingerprint else None
-                rescan = await self._wait(pubsub, wake, polled)
+                    changed |= await self.resync(view)
+                    wake.rescan = wake.legacy = self._legacy
+                elif wake.names:
+                    changed |= await self.read_names(view, wake.names)
+                else:
+                    changed |= await self.read_names(view, view.due(self._redis_now_ms()))
+                if wake.rescan:
+                    legacy_keys = await self.scan_legacy()
+                if wake.legacy or wake.rescan:
+                    legacy_changed, polled = await self.read_legacy(view, legacy_keys)
+                    changed |= legacy_changed
+                if view.longest_ttl_ms is not None:
+                    self.longest_ttl = view.longest_ttl_ms / 1000
+                if changed or first:
+                    first = False
+                    yield view.discovered()
+                until = next_resync
+                expiry = view.next_expiry_ms()
+                if expiry is not None:
+                    until = min(until, loop.time() + (expiry - self._redis_now_ms()) / 1000 + EXPIRY_SLACK)
+                wake = await self._wait(
+                    pubsub, until, (legacy_keys, polled) if self._legacy and polled else None
+                )
         except (RedisError, OSError) as exc:
             with contextlib.suppress(RedisError, OSError):
                 await self._redis.connection_pool.disconnect()  # the next watch() starts afresh
@@ -325,10 +342,10 @@ class RedisProvider:
 
     async def _wait(
         self, pubsub: PubSub, wake: float, polled: tuple[Sequence[bytes], tuple[int, str]] | None
-    ) -> bool:
-        """Return at loop time ``wake``, as soon as an event arrives (draining any burst) or, with
-        ``polled`` (legacy keys and their fingerprint at the last read), when the fingerprint
-        changes; answer True when ``DBSIZE`` changed, so the legacy keys must be scanned again.
+    ) -> Wake:
+        """Return at loop time ``wake`` (an empty ``Wake``), as soon as events arrive (the services
+        they name, draining any burst) or, with ``polled`` (legacy keys and their fingerprint at the
+        last read), when the fingerprint changes (``rescan`` too when ``DBSIZE`` changed).
         """
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
@@ -340,15 +357,31 @@ class RedisProvider:
                 # (redis-py #2551): honour it here, or the watch would never stop.
                 raise asyncio.CancelledError
             if message is not None:
-                while await pubsub.get_message(ignore_subscribe_messages=True, timeout=0) is not None:
-                    pass
-                return False
+                return await self._drain(pubsub, message)
             if polled is not None and loop.time() < wake:
                 keys, seen = polled
                 now = await self.fingerprint(keys)
                 if now != seen:
-                    return now[0] != seen[0]
-        return False
+                    return Wake(legacy=True, rescan=now[0] != seen[0])
+        return Wake()
+
+    async def _drain(self, pubsub: PubSub, message: Mapping[str, Any]) -> Wake:
+        """Collect the services named by ``message`` and every event already waiting behind it."""
+        out = Wake()
+        count = 0
+        while message is not None:
+            name = parse_event(message.get("data"))
+            if name is None:
+                out.full = True
+            else:
+                out.names.add(name)
+            count += 1
+            if count >= MAX_BURST or len(out.names) > MAX_EVENT_SERVICES:
+                return Wake(full=True)
+            if count % 100 == 0:
+                await asyncio.sleep(0)  # a flood of events must not hold the loop
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
+        return out
 
     async def aclose(self) -> None:
         """Close the client and its connection pool."""
