@@ -12,7 +12,7 @@ import gc
 import logging
 import time
 from collections import Counter
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 
 from msa_gateway import __version__
 from msa_gateway.discovery.aggregator import Aggregator
@@ -165,19 +165,25 @@ class Runtime:
         for _ in swap_steps(self, discovered):
             pass
 
-    async def update(self, discovered: Discovered) -> None:
+    async def update(self, discovered: Discovered, swapped: Callable[[], None] | None = None) -> None:
         """Bring the snapshot in line with ``discovered``, pausing every ``SLICE`` seconds of work.
 
         The aggregator's path: only changed services are rebuilt, and a large change (a full
-        snapshot replacing every instance) gives the event loop a turn every few ms.
+        snapshot replacing every instance) gives the event loop a turn every few ms. ``swapped``
+        is called as soon as the new snapshot routes requests (the gateway is ready from then),
+        before the follow-up work on metrics and probes ends.
         """
         self._finish()
         self.discovered = discovered
         steps = self._steps = swap_steps(self, discovered)
         started = time.perf_counter()
         count = 0
+        before = self.snapshot
         for _ in steps:  # ends at once if ``apply`` finished them while we paused
             count += 1
+            if swapped is not None and self.snapshot is not before:
+                swapped()
+                swapped = None
             if time.perf_counter() - started >= SLICE:
                 await asyncio.sleep(0)
                 started = time.perf_counter()

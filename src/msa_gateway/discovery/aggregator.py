@@ -55,7 +55,7 @@ class Aggregator:
         metrics: Metrics,
         backoff: Backoff | None = None,
         recovery: RecoveryConfig | None = None,
-        update: Callable[[Discovered], Awaitable[None]] | None = None,
+        update: Callable[[Discovered, Callable[[], None]], Awaitable[None]] | None = None,
     ) -> None:
         self.provider = provider
         self._apply = apply
@@ -123,7 +123,7 @@ class Aggregator:
         if self._update is None:
             self._swap(discovered)
         elif self._fresh(discovered):
-            await self._update(discovered)
+            await self._update(discovered, self.loaded.set)  # ready once swapped in
             self.loaded.set()
 
     def _swap(self, discovered: Discovered) -> None:

@@ -39,7 +39,11 @@ SLICE = 0.004  # seconds of work between two pauses of an update
 
 
 def swap_steps(rt: Runtime, discovered: Discovered) -> Generator[None, None, None]:
-    """Bring ``rt.snapshot`` in line with ``discovered`` and ``rt.config``; yield between pieces of work."""
+    """Bring ``rt.snapshot`` in line with ``discovered`` and ``rt.config``; yield between pieces of work.
+
+    Requests route by the new snapshot from the step that assigns ``rt.snapshot`` on, while the
+    follow-up (metrics, probes) goes on.
+    """
     config = rt.config
     old = rt.snapshot
     current = old.services
