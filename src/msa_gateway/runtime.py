@@ -40,7 +40,7 @@ from msa_gateway.tasks import Factory, Supervised, Supervisor
 
 log = logging.getLogger("msa_gateway.registry")
 
-FREEZE_AFTER = 5000  # steps (about one per rebuilt instance) that make an update large
+FREEZE_AFTER = 5000  # update steps (about one per rebuilt instance) between two gc.freeze()
 
 
 class Runtime:
@@ -73,6 +73,7 @@ class Runtime:
         self.built_with: GatewayConfig | None = None  # the config the snapshot was built with
         self.addresses: Counter[str] = Counter()  # instances per upstream address, to close unused pools
         self._steps: Generator[None, None, None] | None = None  # an update in progress
+        self._unfrozen = 0  # update steps since the last gc.freeze()
         self.provider = provider or create_provider(settings, config, self.tasks)
         self.registrar: Registrar | None = None
         grace, grace_max = settings.discovery_recovery_grace, settings.discovery_recovery_grace_max
@@ -189,11 +190,19 @@ class Runtime:
                 started = time.perf_counter()
         if self._steps is steps:
             self._steps = None
-        if count >= FREEZE_AFTER:
-            # A large registry was just built and will live on: keep it out of the collector's
-            # full passes (as start-up does), which would otherwise stall the loop ~100 ms.
+        self._unfrozen += count
+        if self._unfrozen >= FREEZE_AFTER:
+            # Much of the registry was rebuilt (at once or over many updates) and will live on:
+            # keep it out of the collector's full passes (as start-up does), which otherwise
+            # walk it all and stall the loop for tens of ms at 20,000 instances.
+            self._unfrozen = 0
             gc.collect(1)
             gc.freeze()
+
+    @property
+    def updating(self) -> bool:
+        """Return whether an update is still being applied (its follow-up included)."""
+        return self._steps is not None
 
     def _finish(self) -> None:
         steps, self._steps = self._steps, None

@@ -147,10 +147,11 @@ return cjson.encode({legacy, fingerprint()})
 """
 )
 
-SCAN_COUNT = 32  # services per resync step: a few ms of Redis time at most at 10 instances each
+SCAN_COUNT = 16  # services per resync step: about 1 ms of Redis time at 10 instances each
 READ_BATCH = 256  # instances (as last known) per read of named services
-MAX_EVENT_SERVICES = 512  # more services named in one burst of events: a full resync instead
-MAX_BURST = 10_000  # events drained in one go before falling back to a full resync
+MAX_EVENT_SERVICES = 256  # more services named in one burst of events: a resync instead
+MAX_BURST = 1_000  # events drained in one go before falling back to a resync
+SLICE = 0.004  # seconds of event draining between two turns of the event loop
 
 
 @dataclasses.dataclass(slots=True)
@@ -161,6 +162,32 @@ class Wake:
     full: bool = False
     rescan: bool = False  # DBSIZE changed: look for original-layout keys again
     legacy: bool = False  # the original layout's fingerprint changed
+    flood: bool = False  # too many events to take one by one: drop the backlog, resync
+
+
+@dataclasses.dataclass(slots=True)
+class Resync:
+    """A walk of the services set in progress: the ``SSCAN`` cursor and the names seen so far."""
+
+    cursor: str = "0"
+    present: set[str] = dataclasses.field(default_factory=set)
+    steps: int = 0
+
+    @property
+    def done(self) -> bool:
+        """Return whether the walk came back to cursor 0 (after its first step)."""
+        return self.steps > 0 and self.cursor == "0"
+
+
+@dataclasses.dataclass(slots=True)
+class _Watch:
+    """Where one ``watch()`` stands: a resync under way, the last wake-up, the original layout."""
+
+    scan: Resync | None = dataclasses.field(default_factory=Resync)
+    wake: Wake = dataclasses.field(default_factory=Wake)
+    next_resync: float = 0.0
+    legacy_keys: list[bytes] = dataclasses.field(default_factory=list)
+    polled: tuple[int, str] | None = None  # the original layout's fingerprint at its last read
 
 
 def parse_event(data: object) -> str | None:
@@ -243,27 +270,32 @@ class RedisProvider:
                 batch, size = [], 0
         return changed
 
-    async def resync(self, view: RedisView) -> bool:
-        """Walk the whole services set in small steps, comparing digests; read what differs whole.
+    async def resync_step(self, view: RedisView, scan: Resync) -> bool:
+        """Take one step of a resync: ``SCAN_COUNT`` services by digest, then read those that differ.
 
-        Services missing from the set at the end are dropped. Return whether the view changed.
+        The last step drops the services missing from the set. Return whether the view changed.
         """
-        cursor, changed = "0", False
-        present: set[str] = set()
-        while True:
-            payload = await self._scan(
-                keys=[services_key(self._prefix)], args=[self._per_service, cursor, SCAN_COUNT]
-            )
-            now, rows, cursor = parse_answer(payload)
-            self._took(now)
-            present.update(row.name for row in rows)
-            step_changed, stale = view.apply(rows, now)
-            changed |= step_changed
-            if stale:
-                changed |= await self.read_names(view, stale)
-            if str(cursor) == "0":
-                break
-        return view.drop_missing(present) | changed
+        payload = await self._scan(
+            keys=[services_key(self._prefix)], args=[self._per_service, scan.cursor, SCAN_COUNT]
+        )
+        now, rows, cursor = parse_answer(payload)
+        self._took(now)
+        scan.cursor = str(cursor)
+        scan.steps += 1
+        scan.present.update(row.name for row in rows)
+        changed, stale = view.apply(rows, now)
+        if stale:
+            changed |= await self.read_names(view, stale)
+        if scan.done:
+            changed |= view.drop_missing(scan.present)
+        return changed
+
+    async def resync(self, view: RedisView) -> bool:
+        """Walk the whole services set (see ``resync_step``); return whether the view changed."""
+        scan, changed = Resync(), False
+        while not scan.done:
+            changed |= await self.resync_step(view, scan)
+        return changed
 
     async def read_legacy(self, view: RedisView, keys: Sequence[bytes]) -> tuple[bool, tuple[int, str]]:
         """Read the original layout's hashes; return whether the view changed and their fingerprint."""
@@ -294,44 +326,31 @@ class RedisProvider:
     # --- the watch --------------------------------------------------------------------------
 
     async def watch(self) -> AsyncIterator[Discovered]:
-        """Yield the current snapshot, then a new one after every change; raise ``DiscoveryError``."""
-        loop = asyncio.get_running_loop()
-        pubsub = self._redis.pubsub()
+        """Yield the current snapshot, then a new one after every change; raise ``DiscoveryError``.
+
+        A resync runs one step per turn of the loop below; between steps, waiting events are
+        taken at once, so a registration is never held up behind a walk of the whole registry.
+        """
         view = RedisView(self._prefix)
-        legacy_keys: list[bytes] = []
-        polled: tuple[int, str] | None = None
-        wake = Wake(full=True)
-        next_resync = 0.0
-        first = True
+        state = _Watch()
+        first = dirty = True  # the first snapshot waits for the first resync to end
+        pubsub = self._redis.pubsub()
         try:
             await pubsub.subscribe(events_channel(self._prefix))
             while True:
-                changed = False
-                if wake.full or loop.time() >= next_resync:
-                    next_resync = loop.time() + self._resync
-                    changed |= await self.resync(view)
-                    wake.rescan = wake.legacy = self._legacy
-                elif wake.names:
-                    changed |= await self.read_names(view, wake.names)
-                else:
-                    changed |= await self.read_names(view, view.due(self._redis_now_ms()))
-                if wake.rescan:
-                    legacy_keys = await self.scan_legacy()
-                if wake.legacy or wake.rescan:
-                    legacy_changed, polled = await self.read_legacy(view, legacy_keys)
-                    changed |= legacy_changed
+                dirty |= await self._turn(view, state)
                 if view.longest_ttl_ms is not None:
                     self.longest_ttl = view.longest_ttl_ms / 1000
-                if changed or first:
-                    first = False
+                if dirty and not (first and state.scan is not None):
+                    first = dirty = False
                     yield view.discovered()
-                until = next_resync
-                expiry = view.next_expiry_ms()
-                if expiry is not None:
-                    until = min(until, loop.time() + (expiry - self._redis_now_ms()) / 1000 + EXPIRY_SLACK)
-                wake = await self._wait(
-                    pubsub, until, (legacy_keys, polled) if self._legacy and polled else None
-                )
+                state.wake = await self._next(pubsub, view, state)
+                if state.wake.flood:  # the backlog says nothing a resync will not read: drop it
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
+                    pubsub = self._redis.pubsub()
+                    await pubsub.subscribe(events_channel(self._prefix))
+                if state.wake.full:
+                    state.scan = Resync()  # (again) from the start: what it read so far may have changed
         except (RedisError, OSError) as exc:
             with contextlib.suppress(RedisError, OSError):
                 await self._redis.connection_pool.disconnect()  # the next watch() starts afresh
@@ -339,6 +358,44 @@ class RedisProvider:
         finally:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # typed in newer redis-py
+
+    async def _turn(self, view: RedisView, state: _Watch) -> bool:
+        """Read what the last wake-up asked for, one resync step and the expired services."""
+        loop = asyncio.get_running_loop()
+        wake, changed = state.wake, False
+        if state.scan is None and loop.time() >= state.next_resync:
+            state.scan = Resync()
+        if state.scan is not None:
+            changed |= await self.resync_step(view, state.scan)
+            if state.scan.done:
+                state.scan, state.next_resync = None, loop.time() + self._resync
+                wake.rescan = wake.legacy = self._legacy
+        if wake.names:
+            changed |= await self.read_names(view, wake.names)
+        changed |= await self.read_names(view, view.due(self._redis_now_ms()))
+        if wake.rescan:
+            state.legacy_keys = await self.scan_legacy()
+        if wake.legacy or wake.rescan:
+            legacy_changed, state.polled = await self.read_legacy(view, state.legacy_keys)
+            changed |= legacy_changed
+        return changed
+
+    async def _next(self, pubsub: PubSub, view: RedisView, state: _Watch) -> Wake:
+        """Wait for the next thing to do (not at all while a resync is under way)."""
+        if state.scan is not None:
+            return await self._waiting(pubsub)
+        loop = asyncio.get_running_loop()
+        until = state.next_resync
+        expiry = view.next_expiry_ms()
+        if expiry is not None:
+            until = min(until, loop.time() + (expiry - self._redis_now_ms()) / 1000 + EXPIRY_SLACK)
+        legacy = (state.legacy_keys, state.polled) if self._legacy and state.polled else None
+        return await self._wait(pubsub, until, legacy)
+
+    async def _waiting(self, pubsub: PubSub) -> Wake:
+        """Take the events waiting now, without waiting for more."""
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
+        return Wake() if message is None else await self._drain(pubsub, message)
 
     async def _wait(
         self, pubsub: PubSub, wake: float, polled: tuple[Sequence[bytes], tuple[int, str]] | None
@@ -366,9 +423,15 @@ class RedisProvider:
         return Wake()
 
     async def _drain(self, pubsub: PubSub, message: Mapping[str, Any]) -> Wake:
-        """Collect the services named by ``message`` and every event already waiting behind it."""
+        """Collect the services named by ``message`` and every event already waiting behind it.
+
+        A flood (more than ``MAX_EVENT_SERVICES`` services or ``MAX_BURST`` events) asks for a
+        resync instead, and for the backlog to be dropped. The loop gets a turn every ``SLICE``.
+        """
+        loop = asyncio.get_running_loop()
         out = Wake()
         count = 0
+        started = loop.time()
         while message is not None:
             name = parse_event(message.get("data"))
             if name is None:
@@ -377,9 +440,10 @@ class RedisProvider:
                 out.names.add(name)
             count += 1
             if count >= MAX_BURST or len(out.names) > MAX_EVENT_SERVICES:
-                return Wake(full=True)
-            if count % 100 == 0:
-                await asyncio.sleep(0)  # a flood of events must not hold the loop
+                return Wake(full=True, flood=True)
+            if loop.time() - started >= SLICE:
+                await asyncio.sleep(0)  # a burst of events must not hold the loop
+                started = loop.time()
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
         return out
 
