@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import statistics
@@ -118,7 +119,16 @@ class LagProbe:
 
     def __init__(self) -> None:
         self.samples: list[tuple[float, float, float]] = []  # (when, seconds late, CPU seconds)
+        self.collections: list[tuple[float, int, float]] = []  # (when, generation, seconds)
         self._task: asyncio.Task[None] | None = None
+        self._gc_started = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._gc_started = now
+        else:
+            self.collections.append((now, int(info["generation"]), now - self._gc_started))
 
     async def _run(self) -> None:
         while True:
@@ -129,8 +139,11 @@ class LagProbe:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="bench-lag-probe")
+        gc.callbacks.append(self._on_gc)
 
     async def stop(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -147,8 +160,11 @@ class LagProbe:
         lags = sorted(lag for _, lag, _ in samples)
         over = sum(1 for lag in lags if lag > LAG_TARGET)
         p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))]
+        gcs = [(g, d) for at, g, d in self.collections if since <= at <= until]
+        gen, pause = max(gcs, key=lambda c: c[1], default=(0, 0.0))
         return (
-            f"longest loop hold (CPU) {self.worst(since, until) * 1000:.1f} ms; wall-clock lag max "
+            f"longest loop hold (CPU) {self.worst(since, until) * 1000:.1f} ms; longest collection "
+            f"{pause * 1000:.1f} ms (generation {gen}, {len(gcs)} collections); wall-clock lag max "
             f"{lags[-1] * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, {over} of {len(lags)} wake-ups over 20 ms"
         )
 
@@ -157,13 +173,13 @@ class LagProbe:
         return max((cpu for _, _, cpu in self._between(since, until)), default=0.0)
 
 
-async def wait_until(check: Any, timeout: float, what: str) -> float:
-    """Poll ``check()`` every ms until true; return the perf_counter time it became true."""
+async def wait_until(check: Any, timeout: float, what: str, every: float = 0.001) -> float:
+    """Poll ``check()`` every ``every`` seconds until true; return the perf_counter time it became true."""
     deadline = time.perf_counter() + timeout
     while not check():
         if time.perf_counter() > deadline:
             raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(every)
     return time.perf_counter()
 
 
@@ -236,21 +252,18 @@ async def replacement(args: argparse.Namespace, report: Report, gw: Any, probe: 
     """(b): every filler moves to a new port (another process writes); then an idle resync period."""
     rt = gw.runtime
     n, per = args.instances, args.per_service
-    last_service, last = filler(n - 1, per, 40000)
     port = gw.runtime.settings.redis_port
     version = rt.snapshot.version
     t0 = time.perf_counter()
     writer = asyncio.create_task(asyncio.to_thread(fill_process, port, n, per, 40000))
 
     def moved() -> bool:
-        route = rt.snapshot.services.get(last_service)
-        return (
-            route is not None
-            and any(i.port == last.port for i in route.instances)
-            and rt.snapshot.instance_count == n + 1
+        services = rt.snapshot.services
+        return rt.snapshot.instance_count == n + 1 and all(
+            r.instances[0].port >= 40000 for name, r in services.items() if name != "web"
         )
 
-    done = await wait_until(moved, 180, "every instance to move")
+    done = await wait_until(moved, 180, "every instance to move", every=0.01)
     wrote = await writer
     report.add(
         f"(b) full replacement of {n} instances: written in {wrote:.2f} s, gateway converged after "

@@ -40,7 +40,7 @@ from msa_gateway.tasks import Factory, Supervised, Supervisor
 
 log = logging.getLogger("msa_gateway.registry")
 
-FREEZE_AFTER = 5000  # update steps (about one per rebuilt instance) between two gc.freeze()
+FREEZE_AFTER = 2000  # update steps (about one per rebuilt instance) between two gc.freeze()
 
 
 class Runtime:

@@ -151,7 +151,7 @@ SCAN_COUNT = 16  # services per resync step: about 1 ms of Redis time at 10 inst
 READ_BATCH = 256  # instances (as last known) per read of named services
 MAX_EVENT_SERVICES = 256  # more services named in one burst of events: a resync instead
 MAX_BURST = 1_000  # events drained in one go before falling back to a resync
-SLICE = 0.004  # seconds of event draining between two turns of the event loop
+SLICE = 0.002  # seconds of event draining between two turns of the event loop
 
 
 @dataclasses.dataclass(slots=True)

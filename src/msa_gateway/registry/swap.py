@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("msa_gateway.registry")
 
-SLICE = 0.004  # seconds of work between two pauses of an update
+SLICE = 0.002  # seconds of work between two pauses of an update
 
 
 def swap_steps(rt: Runtime, discovered: Discovered) -> Generator[None, None, None]:
