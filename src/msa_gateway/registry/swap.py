@@ -170,11 +170,13 @@ def _start(rt: Runtime, route: ServiceRoute, probed: set[str]) -> Generator[None
     metrics = rt.metrics
     check = route.spec.options.health_check
     rt.addresses.update(i.address for i in route.instances)
+    targets: dict[str, ProbeTarget] = {}
     for inst, key in zip(route.instances, route.keys, strict=True):
         metrics.instance_up.labels(route.name, inst.address).set(1 if rt.health.is_eligible(key) else 0)
         path = inst.health_path or check.path
         if path is not None:
-            rt.checker.update({key: ProbeTarget(route.name, key, inst, path, check)}, ())
-            probed.add(key)
+            targets[key] = ProbeTarget(route.name, key, inst, path, check)
         yield
+    rt.checker.update(targets, ())  # one call per service: the checker spreads what is new
+    probed.update(targets)
     note_panic(metrics, route, route.panic_now())
