@@ -47,7 +47,7 @@ from tests.support.traffic import Traffic, by
 
 from bench.discovery import Report, summary
 from msa_gateway.discovery import codec
-from msa_gateway.discovery.redis import LEGACY_LUA, POLL_LUA, READ_BATCH, READ_LUA, SCAN_COUNT, SCAN_LUA
+from msa_gateway.discovery.redis import READ_BATCH, SCAN_COUNT
 from msa_gateway.discovery.redis_registry import (
     DEFAULT_PREFIX,
     REGISTER_LUA,
@@ -57,6 +57,7 @@ from msa_gateway.discovery.redis_registry import (
     instances_key,
     services_key,
 )
+from msa_gateway.discovery.redis_scripts import LEGACY_LUA, POLL_LUA, READ_LUA, SCAN_LUA
 from msa_gateway.model import Instance
 
 NO_PROBES: dict[str, Any] = {"defaults": {"health_check": {"path": None}}}
