@@ -11,15 +11,15 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Mapping
-from types import MappingProxyType
+from collections import Counter
+from collections.abc import Callable, Generator, Mapping
 
 from msa_gateway import __version__
 from msa_gateway.discovery.aggregator import Aggregator
 from msa_gateway.discovery.base import Provider, Registrar
 from msa_gateway.discovery.providers import create_provider, create_registrar
 from msa_gateway.discovery.static import StaticProvider
-from msa_gateway.health.active import ActiveHealthChecker, ProbeTarget
+from msa_gateway.health.active import ActiveHealthChecker
 from msa_gateway.health.hints import start_hints
 from msa_gateway.health.lag import LoopLag
 from msa_gateway.health.probe_stats import ProbeStats
@@ -35,13 +35,15 @@ from msa_gateway.proxy.forwarder import note_panic
 from msa_gateway.proxy.resilience import ServiceGuard
 from msa_gateway.proxy.upstream import UpstreamClient, create_client
 from msa_gateway.proxy.websocket import WebSockets
-from msa_gateway.registry.snapshot import EMPTY, ServiceRoute, Snapshot
+from msa_gateway.registry.snapshot import EMPTY, Snapshot
+from msa_gateway.registry.swap import SLICE, swap_steps
 from msa_gateway.reload import ConfigReloader
-from msa_gateway.routing.table import build_table
-from msa_gateway.settings import GatewayConfig, Settings, validate_service_name
+from msa_gateway.settings import GatewayConfig, Settings
 from msa_gateway.tasks import Factory, Supervised, Supervisor
 
 log = logging.getLogger("msa_gateway.registry")
+
+FREEZE_AFTER = 2000  # update steps (about one per rebuilt instance) between two gc.freeze()
 
 
 class Runtime:
@@ -79,11 +81,17 @@ class Runtime:
         self.metrics.registry.register(ProbeStats(lambda: self.checker.scheduler, self.lag))
         self.upstream: UpstreamClient = upstream or create_client(settings.upstream_client, self.tasks)
         self.snapshot: Snapshot = EMPTY
+        self.built_with: GatewayConfig | None = None  # the config the snapshot was built with
+        self.addresses: Counter[str] = Counter()  # instances per upstream address, to close unused pools
+        self._steps: Generator[None, None, None] | None = None  # an update in progress
+        self._unfrozen = 0  # update steps since the last gc.freeze()
         self.provider = provider or create_provider(settings, config, self.tasks)
         self.registrar: Registrar | None = None
         grace, grace_max = settings.discovery_recovery_grace, settings.discovery_recovery_grace_max
         recovery = RecoveryConfig(grace, maximum=grace_max)
-        self.aggregator = Aggregator(self.provider, self.apply, self.metrics, recovery=recovery)
+        self.aggregator = Aggregator(
+            self.provider, self.apply, self.metrics, recovery=recovery, update=self.update
+        )
         self.discovered: Discovered | None = None  # the last set applied, rebuilt on a config reload
         self.reloader = ConfigReloader(self)
         self.draining = False
@@ -172,40 +180,60 @@ class Runtime:
             self.apply(self.discovered)
 
     def apply(self, discovered: Discovered) -> None:
-        """Build a snapshot from ``discovered`` and swap it in: the one place that swaps."""
-        self.discovered = discovered
-        config = self.config
-        specs: dict[str, ServiceSpec] = {}
-        for name, instances in sorted(discovered.items()):
-            why = validate_service_name(name)
-            if why:
-                log.warning("skipping service with an unusable name", extra={"service": name, "reason": why})
-                continue
-            options = config.options_for(name)
-            specs[name] = ServiceSpec(
-                name=name, instances=tuple(instances), options=options, shared=self.shared
-            )
-        old = self.snapshot
-        routes = {
-            name: ServiceRoute(spec, self.metrics, self.health, self._guard(spec))
-            for name, spec in specs.items()
-        }
-        for name in [n for n in self.guards if n not in routes]:
-            self._forget_guard(name)
-        now = time.time()
-        seen = {key: now for route in routes.values() for key in route.keys}
-        new = Snapshot(
-            version=old.version + 1,
-            services=MappingProxyType(routes),
-            created=now,
-            seen=MappingProxyType(seen),
-            routes=build_table(config, routes, self.metrics.route_split) if config.routes else None,
-            trusted_proxies=config.trusted_proxies,
-        )
-        self.snapshot = new
-        self._after_swap(old, new)
+        """Bring the snapshot in line with ``discovered`` at once: the synchronous path (tests, reloads).
 
-    def _guard(self, spec: ServiceSpec) -> ServiceGuard:
+        An update still in progress (``update``) is finished first, so swaps never interleave.
+        """
+        self._finish()
+        self.discovered = discovered
+        for _ in swap_steps(self, discovered):
+            pass
+
+    async def update(self, discovered: Discovered, swapped: Callable[[], None] | None = None) -> None:
+        """Bring the snapshot in line with ``discovered``, pausing every ``SLICE`` seconds of work.
+
+        The aggregator's path: only changed services are rebuilt, and a large change (a full
+        snapshot replacing every instance) gives the event loop a turn every few ms. ``swapped``
+        is called as soon as the new snapshot routes requests (the gateway is ready from then),
+        before the follow-up work on metrics and probes ends.
+        """
+        self._finish()
+        self.discovered = discovered
+        steps = self._steps = swap_steps(self, discovered)
+        started = time.perf_counter()
+        count = 0
+        before = self.snapshot
+        for _ in steps:  # ends at once if ``apply`` finished them while we paused
+            count += 1
+            if swapped is not None and self.snapshot is not before:
+                swapped()
+                swapped = None
+            if time.perf_counter() - started >= SLICE:
+                await asyncio.sleep(0)
+                started = time.perf_counter()
+        if self._steps is steps:
+            self._steps = None
+        self._unfrozen += count
+        if self._unfrozen >= FREEZE_AFTER:
+            # Much of the registry was rebuilt (at once or over many updates) and will live on:
+            # keep it out of the collector's full passes (as start-up does), which otherwise
+            # walk it all and stall the loop for tens of ms at 20,000 instances.
+            self._unfrozen = 0
+            gc.collect(1)
+            gc.freeze()
+
+    @property
+    def updating(self) -> bool:
+        """Return whether an update is still being applied (its follow-up included)."""
+        return self._steps is not None
+
+    def _finish(self) -> None:
+        steps, self._steps = self._steps, None
+        if steps is not None:
+            for _ in steps:
+                pass
+
+    def guard_for(self, spec: ServiceSpec) -> ServiceGuard:
         """Return the service's guard: one per service for as long as it exists, updated in place."""
         keys = [instance_key(spec.name, i.id, i.address) for i in spec.instances]
         guard = self.guards.get(spec.name)
@@ -215,49 +243,13 @@ class Runtime:
             guard.update(spec.options, keys)
         return guard
 
-    def _forget_guard(self, name: str) -> None:
+    def forget_guard(self, name: str) -> None:
+        """Drop the guard of a service that left the registry."""
         guard = self.guards.pop(name)
         if guard.in_panic:
             log.warning("service left panic mode: it is no longer registered", extra={"service": name})
         with contextlib.suppress(KeyError):
             self.metrics.panic.remove(name)
-
-    def _after_swap(self, old: Snapshot, new: Snapshot) -> None:
-        old_keys = {k for r in old.services.values() for k in r.keys}
-        new_keys = {k for r in new.services.values() for k in r.keys}
-        added, removed = sorted(new_keys - old_keys), sorted(old_keys - new_keys)
-        log.info(
-            "registry updated",
-            extra={
-                "version": new.version,
-                "services": len(new.services),
-                "instances": new.instance_count,
-                "added": added,
-                "removed": removed,
-            },
-        )
-        self.metrics.registry_swaps.inc()
-        self.metrics.registry_services.set(len(new.services))
-        self.metrics.registry_instances.set(new.instance_count)
-        self.health.retain(new_keys)
-        self.upstream.retain({i.address for r in new.services.values() for i in r.instances})
-        for route in old.services.values():
-            for inst, key in zip(route.instances, route.keys, strict=True):
-                if key in removed:
-                    with contextlib.suppress(KeyError):
-                        self.metrics.instance_up.remove(route.name, inst.address)
-        targets: dict[str, ProbeTarget] = {}
-        for route in new.services.values():
-            check = route.spec.options.health_check
-            for inst, key in zip(route.instances, route.keys, strict=True):
-                path = inst.health_path or check.path
-                up = 1 if self.health.is_eligible(key) else 0
-                self.metrics.instance_up.labels(route.name, inst.address).set(up)
-                if path is not None:
-                    targets[key] = ProbeTarget(route.name, key, inst, path, check)
-        self.checker.reconcile(targets)
-        for route in new.services.values():
-            note_panic(self.metrics, route, route.panic_now())
 
     def _on_health_change(self, service: str, key: str, state: HealthState) -> None:
         route = self.snapshot.services.get(service)
@@ -269,9 +261,9 @@ class Runtime:
             return  # unknown -> healthy: eligible before and after (20,000 of them on the first round)
         route.refresh(self.health)
         note_panic(self.metrics, route, route.panic_now())
-        for inst, k in zip(route.instances, route.keys, strict=True):
-            if k == key:
-                self.metrics.instance_up.labels(service, inst.address).set(1 if state.eligible else 0)
+        if key in route.key_set:
+            inst = route.instances[route.keys.index(key)]
+            self.metrics.instance_up.labels(service, inst.address).set(1 if state.eligible else 0)
 
     # --- request path helpers --------------------------------------------------------
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from msa_gateway.balancing.table import BALANCER_NAMES
+from msa_gateway.config_yaml import load_yaml
 from msa_gateway.discovery import codec
 from msa_gateway.errors import ConfigError
 from msa_gateway.model import (
@@ -463,7 +464,7 @@ def load_config(path: str | None) -> GatewayConfig:
         except UnicodeDecodeError:
             raise ConfigError(source, "(file)", "not UTF-8 text") from None
     try:
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "(file)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +111,7 @@ class FakeUpstream:
         self.calls: list[Call] = []
         self.responses: list[FakeResponse] = []
         self.retained: set[str] | None = None
+        self.released: list[str] = []
         self.cancelled: list[str] = []  # addresses whose hanging request was cancelled
 
     def script(self, address: str, *steps: Step) -> None:
@@ -154,6 +155,9 @@ class FakeUpstream:
 
     def retain(self, addresses: set[str]) -> None:
         self.retained = addresses
+
+    def release(self, addresses: Iterable[str]) -> None:
+        self.released.extend(addresses)
 
     async def aclose(self) -> None:
         pass

@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,9 +55,11 @@ class Aggregator:
         metrics: Metrics,
         backoff: Backoff | None = None,
         recovery: RecoveryConfig | None = None,
+        update: Callable[[Discovered, Callable[[], None]], Awaitable[None]] | None = None,
     ) -> None:
         self.provider = provider
         self._apply = apply
+        self._update = update  # the sliced path for reads (``apply`` serves the grace timer)
         self._metrics = metrics
         self._backoff = backoff or Backoff()
         self.recovery_config = recovery or RecoveryConfig()
@@ -88,7 +90,7 @@ class Aggregator:
             while True:
                 try:
                     async for discovered in self.provider.watch():
-                        self._on_read(discovered)
+                        await self._on_read(discovered)
                     raise RuntimeError("the provider's watch ended")
                 except asyncio.CancelledError:
                     raise
@@ -101,7 +103,7 @@ class Aggregator:
 
     # --- reads and recovery --------------------------------------------------------------
 
-    def _on_read(self, discovered: Discovered) -> None:
+    async def _on_read(self, discovered: Discovered) -> None:
         self._mark_up()
         self._raw = discovered
         if self._recovery_due:
@@ -118,14 +120,27 @@ class Aggregator:
                     self._end_recovery(grace_over=False)
                 else:
                     self._metrics.discovery_held.labels(self.provider.name).set(recovery.held_count)
-        self._swap(discovered)
+        if self._update is None:
+            self._swap(discovered)
+        elif self._fresh(discovered):
+            await self._update(discovered, self.loaded.set)  # ready once swapped in
+            self.loaded.set()
 
     def _swap(self, discovered: Discovered) -> None:
+        if self._fresh(discovered):
+            self._apply(discovered)
+            self.loaded.set()
+
+    def _fresh(self, discovered: Discovered) -> bool:
+        """Take ``discovered`` as the set applied; return False when it is the one applied last.
+
+        Providers hand unchanged services over as the same tuples, so this is an identity test
+        per service, not a comparison of every instance.
+        """
         if discovered == self._applied:
-            return
+            return False
         self._applied = discovered
-        self._apply(discovered)
-        self.loaded.set()
+        return True
 
     def _begin_recovery(self) -> None:
         if self._applied is None:

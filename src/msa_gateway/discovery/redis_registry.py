@@ -25,16 +25,20 @@ zset and the hash, "settle" sets ``PEXPIREAT`` on hash and zset to the highest s
 when it is +inf, ``DEL`` both when the zset is empty):
 
 - register: purge; ``HSET instances id json``; ``ZADD expiry now+ttl_ms id`` (``+inf`` for no TTL);
-  ``SADD services name`` (and ``SREM`` names whose instances hash is gone); settle;
-  ``PUBLISH P:events {"op":"register",...}``.
+  ``SADD services name``, then ``SRANDMEMBER services 2`` and ``SREM`` those whose instances hash
+  is gone (a service whose instances all expired leaves the set over later registrations, at a
+  constant cost per call: no step walks every service); settle; ``PUBLISH P:events
+  {"op":"register",...}``.
 - heartbeat (every ttl/3): purge; if the id is still in both keys ``ZADD expiry XX now+ttl_ms id``
   and settle, else answer 0 and the client registers again.
 - deregister: purge; ``HDEL``, ``ZREM``; if the zset is now empty ``DEL`` both and ``SREM services
   name``, else settle; ``PUBLISH P:events {"op":"deregister",...}`` when the id was there.
 
-Gateways re-read everything on any event, at the next expiry, and every few seconds, so a lost
-message only delays a change. The original layout, ``HSET service:{name} {id} "host:port"``
-(no expiry, no events), is read too: gateways poll a fingerprint of it twice a second.
+Gateways re-read the service an event names (only that service), the services whose earliest
+instance expiry passed, and every few seconds the whole set in small steps that compare a digest
+per service and fetch only the services that differ, so a lost message only delays a change.
+The original layout, ``HSET service:{name} {id} "host:port"`` (no expiry, no events), is read
+too: gateways poll a fingerprint of it twice a second.
 """
 
 from __future__ import annotations
@@ -97,7 +101,7 @@ purge(KEYS[2], KEYS[3])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[3], expiry(tonumber(ARGV[4])), ARGV[2])
 redis.call('SADD', KEYS[1], ARGV[1])
-for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+for _, name in ipairs(redis.call('SRANDMEMBER', KEYS[1], 2)) do
   if redis.call('EXISTS', ARGV[6] .. name .. ':instances') == 0 then redis.call('SREM', KEYS[1], name) end
 end
 settle(KEYS[2], KEYS[3])

@@ -9,7 +9,7 @@ which outlives snapshots.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from msa_gateway.health.lag import LoopLag
@@ -63,7 +63,14 @@ class ActiveHealthChecker:
 
     def reconcile(self, targets: Mapping[str, ProbeTarget]) -> None:
         """Probe exactly ``targets``: new ones soon, removed ones no more, unchanged ones on their phase."""
-        self.scheduler.set_targets(targets)
+        self.update(targets, [k for k in self.scheduler.targets if k not in targets])
+
+    def update(self, targets: Mapping[str, ProbeTarget], removed: Iterable[str]) -> None:
+        """Start (or restart, when changed) the probes of ``targets`` and stop those of ``removed``.
+
+        ``reconcile`` for a part of the registry: a swap calls it for the services it rebuilt only.
+        """
+        self.scheduler.update(targets, removed)
         if targets and self._task is None:
             self._task = self._supervisor.spawn("health_probe", self.scheduler.run)
 

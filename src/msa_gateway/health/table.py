@@ -148,3 +148,9 @@ class HealthTable:
         keep = set(keys)
         for key in [k for k in self._states if k not in keep]:
             del self._states[key]
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Forget the instances in ``keys`` (they left the registry; a swap names only those)."""
+        states = self._states
+        for key in keys:
+            states.pop(key, None)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 from msa_gateway.errors import UpstreamError, UpstreamTimeout
 from msa_gateway.model import Instance, ServiceOptions
@@ -235,8 +235,14 @@ class NativeClient:
 
     def retain(self, addresses: set[str]) -> None:
         """Close idle connections to instances not in ``addresses``; busy ones close when released."""
-        for address in [a for a in self._pools if a not in addresses]:
-            pool = self._pools.pop(address)
+        self.release([a for a in self._pools if a not in addresses])
+
+    def release(self, addresses: Iterable[str]) -> None:
+        """Close idle connections to ``addresses``; busy ones close when released."""
+        for address in addresses:
+            pool = self._pools.pop(address, None)
+            if pool is None:
+                continue
             pool.retired = True
             pool.close_idle()
             if pool.conns:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
@@ -81,6 +81,10 @@ class UpstreamClient(Protocol):
 
     def retain(self, addresses: set[str]) -> None:
         """Close pooled connections to instances whose address is not in ``addresses``."""
+        ...
+
+    def release(self, addresses: Iterable[str]) -> None:
+        """Close pooled connections to ``addresses`` (no instance has them any more)."""
         ...
 
     async def aclose(self) -> None:
@@ -229,6 +233,9 @@ class AiohttpClient:
         return _AiohttpResponse(resp)
 
     def retain(self, addresses: set[str]) -> None:
+        """Leave idle connections to expire (aiohttp closes them after the keep-alive timeout)."""
+
+    def release(self, addresses: Iterable[str]) -> None:
         """Leave idle connections to expire (aiohttp closes them after the keep-alive timeout)."""
 
     async def aclose(self) -> None:

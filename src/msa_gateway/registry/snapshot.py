@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -39,6 +39,7 @@ class ServiceRoute:
         "guard",
         "instances",
         "key_for",
+        "key_set",
         "keys",
         "name",
         "prefix",
@@ -55,6 +56,7 @@ class ServiceRoute:
         self.prefix = "/" + spec.name
         self.instances: tuple[Instance, ...] = spec.instances
         self.keys: tuple[str, ...] = tuple(instance_key(spec.name, i.id, i.address) for i in spec.instances)
+        self.key_set: frozenset[str] = frozenset(self.keys)
         self.key_for: dict[int, str] = {id(i): k for i, k in zip(self.instances, self.keys, strict=True)}
         self.guard = guard
         limits, key_for = guard.limits, self.key_for
@@ -106,21 +108,50 @@ class ServiceRoute:
         self._stats.count(self.name, method, code)
 
 
+class Seen(Mapping[str, float]):
+    """When each instance key was last confirmed by a registry read: the snapshot's creation time.
+
+    A view over the snapshot's services, so a swap need not write one entry per instance.
+    """
+
+    __slots__ = ("_at", "_services")
+
+    def __init__(self, services: Mapping[str, ServiceRoute], at: float) -> None:
+        self._services = services
+        self._at = at
+
+    def __getitem__(self, key: str) -> float:
+        route = self._services.get(key.partition("/")[0])
+        if route is None or key not in route.key_set:
+            raise KeyError(key)
+        return self._at
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for route in self._services.values() for k in route.keys)
+
+    def __len__(self) -> int:
+        return sum(len(route.keys) for route in self._services.values())
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Every routable service at one moment; ``version`` grows by one per swap."""
+    """Every routable service at one moment; ``version`` grows by one per swap.
+
+    Unchanged services keep their ``ServiceRoute`` objects from one snapshot to the next
+    (``swap.py``); ``instance_count`` is kept up to date by the swap, not recounted.
+    """
 
     version: int
     services: Mapping[str, ServiceRoute]
     created: float = field(default_factory=time.time)
-    seen: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     routes: RouteTable | None = None  # None: no ``routes:`` configured, only /{service}/{path}
     trusted_proxies: tuple[Network, ...] = ()
+    instance_count: int = 0
 
     @property
-    def instance_count(self) -> int:
-        """Return how many instances the snapshot holds."""
-        return sum(len(s.instances) for s in self.services.values())
+    def seen(self) -> Mapping[str, float]:
+        """Return when each instance key was last confirmed (``/services`` shows it as ``last_seen``)."""
+        return Seen(self.services, self.created)
 
 
 EMPTY = Snapshot(version=0, services=MappingProxyType({}))

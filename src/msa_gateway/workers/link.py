@@ -17,7 +17,7 @@ import itertools
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from msa_gateway.health.active import ActiveHealthChecker, ProbeResult, ProbeTarget
@@ -78,6 +78,11 @@ class SharedChecker(ActiveHealthChecker):
         """Probe ``targets`` in the probing worker; elsewhere the results arrive from it."""
         if self.probing:
             super().reconcile(targets)
+
+    def update(self, targets: Mapping[str, ProbeTarget], removed: Iterable[str]) -> None:
+        """Start and stop probes of part of the registry, in the probing worker only (as ``reconcile``)."""
+        if self.probing:
+            super().update(targets, removed)
 
     def record(self, target: ProbeTarget, result: ProbeResult) -> None:
         """Record the result here and send the resulting state to the other workers."""

@@ -413,3 +413,17 @@ async def test_first_snapshot_of_50_services_x_20_instances_is_whole_and_not_qua
         "ms",
     )
     assert median < 0.5  # ~30 ms on a quiet machine (printed); this only catches a quadratic blow-up
+
+
+async def test_an_added_and_a_removed_instance_change_only_their_service(
+    watcher: Watcher, registrar: EtcdRegistrar
+) -> None:
+    for s in range(10):
+        await registrar.register(f"svc{s}", inst("a", 8000 + s), ttl=30)
+    _, before = await watcher.wait_for(lambda s: len(s) == 10)
+    await registrar.register("svc3", inst("b", 9000), ttl=30)
+    _, added = await watcher.wait_for(lambda s: ids(s, "svc3") == ["a", "b"])
+    assert [s for s in before if added[s] is not before[s]] == ["svc3"], "other services: the same tuples"
+    assert await registrar.deregister("svc3", "b")
+    _, removed = await watcher.wait_for(lambda s: ids(s, "svc3") == ["a"])
+    assert [s for s in added if removed[s] is not added[s]] == ["svc3"]

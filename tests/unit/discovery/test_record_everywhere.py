@@ -12,7 +12,7 @@ import pytest
 
 from msa_gateway.discovery.consul import parse_entry
 from msa_gateway.discovery.etcd import InstanceTable
-from msa_gateway.discovery.redis import RawService, build_snapshot
+from msa_gateway.discovery.redis_view import ServiceRead, decode_service
 from msa_gateway.discovery.registry_cli import _instance
 from msa_gateway.errors import ConfigError
 from msa_gateway.model import Instance
@@ -51,9 +51,9 @@ def from_yaml(record: dict[str, object]) -> Instance:
 
 
 def from_redis(record: dict[str, object]) -> tuple[tuple[Instance, ...], tuple[str, ...]]:
-    raw = RawService("web", {"i1": orjson.dumps(record).decode()}, [("i1", math.inf)])
-    reading = build_snapshot(NOW, [raw])
-    return reading.snapshot.get("web", ()), reading.problems
+    read = ServiceRead("web", "digest", None, None, {"i1": orjson.dumps(record).decode()}, {"i1": math.inf})
+    found, problems = decode_service("msa-gateway", read, NOW)
+    return tuple(found.values()), tuple(problems)
 
 
 def from_etcd(record: dict[str, object]) -> tuple[Instance, ...]:

@@ -202,3 +202,37 @@ async def test_removed_targets_are_not_recorded_and_unchanged_ones_keep_their_sl
     await until(lambda: len(recorded.results) >= 3)
     await stop(task, scheduler)
     assert {k for k, _ in recorded.results} == {"svc/i0"}
+
+
+def first_probes_due_by(scheduler: ProbeScheduler, seconds: float) -> int:
+    return len({slot.key for slot in scheduler.schedule.due(scheduler.clock.virtual + seconds)})
+
+
+@pytest.mark.parametrize("calls", [1, 200])
+def test_new_targets_added_service_by_service_spread_their_first_probes_like_one_call(
+    recorded: Recorder, calls: int
+) -> None:
+    # 2,000 new keys at 1,000 probes/s (budget 0.3 s of CPU at 0.3 ms a probe): about 2 s.
+    scheduler = ProbeScheduler(ProbeLimits(cpu_budget=0.3), lambda t: asyncio.sleep(0, OK), recorded)
+    every = targets(2000, interval=60.0)
+    keys = list(every)
+    per_call = len(keys) // calls
+    for n in range(calls):
+        scheduler.update({k: every[k] for k in keys[n * per_call : (n + 1) * per_call]}, ())
+    early = first_probes_due_by(scheduler, 0.2)
+    rest = first_probes_due_by(scheduler, 2.5)
+    assert early < 1000  # without the shared backlog, 200 calls of 10 would all be due within 0.2 s
+    assert early + rest == 2000
+
+
+def test_update_drops_removed_keys_and_replaces_changed_ones_only(recorded: Recorder) -> None:
+    scheduler = ProbeScheduler(ProbeLimits(), lambda t: asyncio.sleep(0, OK), recorded)
+    three = targets(3)
+    scheduler.update(three, ())
+    kept = scheduler.schedule.slots["svc/i0"]
+    changed = ProbeTarget("svc", "svc/i1", three["svc/i1"].instance, "/other", three["svc/i1"].check)
+    scheduler.update({"svc/i1": changed}, ["svc/i2", "svc/unknown"])
+    assert set(scheduler.targets) == {"svc/i0", "svc/i1"}
+    assert scheduler.targets["svc/i1"] is changed
+    assert scheduler.schedule.slots["svc/i0"] is kept
+    assert "svc/i2" not in scheduler.schedule.slots
