@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
-DEB_PACKAGES := nginx-light wrk redis-server etcd-server etcd-client prometheus chromium chromium-driver
+DEB_PACKAGES := nginx-light wrk redis-server etcd-server etcd-client prometheus chromium chromium-driver valgrind
 
 .PHONY: run test lint unit coverage integration bench bench-compare bench-stream bench-discovery bench-faults deps venv clean check-config
 

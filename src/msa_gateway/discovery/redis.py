@@ -53,7 +53,7 @@ EXPIRY_SLACK = 0.005  # re-read this long after the earliest expiry, so it has p
 
 
 SCAN_COUNT = 16  # services per resync step: about 1 ms of Redis time at 10 instances each
-READ_BATCH = 128  # instances (as last known) per read of named services: about 1 ms in Redis, 5.5 ms seen at 256
+READ_BATCH = 128  # instances (as last known) per read of named services: about 1 ms in Redis
 MAX_EVENT_SERVICES = 256  # more services named in one burst of events: a resync instead
 MAX_BURST = 1_000  # events drained in one go before falling back to a resync
 SLICE = 0.002  # seconds of event draining between two turns of the event loop
