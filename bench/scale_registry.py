@@ -209,13 +209,15 @@ async def registry_scenario(args: argparse.Namespace, report: Report, workdir: P
                     f"gateway loaded {rt.snapshot.instance_count} instances "
                     f"in {time.perf_counter() - loaded:.2f} s"
                 )
+                slowlog(report, raw, "registration and start-up")
                 probe.start()
                 await routed_trials(args, report, gw, registrar, b)
+                slowlog(report, raw, "(a)")
                 await replacement(args, report, gw, probe)
         finally:
             await probe.stop()
             await registrar.aclose()
-        slowlog(report, raw)
+        slowlog(report, raw, "(b) and after")
         script_costs(report, raw, args)
 
 
@@ -310,14 +312,14 @@ def fill_process(port: int, instances: int, per_service: int, port_base: int) ->
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def slowlog(report: Report, raw: redis.Redis) -> None:
-    """(c): the commands Redis logged as taking over 1 ms during the run, by name."""
+def slowlog(report: Report, raw: redis.Redis, phase: str) -> None:
+    """(c): the commands Redis logged as taking over 1 ms during ``phase``, by name."""
     by_name = durations(raw)
     worst = max((d for ds in by_name.values() for d in ds), default=0)
     detail = (
         ", ".join(f"{k}: {len(v)} (max {max(v) / 1000:.1f} ms)" for k, v in sorted(by_name.items())) or "none"
     )
-    report.add(f"(c) Redis commands over 1 ms during the run: {detail}; longest {worst / 1000:.2f} ms")
+    report.add(f"(c) Redis commands over 1 ms during {phase}: {detail}; longest {worst / 1000:.2f} ms")
 
 
 def durations(raw: redis.Redis) -> dict[str, list[int]]:
