@@ -113,11 +113,6 @@ def control(pid: int, prefix: Path, command: str) -> None:
         raise SystemExit(f"callgrind_control {command} {pid}: {done.stderr.decode().strip()}")
 
 
-def dump(pid: int, prefix: Path) -> None:
-    """Ask callgrind in ``pid`` to write its counters (and zero them)."""
-    control(pid, prefix, "-d")
-
-
 def measure(variant: GatewayVariant, args: argparse.Namespace, backend: Sequence[int], root: Path) -> Count:
     """Run ``variant`` under callgrind and count one burst window and one idle window."""
     workdir = root / variant.name
@@ -148,9 +143,9 @@ def measure(variant: GatewayVariant, args: argparse.Namespace, backend: Sequence
                 f"{variant.name}: the burst took {took:.0f} s, over --window {args.window:.0f} s"
             )
         time.sleep(args.window - took)
-        dump(proc.pid, prefix)
+        control(proc.pid, prefix, "-d")  # write the counters (and zero them)
         time.sleep(args.window)
-        dump(proc.pid, prefix)
+        control(proc.pid, prefix, "-d")
     finally:
         proc.stop(timeout=60.0)
     dumps = sorted(workdir.glob(f"callgrind.out.{proc.pid}.*"), key=lambda p: int(p.suffix[1:]))

@@ -61,14 +61,10 @@ class ActiveHealthChecker:
     async def _probe_target(self, target: ProbeTarget) -> ProbeResult:
         return await self.prober.probe(target.instance, target.path, target.check.timeout)
 
-    def reconcile(self, targets: Mapping[str, ProbeTarget]) -> None:
-        """Probe exactly ``targets``: new ones soon, removed ones no more, unchanged ones on their phase."""
-        self.update(targets, [k for k in self.scheduler.targets if k not in targets])
-
     def update(self, targets: Mapping[str, ProbeTarget], removed: Iterable[str]) -> None:
         """Start (or restart, when changed) the probes of ``targets`` and stop those of ``removed``.
 
-        ``reconcile`` for a part of the registry: a swap calls it for the services it rebuilt only.
+        A swap calls it for the services it rebuilt only; unchanged ones keep their phase.
         """
         self.scheduler.update(targets, removed)
         if targets and self._task is None:

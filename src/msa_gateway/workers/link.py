@@ -74,13 +74,8 @@ class SharedChecker(ActiveHealthChecker):
         self.link = link
         self.probing = probing
 
-    def reconcile(self, targets: Mapping[str, ProbeTarget]) -> None:
-        """Probe ``targets`` in the probing worker; elsewhere the results arrive from it."""
-        if self.probing:
-            super().reconcile(targets)
-
     def update(self, targets: Mapping[str, ProbeTarget], removed: Iterable[str]) -> None:
-        """Start and stop probes of part of the registry, in the probing worker only (as ``reconcile``)."""
+        """Start and stop probes in the probing worker; elsewhere the results arrive from it."""
         if self.probing:
             super().update(targets, removed)
 
