@@ -2,6 +2,7 @@
 
     python -m bench.instructions [--requests 2000] [--connections 8] [--window 60] [--method GET|POST]
         [--extra-gateway NAME:KEY=VALUE[,KEY=VALUE]]... [--variant NAME=CMD]... [--header 'NAME: VALUE']
+        [--keep DIR]
 
 On this VM two ``bench.run`` rounds of one build can differ by 20% (CPU steal, neighbours), so
 differences of a few percent or a few µs cannot be read from wall clocks. Here each gateway runs
@@ -174,6 +175,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=CMD")
     ap.add_argument("--header", help="'NAME: VALUE' sent with every request (an API key, ...)")
     ap.add_argument("--no-gateway", action="store_true", help="measure only the variants")
+    ap.add_argument("--keep", type=Path, help="keep the callgrind dumps here (for callgrind_annotate)")
     return ap.parse_args(argv)
 
 
@@ -186,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     variants = gateway_variants(configs, command, (), args.extra_gateway, args.variant)
     counts = []
     with tempfile.TemporaryDirectory(prefix="msa-instr-") as tmp:
-        root = Path(tmp)
+        root = args.keep or Path(tmp)
         backend = (free_port(), free_port())
         nginx = start_backend(root / "nginx", *backend, core=0)
         try:

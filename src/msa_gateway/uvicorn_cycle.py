@@ -65,34 +65,34 @@ def _writable(cycle: Any, status: int) -> bool:
     return idle and not cycle.access_log and status in STATUS_LINE
 
 
-def _content_length(names: list[bytes], values: list[bytes]) -> int | None:
-    """Return the Content-Length given, None when absent; -1 for framing left to uvicorn."""
+def _response(cycle: Any, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> bytes | None:
+    """Return the response's bytes as uvicorn writes them, or None when it would refuse or differ.
+
+    One pass builds the head and finds the Content-Length (None when absent); a second
+    Content-Length, a non-numeric one or a framing header leaves the answer to uvicorn.
+    """
+    every = [*cycle.default_headers, *headers] if cycle.default_headers else headers
+    parts = [STATUS_LINE[status]]
+    names = []
+    values = []
     length = None
-    for name, value in zip(names, values, strict=True):
+    for raw_name, value in every:
+        name = raw_name.lower()
         if name == b"content-length":
             if length is not None or not value.isdigit():
-                return -1
+                return None
             length = int(value)
         elif name in _FRAMING:
-            return -1
-    return length
-
-
-def _response(cycle: Any, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> bytes | None:
-    """Return the response's bytes as uvicorn writes them, or None when it would refuse or differ."""
-    every = [*cycle.default_headers, *headers] if cycle.default_headers else headers
-    names = [name.lower() for name, _ in every]
-    values = [value for _, value in every]
+            return None
+        names.append(name)
+        values.append(value)
+        parts += (name, b": ", value, b"\r\n")
     if HEADER_RE.search(b"".join(names)) or HEADER_VALUE_RE.search(b"".join(values)):
         return None
-    length = _content_length(names, values)
-    framed = None if length == -1 else _payload(cycle, status, length, body)
+    framed = _payload(cycle, status, length, body)
     if framed is None:
         return None
     extra, payload = framed
-    parts = [STATUS_LINE[status]]
-    for name, value in zip(names, values, strict=True):
-        parts += (name, b": ", value, b"\r\n")
     if not cycle.keep_alive:
         parts.append(b"connection: close\r\n")
     parts += (extra, b"\r\n", payload)

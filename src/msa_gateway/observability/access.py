@@ -23,24 +23,27 @@ MAX_PATH = 2048
 class AccessLog:
     """Write access lines as JSON (or readable text with ``console=True``)."""
 
-    __slots__ = ("_clock", "_console", "_enabled", "_pending", "_stream")
+    __slots__ = ("_clock", "_console", "_enabled", "_pending", "_second", "_stream")
 
     def __init__(self, stream: IO[str] | None = None, *, enabled: bool = True, console: bool = False) -> None:
         self._stream = stream if stream is not None else sys.stdout
         self._enabled = enabled
         self._console = console
         self._pending: list[str] = []
-        self._clock: tuple[int, str] = (-1, "")
+        self._clock: tuple[int, str] = (-1000, "")  # (unix time in ms, its timestamp)
+        self._second = ""
 
     def _timestamp(self) -> str:
-        """Return ``iso_now()`` cheaply: the part up to the second is cached."""
-        now = time.time()
-        second = int(now)
-        cached_second, prefix = self._clock
-        if second != cached_second:
-            prefix = iso_now(second)[:-5]  # "YYYY-MM-DDTHH:MM:SS"
-            self._clock = (second, prefix)
-        return f"{prefix}.{int((now - second) * 1000):03d}Z"
+        """Return ``iso_now()`` cheaply: the whole string is cached for its millisecond."""
+        ms = int(time.time() * 1000)
+        cached_ms, stamp = self._clock
+        if ms != cached_ms:
+            second, frac = divmod(ms, 1000)
+            if second != cached_ms // 1000:
+                self._second = iso_now(second)[:-5]  # "YYYY-MM-DDTHH:MM:SS"
+            stamp = "%s.%03dZ" % (self._second, frac)  # noqa: UP031 - once a millisecond at most
+            self._clock = (ms, stamp)
+        return stamp
 
     def flush(self) -> None:
         """Write every pending line now."""
@@ -81,7 +84,8 @@ class AccessLog:
             "method": method,
             "path": path if len(path) <= MAX_PATH else path[:MAX_PATH] + "...",
             "status": status,
-            "duration_ms": round((time.perf_counter() - started) * 1000.0, 3),
+            # rounded to the µs; a third of round(x, 3)'s cost
+            "duration_ms": int((time.perf_counter() - started) * 1_000_000.0 + 0.5) / 1000,
             "request_id": request_id,
             "service": service,
             "instance": instance,
@@ -103,7 +107,7 @@ class AccessLog:
             )
             text = f"{line['timestamp']} {line['level'].upper():<7} msa_gateway.access: {extras}\n"
         else:
-            text = orjson.dumps(line).decode() + "\n"
+            text = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE).decode()
         self._pending.append(text)
         if len(self._pending) == 1:
             try:

@@ -1,6 +1,6 @@
 """``ip_rules``: allow and deny CIDR lists on the client's address.
 
-The address is the one ``trusted_proxies`` resolves (``proxy/headers.client_address``): the peer,
+The address is the one ``trusted_proxies`` resolves (``proxy/trust.client_address``): the peer,
 or behind trusted proxies the first ``X-Forwarded-For`` hop they did not add, so a client cannot
 pass a rule by sending the header itself. ``deny`` wins over ``allow``; a non-empty ``allow``
 refuses everyone it does not list. A refusal is a 403 JSON error.

@@ -23,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from msa_gateway.errors import HTTPError, NoHealthyInstance, Overloaded, UpstreamError, UpstreamTimeout
 from msa_gateway.health import outlier
@@ -32,7 +32,7 @@ from msa_gateway.health.latency import Wait
 from msa_gateway.model import HedgingConfig, Instance
 from msa_gateway.observability.otlp import CLIENT, SpanRecord
 from msa_gateway.proxy.exchange import Exchange, client_error
-from msa_gateway.proxy.headers import is_trusted, upstream_request_headers
+from msa_gateway.proxy.headers import upstream_request_headers
 from msa_gateway.proxy.hedging import Race
 from msa_gateway.proxy.lease import Lease, Outcome, note_decision
 from msa_gateway.proxy.retry import (
@@ -43,6 +43,7 @@ from msa_gateway.proxy.retry import (
     failure_from_kind,
     should_retry,
 )
+from msa_gateway.proxy.trust import is_trusted
 from msa_gateway.proxy.upstream import UpstreamResponse
 
 if TYPE_CHECKING:
@@ -128,7 +129,8 @@ class Attempts:
         candidates, panic = guard.candidates(
             route.instances, route.keys, route.eligible, route.eligible_keys, self.tried
         )
-        self.fw.note_panic(route, panic)
+        if panic is not guard.in_panic:
+            self.fw.note_panic(route, panic)
         if guard.newly_slow:
             self.fw.note_slow(route, guard.newly_slow)
         if not candidates:
@@ -175,11 +177,17 @@ class Attempts:
         if lease.retry:
             self.fw.metrics.hedge_wins.labels(self.route.name).inc()
 
-    async def exchange(self, lease: Lease) -> UpstreamResponse:
-        """Send to the lease's instance and wait for the head (traced and timed when anything reads it)."""
-        observe = self.observe
-        if observe is None:
-            return await self._exchange(lease)
+    def exchange(self, lease: Lease) -> Coroutine[Any, Any, UpstreamResponse]:
+        """Send to the lease's instance and wait for the head (traced and timed when anything reads it).
+
+        The layers below are plain calls that hand back the one coroutine doing the work, so an
+        untimed, untraced attempt is a single coroutine (each nested one costs every resumption).
+        """
+        if self.observe is not None:
+            return self._observed(lease, self.observe)
+        return self._exchange(lease)
+
+    async def _observed(self, lease: Lease, observe: Callable[[Instance, float], None]) -> UpstreamResponse:
         sent = time.monotonic()
         try:
             resp = await self._exchange(lease)
@@ -189,15 +197,18 @@ class Attempts:
         observe(lease.instance, time.monotonic() - sent)
         return resp
 
-    async def _exchange(self, lease: Lease) -> UpstreamResponse:
+    def _exchange(self, lease: Lease) -> Coroutine[Any, Any, UpstreamResponse]:
         trace = self.req.trace
         if trace is not None and trace.sampled and self.fw.exporter is not None:
-            return await self._traced(lease)
-        return await self._timed(lease, None)
+            return self._traced(lease)
+        return self._timed(lease, None)
 
-    async def _timed(self, lease: Lease, span_id: bytes | None) -> UpstreamResponse:
+    def _timed(self, lease: Lease, span_id: bytes | None) -> Coroutine[Any, Any, UpstreamResponse]:
         if not self.timed:
-            return await self._send(lease.instance, span_id)
+            return self._send(lease.instance, span_id)
+        return self._waited(lease, span_id)
+
+    async def _waited(self, lease: Lease, span_id: bytes | None) -> UpstreamResponse:
         guard = self.route.guard
         started = time.monotonic()
         guard.waits.started(lease.key, started)
@@ -219,9 +230,9 @@ class Attempts:
                 guard.latency.add(now - started)
 
     async def _traced(self, lease: Lease) -> UpstreamResponse:
-        tracer = self.fw.tracer
-        assert tracer is not None
-        span_id = tracer.span_id()
+        tracer, trace = self.fw.tracer, self.req.trace
+        assert tracer is not None and trace is not None
+        span_id = tracer.child_id(trace)
         start_ns = time.time_ns()
         status: int | None = None
         error: str | None = None
@@ -283,33 +294,23 @@ class Attempts:
             headers.extend(req.extra_headers)
         return headers
 
-    async def _send(self, instance: Instance, span_id: bytes | None = None) -> UpstreamResponse:
-        req, fw = self.req, self.fw
+    def _send(
+        self, instance: Instance, span_id: bytes | None = None
+    ) -> Coroutine[Any, Any, UpstreamResponse]:
+        req = self.req
         options = self.route.spec.options
         headers = self.upstream_headers(instance)
         self.trace_headers(headers, span_id)
-        sending = fw.upstream.send(
+        sending = self.fw.upstream.send(
             instance, options, req.method, req.target, headers, self.body, req.body_length
         )
         left = None if self.deadline is None else self.deadline - time.monotonic()
         timeout = options.retry.attempt_timeout(left)
         if timeout is None:
-            return await sending
+            return sending
         per_try = options.retry.per_try_timeout
         kind = "per_try_timeout" if per_try is not None and (left is None or per_try < left) else "deadline"
-        if timeout <= 0:
-            sending.close()
-            raise UpstreamTimeout("the request's deadline passed", "deadline")
-        try:
-            async with asyncio.timeout(timeout):
-                return await sending
-        except TimeoutError:
-            detail = (
-                "the attempt ran out of time"
-                if kind == "per_try_timeout"
-                else "the request's deadline passed"
-            )
-            raise UpstreamTimeout(detail, kind) from None
+        return _within(sending, timeout, kind)
 
     def trace_headers(self, headers: list[tuple[bytes, bytes]], span_id: bytes | None) -> None:
         """Send a child ``traceparent`` for this attempt (the client's, untouched, with TRACING=off)."""
@@ -324,7 +325,7 @@ class Attempts:
         if span_id is None:
             tracer = self.fw.tracer
             assert tracer is not None
-            span_id = tracer.span_id()
+            span_id = tracer.child_id(trace)
         headers.append((b"traceparent", trace.child(span_id)))
         if trace.tracestate is not None:
             headers.append((b"tracestate", trace.tracestate))
@@ -420,3 +421,20 @@ class Attempts:
             self.ex.retry_refused = decision.reason
             self.fw.metrics.retries_refused.labels(self.route.name, decision.reason).inc()
         return decision
+
+
+async def _within(
+    sending: Coroutine[Any, Any, UpstreamResponse], timeout: float, kind: str
+) -> UpstreamResponse:
+    """Await ``sending`` for at most ``timeout`` seconds (``kind`` names the limit that set it)."""
+    if timeout <= 0:
+        sending.close()
+        raise UpstreamTimeout("the request's deadline passed", "deadline")
+    try:
+        async with asyncio.timeout(timeout):
+            return await sending
+    except TimeoutError:
+        detail = (
+            "the attempt ran out of time" if kind == "per_try_timeout" else "the request's deadline passed"
+        )
+        raise UpstreamTimeout(detail, kind) from None

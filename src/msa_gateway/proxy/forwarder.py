@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from msa_gateway.health import outlier
 from msa_gateway.proxy.attempts import Attempts, Body
@@ -45,9 +46,11 @@ class Forwarder:
         self.allow_underscores = allow_underscores
         self.tracer, self.exporter = tracing
 
-    async def forward(self, route: ServiceRoute, req: ProxyRequest, ex: Exchange, body: Body) -> Outcome:
-        """Run the attempts of ``req`` against ``route``'s instances."""
-        return await Attempts(self, route, req, ex, body).run()
+    def forward(
+        self, route: ServiceRoute, req: ProxyRequest, ex: Exchange, body: Body
+    ) -> Coroutine[Any, Any, Outcome]:
+        """Return the run of ``req``'s attempts against ``route``'s instances (one coroutine, not two)."""
+        return Attempts(self, route, req, ex, body).run()
 
     def report(self, route: ServiceRoute, lease: Lease, result: outlier.Outcome) -> None:
         """Feed one attempt's result to the passive health check; log an ejection."""

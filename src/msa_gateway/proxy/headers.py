@@ -13,10 +13,8 @@ URLs pointing at the instance itself are rewritten (``proxy/redirects.py``).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
 from random import getrandbits
 
 from msa_gateway.proxy.redirects import REDIRECT_HEADERS, Redirects
@@ -58,10 +56,10 @@ _REQUEST_OWN = frozenset(
 GATEWAY_OWNED = HOP_BY_HOP | _REQUEST_OWN
 _FORWARDED_KEEP = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
 _RESPONSE_OWN = frozenset({b"x-request-id"})
+# Connection values that name only hop-by-hop headers: nothing more to drop
+_CONNECTION_PLAIN = frozenset({b"keep-alive", b"close", b"upgrade"})
 _UNDERSCORE = ord("_")  # an int: ``95 in name`` is ~10x faster than ``b"_" in name``
 _REQUEST_ID_OK = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,200}$")
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def new_request_id() -> str:
@@ -70,7 +68,7 @@ def new_request_id() -> str:
     An id only needs to be unique, not secret: ``random`` (reseeded in forked children) costs a
     fraction of the ``getrandom`` system call ``os.urandom`` makes on every request.
     """
-    return "%032x" % getrandbits(128)  # noqa: UP031 - %-format is the fastest here; hot path
+    return getrandbits(128).to_bytes(16, "big").hex()  # twice as fast as a %-format
 
 
 def request_id_from(value: bytes | None) -> str:
@@ -87,50 +85,6 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
         if name.lower() == b"connection":
             names.update(t.strip().lower() for t in value.split(b",") if t.strip())
     return frozenset(names)
-
-
-@lru_cache(maxsize=4096)
-def _peer_trusted(peer: str, networks: tuple[Network, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)
-
-
-def is_trusted(peer: str | None, networks: tuple[Network, ...]) -> bool:
-    """Return whether ``peer`` lies in one of the trusted proxy ``networks``."""
-    return bool(peer and networks and _peer_trusted(peer, networks))
-
-
-@lru_cache(maxsize=4096)
-def _client_from_chain(peer: str, forwarded_for: bytes, networks: tuple[Network, ...]) -> str:
-    hops = [h.strip().decode("latin-1") for h in forwarded_for.split(b",")]
-    client = peer
-    for hop in reversed(hops):
-        if not _peer_trusted(client, networks):
-            break
-        try:
-            client = str(ipaddress.ip_address(hop))
-        except ValueError:
-            break  # a garbled hop: the last address a trusted proxy vouched for is the client
-    return client
-
-
-def client_address(
-    peer: str | None, headers: Sequence[tuple[bytes, bytes]], networks: tuple[Network, ...]
-) -> str:
-    """Return the client's address: the peer, or, behind trusted proxies, the first hop they did not add.
-
-    ``X-Forwarded-For`` is read right to left only while the hop that added an entry is trusted, so a
-    client cannot pick its own address by sending the header (the rule of nginx's ``real_ip_recursive``).
-    """
-    if not peer:
-        return ""
-    if not is_trusted(peer, networks):
-        return peer
-    chain = [v for n, v in headers if n == b"x-forwarded-for"]
-    return _client_from_chain(peer, b",".join(chain), networks) if chain else peer
 
 
 def upstream_request_headers(  # noqa: PLR0913, PLR0912 - one pass over the headers needs every input; hot path, no context object; one pass over the headers, one branch per header class; hot path
@@ -197,7 +151,8 @@ def downstream_response_headers(
     for name, value in raw_headers:
         lname = name.lower()
         if lname in HOP_BY_HOP or lname in _RESPONSE_OWN:
-            listed = listed or lname == b"connection"
+            if lname == b"connection" and not listed:  # "keep-alive" or "close" names nothing to drop
+                listed = value.lower() not in _CONNECTION_PLAIN
             continue
         if redirects is not None and lname in REDIRECT_HEADERS:
             out.append((lname, redirects.rewrite(lname, value)))

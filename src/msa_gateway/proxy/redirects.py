@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 from msa_gateway.model import Instance
+from msa_gateway.proxy.trust import Network, is_trusted
 
 REDIRECT_HEADERS = frozenset({b"location", b"content-location", b"refresh"})
 _URL_END = frozenset(b"/?#")
@@ -82,9 +83,12 @@ def rewrite_refresh(value: bytes, origins: tuple[bytes, ...], base: bytes) -> by
 
 
 class Redirects:
-    """One response's redirect rewrite: the instance it came from and the request it answers."""
+    """One response's redirect rewrite: the instance it came from and the request it answers.
 
-    __slots__ = ("_base", "headers", "instance", "prefix", "scheme", "trusted")
+    Built for every proxied response, used by few: it only keeps its inputs until ``rewrite``.
+    """
+
+    __slots__ = ("_base", "headers", "instance", "networks", "peer", "prefix", "scheme")
 
     def __init__(
         self,
@@ -92,20 +96,23 @@ class Redirects:
         headers: Sequence[tuple[bytes, bytes]],
         scheme: str,
         prefix: str,
-        trusted: bool,
+        peer: str | None = None,
+        networks: tuple[Network, ...] = (),
     ) -> None:
         self.instance = instance
         self.headers = headers
         self.scheme = scheme
         self.prefix = prefix
-        self.trusted = trusted
+        self.peer = peer  # trusted per ``trusted_proxies`` (``networks``): its X-Forwarded-* count
+        self.networks = networks
         self._base: bytes | None = None
 
     def rewrite(self, name: bytes, value: bytes) -> bytes:
         """Return ``value`` of response header ``name`` (one of ``REDIRECT_HEADERS``), rewritten if needed."""
         origins = instance_origins(self.instance.host, self.instance.port)
         if self._base is None:
-            self._base = client_base(self.headers, self.scheme, self.prefix, self.trusted)
+            trusted = is_trusted(self.peer, self.networks)
+            self._base = client_base(self.headers, self.scheme, self.prefix, trusted)
         if name == b"refresh":
             new = rewrite_refresh(value, origins, self._base)
         else:

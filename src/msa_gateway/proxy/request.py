@@ -18,8 +18,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from msa_gateway.errors import BadRequest, NoHealthyInstance, ServiceNotFound
-from msa_gateway.proxy.headers import Network, client_address, request_id_from
+from msa_gateway.proxy.headers import request_id_from
 from msa_gateway.proxy.paths import check_segments, split_service, upstream_target
+from msa_gateway.proxy.trust import Network, client_address
 
 if TYPE_CHECKING:
     from msa_gateway.observability.tracing import Trace

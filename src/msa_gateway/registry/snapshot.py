@@ -22,8 +22,8 @@ from msa_gateway.model import Instance, ServiceOptions, ServiceSpec
 from msa_gateway.observability.metrics import Metrics
 from msa_gateway.policies.base import RequestStage, ResponseStage
 from msa_gateway.policies.chain import compile_request_stages, compile_response_stages
-from msa_gateway.proxy.headers import Network
 from msa_gateway.proxy.resilience import ServiceGuard
+from msa_gateway.proxy.trust import Network
 from msa_gateway.routing.table import RouteTable
 
 

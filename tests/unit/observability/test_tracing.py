@@ -85,3 +85,27 @@ def test_a_ratio_outside_0_1_is_refused(ratio: float) -> None:
 def test_any_bytes_give_a_valid_trace(value: bytes) -> None:
     trace = Tracer().start(value, value)
     assert parse_traceparent(trace.child(Tracer().span_id())) is not None
+
+
+def test_a_new_trace_has_three_distinct_ids_and_its_spare_goes_to_the_first_child_only() -> None:
+    tracer = Tracer(rng=random.Random(3))
+    trace = tracer.start(None, None)
+    spare = trace.spare
+    assert spare is not None
+    ids = [trace.trace_id, trace.span_id, spare]
+    assert [len(i) for i in ids] == [32, 16, 16] and len(set(ids)) == 3
+    assert all(int(i, 16) for i in ids)  # valid hex, never all zero
+    assert tracer.child_id(trace) == spare and trace.spare is None
+    second = tracer.child_id(trace)
+    assert second not in (spare, trace.span_id) and len(second) == 16
+
+
+def test_an_all_zero_draw_is_drawn_again() -> None:
+    class Rigged(random.Random):
+        draws = [0, (1 << 200) | 5]
+
+        def getrandbits(self, k: int) -> int:
+            return self.draws.pop(0) if self.draws and k == 256 else super().getrandbits(k)
+
+    trace = Tracer(rng=Rigged(1)).start(None, None)
+    assert int(trace.trace_id, 16) and int(trace.span_id, 16) and trace.spare and int(trace.spare, 16)

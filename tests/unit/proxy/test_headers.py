@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from msa_gateway.proxy.headers import (
     connection_tokens,
     downstream_response_headers,
-    is_trusted,
     request_id_from,
     upstream_request_headers,
 )
@@ -108,16 +105,6 @@ def test_request_id_validation() -> None:
     assert request_id_from(b"x" * 500) != "x" * 500
 
 
-def test_trusted_networks() -> None:
-    nets = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
-    assert is_trusted("10.2.3.4", nets)
-    assert is_trusted("::1", nets)
-    assert not is_trusted("11.0.0.1", nets)
-    assert not is_trusted("not-an-ip", nets)
-    assert not is_trusted("10.2.3.4", ())
-    assert not is_trusted(None, nets)
-
-
 def test_underscore_names_dropped_unless_allowed() -> None:
     headers = [(b"x_forwarded_for", b"1.2.3.4"), (b"x-custom_id", b"7"), (b"x-ok", b"1")]
     dropped = _up(headers)
@@ -140,7 +127,7 @@ def test_response_location_rewritten_only_with_a_rewrite() -> None:
 
     inst = Instance(id="i", host="10.1.1.1", port=8001)
     raw = [(b"Location", b"http://10.1.1.1:8001/a"), (b"Link", b"<http://10.1.1.1:8001/b>")]
-    redirects = Redirects(inst, [(b"host", b"gw.example")], "https", "/svc", False)
+    redirects = Redirects(inst, [(b"host", b"gw.example")], "https", "/svc")
     out = dict(downstream_response_headers(raw, b"rid", redirects))
     assert out[b"location"] == b"https://gw.example/svc/a"
     assert dict(downstream_response_headers(raw, b"rid"))[b"location"] == b"http://10.1.1.1:8001/a"

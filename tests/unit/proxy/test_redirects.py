@@ -75,7 +75,7 @@ def test_client_base_uses_host_or_trusted_forwarded_values() -> None:
 
 
 def test_redirects_rewrite_each_header_kind() -> None:
-    r = Redirects(Instance(id="i", host="10.0.0.5", port=8001), [(b"host", b"gw")], "http", "/orders", False)
+    r = Redirects(Instance(id="i", host="10.0.0.5", port=8001), [(b"host", b"gw")], "http", "/orders")
     assert r.rewrite(b"location", b"http://10.0.0.5:8001/a") == b"http://gw/orders/a"
     assert r.rewrite(b"content-location", b"http://10.0.0.5:8001/b") == b"http://gw/orders/b"
     assert r.rewrite(b"refresh", b"1; url=http://10.0.0.5:8001/c") == b"1; url=http://gw/orders/c"

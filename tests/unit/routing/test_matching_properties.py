@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from msa_gateway.errors import ConfigError
 from msa_gateway.model import ServiceOptions
 from msa_gateway.policies import cors, transforms
-from msa_gateway.proxy.headers import client_address
+from msa_gateway.proxy.trust import client_address
 from msa_gateway.routing.config import RouteConfig, RouteModel, parse_routes
 from msa_gateway.routing.table import CompiledRoute, RouteTable, request_host
 from msa_gateway.settings import validate_service_name
