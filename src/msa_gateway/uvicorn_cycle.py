@@ -32,7 +32,11 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 NO_BODY_STATUS = (204, 304)
-_FRAMING = (b"transfer-encoding", b"connection")
+# The bytes uvicorn's two header checks refuse, as deletion tables: ``bytes.translate`` scans for
+# them several times faster than the regular expressions do (derived from them, so they agree).
+_NAME_REFUSED = bytes(b for b in range(256) if HEADER_RE.match(bytes([b])))
+_VALUE_REFUSED = bytes(b for b in range(256) if HEADER_VALUE_RE.match(bytes([b])))
+_FRAMING = frozenset({b"transfer-encoding", b"connection"})
 
 
 def _cycle(bound: Any) -> Any:
@@ -68,35 +72,33 @@ def _writable(cycle: Any, status: int) -> bool:
 def _response(cycle: Any, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> bytes | None:
     """Return the response's bytes as uvicorn writes them, or None when it would refuse or differ.
 
-    One pass builds the head and finds the Content-Length (None when absent); a second
+    The per-header work runs in C (list comprehensions, ``bytes.join`` over ``zip``): a second
     Content-Length, a non-numeric one or a framing header leaves the answer to uvicorn.
     """
     every = [*cycle.default_headers, *headers] if cycle.default_headers else headers
-    parts = [STATUS_LINE[status]]
-    names = []
-    values = []
+    names = [name.lower() for name, _ in every]
+    values = [value for _, value in every]
+    lengths = names.count(b"content-length")
+    if lengths > 1 or not _FRAMING.isdisjoint(names):
+        return None
     length = None
-    for raw_name, value in every:
-        name = raw_name.lower()
-        if name == b"content-length":
-            if length is not None or not value.isdigit():
-                return None
-            length = int(value)
-        elif name in _FRAMING:
+    if lengths:
+        given = values[names.index(b"content-length")]
+        if not given.isdigit():
             return None
-        names.append(name)
-        values.append(value)
-        parts += (name, b": ", value, b"\r\n")
-    if HEADER_RE.search(b"".join(names)) or HEADER_VALUE_RE.search(b"".join(values)):
+        length = int(given)
+    joined_names, joined_values = b"".join(names), b"".join(values)
+    if len(joined_names.translate(None, _NAME_REFUSED)) != len(joined_names):
+        return None
+    if len(joined_values.translate(None, _VALUE_REFUSED)) != len(joined_values):
         return None
     framed = _payload(cycle, status, length, body)
     if framed is None:
         return None
     extra, payload = framed
-    if not cycle.keep_alive:
-        parts.append(b"connection: close\r\n")
-    parts += (extra, b"\r\n", payload)
-    return b"".join(parts)
+    lines = b"\r\n".join(map(b": ".join, zip(names, values, strict=True)))
+    close = b"" if cycle.keep_alive else b"connection: close\r\n"
+    return b"".join((STATUS_LINE[status], lines, b"\r\n" if lines else b"", close, extra, b"\r\n", payload))
 
 
 def write_whole(send: Any, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> bool:

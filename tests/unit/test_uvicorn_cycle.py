@@ -135,3 +135,23 @@ def test_body_waiting_follows_the_cycles_message_event() -> None:
     assert not body_waiting(cycle.receive)
     cycle.message_event.set()
     assert body_waiting(cycle.receive)
+
+
+def _uvicorn_refuses(headers: Headers) -> bool:
+    try:
+        through_uvicorn(200, headers, b"ok")
+    except RuntimeError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("where", ["name", "value"])
+def test_declines_exactly_for_the_bytes_uvicorn_refuses(where: str) -> None:
+    """Every byte value inside a header name or value: one write when uvicorn writes it, else nothing."""
+    for byte in range(256):
+        field = b"x-a" + bytes([byte]) + b"b"
+        headers = [(field, b"1")] if where == "name" else [(b"x-a", field)]
+        cycle, transport, _ = make_cycle()
+        wrote = write_whole(cycle.send, 200, [*headers, (b"content-length", b"2")], b"ok")
+        assert wrote is not _uvicorn_refuses([*headers, (b"content-length", b"2")]), (where, byte)
+        assert bool(transport.writes) is wrote

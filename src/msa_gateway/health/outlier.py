@@ -137,6 +137,15 @@ class OutlierDetector:
             if key not in states:
                 states[key] = _State()
 
+    def succeeded(self, key: str) -> None:
+        """Count a success from ``key`` (``report`` with SUCCESS, minus the clock: the common case).
+
+        While ejected its run of failures is already 0 and failures are ignored, so the reset is exact.
+        """
+        state = self._states.get(key)
+        if state is not None:
+            state.consecutive = 0
+
     def report(self, key: str, outcome: Outcome, now: float) -> Ejection | None:
         """Count the result of one request to ``key``; return the ejection it caused, if any."""
         state = self._states.get(key)

@@ -390,7 +390,10 @@ class Attempts:
         return decision.retry
 
     def _retry_status(self, lease: Lease, status: int) -> bool:
-        self.fw.report(self.route, lease, outlier.outcome_for_status(status))
+        if status < 500:  # outlier.outcome_for_status would say SUCCESS: no object, no clock
+            self.route.guard.outlier.succeeded(lease.key)
+        else:
+            self.fw.report(self.route, lease, outlier.outcome_for_status(status))
         policy = self.route.spec.options.retry
         if not policy.retry_on_status or status not in policy.retry_on_status:
             return False

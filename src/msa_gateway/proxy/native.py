@@ -189,7 +189,10 @@ class NativeClient:
                 "the request cannot be forwarded as HTTP/1.1", "protocol_error", request_sent=False
             ) from None
         timeouts = options.timeouts
-        conn, reused = await self._acquire(pool, options.max_connections_per_instance, timeouts.connect)
+        conn = pool.take_idle()  # the common case, without a coroutine for it
+        reused = conn is not None
+        if conn is None:
+            conn, reused = await self._acquire(pool, options.max_connections_per_instance, timeouts.connect)
         idempotent = method in IDEMPOTENT_METHODS
         if isinstance(body, bytes):
             head += body if content_length is not None else (frame_chunk(body) if body else b"") + LAST_CHUNK

@@ -39,10 +39,12 @@ class ProxyRequest:
 
     __slots__ = (
         "_client_ip",
+        "body_length",
         "chunked",
         "consumer",
         "content_length",
         "extra_headers",
+        "has_body",
         "headers",
         "method",
         "peer",
@@ -96,16 +98,10 @@ class ProxyRequest:
             elif name == b"tracestate":
                 self.tracestate = value
         self.request_id = request_id_from(rid)
-
-    @property
-    def has_body(self) -> bool:
-        """Return whether a body follows the head (chunked, or a non-zero Content-Length)."""
-        return self.chunked or bool(self.content_length)
-
-    @property
-    def body_length(self) -> int | None:
-        """Return the body's declared length (None when chunked, or no body)."""
-        return None if self.chunked else self.content_length
+        # whether a body follows the head (chunked, or a non-zero Content-Length), and its declared
+        # length (None when chunked or absent): read on every request, so stored, not properties
+        self.has_body = self.chunked or bool(self.content_length)
+        self.body_length = None if self.chunked else self.content_length
 
     @property
     def target(self) -> str:

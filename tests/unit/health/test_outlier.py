@@ -93,6 +93,16 @@ def test_success_resets_the_consecutive_counter() -> None:
     assert det.report("a", F, 0.0) is not None
 
 
+def test_succeeded_resets_the_counter_as_a_reported_success_does() -> None:
+    det = OutlierDetector(OutlierConfig(), ["a", "b"])
+    fail(det, "a", 4, 0.0)
+    det.succeeded("a")
+    det.succeeded("gone")  # an instance no longer tracked: nothing to reset
+    assert det.snapshot(0.0)["a"].consecutive_failures == 0
+    assert fail(det, "a", 4, 0.0) == []
+    assert det.report("a", F, 0.0) is not None
+
+
 def test_other_5xx_reset_the_counter_unless_count_all_5xx() -> None:
     det = OutlierDetector(OutlierConfig(consecutive_failures=2), ["a", "b"])
     det.report("a", F, 0.0)
