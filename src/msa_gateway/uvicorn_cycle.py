@@ -72,12 +72,15 @@ def _writable(cycle: Any, status: int) -> bool:
 def _response(cycle: Any, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> bytes | None:
     """Return the response's bytes as uvicorn writes them, or None when it would refuse or differ.
 
-    The per-header work runs in C (list comprehensions, ``bytes.join`` over ``zip``): a second
+    The per-header work runs in C (``zip``, ``map``, ``bytes.join``), not in a Python loop: a second
     Content-Length, a non-numeric one or a framing header leaves the answer to uvicorn.
     """
     every = [*cycle.default_headers, *headers] if cycle.default_headers else headers
-    names = [name.lower() for name, _ in every]
-    values = [value for _, value in every]
+    names, values = zip(*every, strict=True) if every else ((), ())  # transposed in C, no loop
+    joined_names = b"".join(names)
+    lowered = joined_names.lower()
+    if lowered != joined_names:  # the proxy's headers come lower-cased already
+        names, joined_names = tuple(map(bytes.lower, names)), lowered
     lengths = names.count(b"content-length")
     if lengths > 1 or not _FRAMING.isdisjoint(names):
         return None
@@ -87,7 +90,7 @@ def _response(cycle: Any, status: int, headers: Sequence[tuple[bytes, bytes]], b
         if not given.isdigit():
             return None
         length = int(given)
-    joined_names, joined_values = b"".join(names), b"".join(values)
+    joined_values = b"".join(values)
     if len(joined_names.translate(None, _NAME_REFUSED)) != len(joined_names):
         return None
     if len(joined_values.translate(None, _VALUE_REFUSED)) != len(joined_values):

@@ -80,23 +80,15 @@ class ProxyRequest:
         self.rest = b"/"
         self.trusted: tuple[Network, ...] = ()  # the snapshot's trusted_proxies, set by ``match``
         self._client_ip: str | None = None
-        rid: bytes | None = None
-        self.traceparent: bytes | None = None
-        self.tracestate: bytes | None = None
+        # One C pass over the headers (the last of a repeated name wins, as a loop would have it).
+        found = dict(self.headers)
+        self.traceparent: bytes | None = found.get(b"traceparent")
+        self.tracestate: bytes | None = found.get(b"tracestate")
         self.trace: Trace | None = None
-        self.content_length: int | None = None
-        self.chunked = False
-        for name, value in self.headers:
-            if name == b"x-request-id":
-                rid = value
-            elif name == b"content-length":
-                self.content_length = int(value) if value.isdigit() else -1
-            elif name == b"transfer-encoding":
-                self.chunked = True
-            elif name == b"traceparent":
-                self.traceparent = value
-            elif name == b"tracestate":
-                self.tracestate = value
+        length = found.get(b"content-length")
+        self.content_length: int | None = None if length is None else int(length) if length.isdigit() else -1
+        self.chunked = b"transfer-encoding" in found
+        rid = found.get(b"x-request-id")
         self.request_id = request_id_from(rid)
         # whether a body follows the head (chunked, or a non-zero Content-Length), and its declared
         # length (None when chunked or absent): read on every request, so stored, not properties

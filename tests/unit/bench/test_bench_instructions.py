@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from bench.instructions import Count, report, request_bytes, summary
+from bench.instructions import Count, parse_args, report, request_bytes, summary
 
 DUMP = b"""# callgrind format
 version: 1
@@ -53,3 +55,8 @@ def test_report_gives_ratio_and_difference_to_the_first_gateway() -> None:
     rows = table.splitlines()[1:]
     assert rows[0].split() == ["gateway", "200", "1.000", "+0"]
     assert rows[1].split() == ["off", "150", "0.750", "-50"]
+
+
+def test_keep_names_the_directory_the_dumps_stay_in(tmp_path: Path) -> None:
+    assert parse_args(["--keep", str(tmp_path)]).keep == tmp_path
+    assert parse_args([]).keep is None  # a temporary directory, removed afterwards
