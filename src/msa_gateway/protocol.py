@@ -56,6 +56,7 @@ body nobody reads after its response: the connection is closed at the keep-alive
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from typing import Any, ClassVar
 
@@ -81,6 +82,7 @@ log = logging.getLogger("msa_gateway.server")
 LINGER = 2.0  # at most this long, a rejected client's data is read and dropped before closing
 LINGER_IDLE = 0.25  # ... and not longer than this after its last byte (nginx: lingering_time/_timeout)
 _EARLY = 0.005  # a timer may fire this much before its deadline
+_TASK_NAME = "http-request"  # every request task's name (uvicorn's tasks are unnamed: "Task-N")
 _CHUNK_FRAMING = 24  # a chunk's size line (16 hex digits + CRLF) and the CRLF after its data, with room
 
 
@@ -204,12 +206,22 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._feeding:
             self._pending = (cycle, app)
         else:
-            HttpToolsProtocol._start_asgi_task(self, cycle, app)
+            self._create_task(cycle, app)
 
     def _start_pending(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
-            HttpToolsProtocol._start_asgi_task(self, *pending)
+            self._create_task(*pending)
+
+    def _create_task(self, cycle: Any, app: Any) -> None:
+        """Start the request's task as uvicorn does, but named: a default name is formatted per task."""
+        coro = cycle.run_asgi(app)
+        if self.config.reset_contextvars:
+            task = self.loop.create_task(coro, name=_TASK_NAME, context=contextvars.Context())
+        else:
+            task = self.loop.create_task(coro, name=_TASK_NAME)
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
 
     # --- parser callbacks ---------------------------------------------------------------
 

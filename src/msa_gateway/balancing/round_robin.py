@@ -55,7 +55,7 @@ class RoundRobin:
     """Round robin; falls back to smooth weighted round robin when weights differ."""
 
     name = "round_robin"
-    __slots__ = ("_counter", "_weighted")
+    __slots__ = ("_counter", "_seen", "_weighted")
 
     @classmethod
     def create(cls, load: Callable[[Instance], int]) -> RoundRobin:
@@ -65,13 +65,19 @@ class RoundRobin:
     def __init__(self) -> None:
         self._counter = 0
         self._weighted = WeightedRoundRobin()
+        # whether the last set seen had one weight: the same set object comes on every request
+        # until health or the registry changes, so the O(n) check is not made per request
+        self._seen: tuple[Sequence[Instance] | None, bool] = (None, True)
 
     def pick(self, eligible: Sequence[Instance]) -> Instance:
         """Return the next instance in turn; N picks over k instances give each N/k +- 1."""
-        first = eligible[0].weight
-        for inst in eligible:
-            if inst.weight != first:
-                return self._weighted.pick(eligible)
+        seen, uniform = self._seen
+        if seen is not eligible:
+            first = eligible[0].weight
+            uniform = all(inst.weight == first for inst in eligible)
+            self._seen = (eligible, uniform)
+        if not uniform:
+            return self._weighted.pick(eligible)
         n = self._counter
         self._counter = n + 1
         return eligible[n % len(eligible)]

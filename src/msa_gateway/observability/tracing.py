@@ -92,7 +92,6 @@ class Trace:
 
 _CHILD_SAMPLED = b"00-%s-%s-01"
 _CHILD = b"00-%s-%s-00"
-_LOW64 = (1 << 64) - 1
 
 
 class Tracer:
@@ -102,7 +101,7 @@ class Tracer:
     valid parent's sampled flag decides instead, else the ratio decides for every trace.
     """
 
-    __slots__ = ("_bound", "_rng", "follow_parent", "ratio")
+    __slots__ = ("_all", "_bound", "_rng", "follow_parent", "ratio")
 
     def __init__(
         self, ratio: float = 1.0, rng: random.Random | None = None, *, follow_parent: bool = True
@@ -112,6 +111,7 @@ class Tracer:
         self.ratio = ratio
         self.follow_parent = follow_parent
         self._bound = int(ratio * (1 << 64))
+        self._all = ratio == 1.0  # every new trace is sampled: no comparison to make
         self._rng = rng or random.Random()
 
     @classmethod
@@ -143,10 +143,10 @@ class Tracer:
                     parent.trace_id, self.span_id(), parent.span_id, sampled, valid_tracestate(tracestate)
                 )
         # 256 random bits: the trace id (128), the server span's id and a spare child span id (64 each).
-        bits = self._rng.getrandbits(256)
-        if not (bits >> 128 and bits >> 64 & _LOW64 and bits & _LOW64):
-            return self.start(None, None)  # an all-zero id is invalid; as good as never happens
-        ids = bits.to_bytes(32, "big").hex().encode()
+        ids = self._rng.getrandbits(256).to_bytes(32, "big").hex().encode()
+        if ZERO_SPAN in ids:  # an all-zero id is invalid: draw again (1 in 10^17, boundaries included)
+            return self.start(None, None)
+        trace_id, span_id, spare = ids[:32], ids[32:48], ids[48:]
         # Sample on the trace id's low 64 bits, as OpenTelemetry's TraceIdRatioBased does.
-        sampled = (bits >> 128 & _LOW64) < self._bound
-        return Trace(ids[:32], ids[32:48], None, sampled, None, ids[48:])
+        sampled = self._all or (self._bound > 0 and int(trace_id[16:], 16) < self._bound)
+        return Trace(trace_id, span_id, None, sampled, None, spare)

@@ -92,14 +92,26 @@ class Attempts:
         self.observe: Callable[[Instance, float], None] | None = getattr(route.balancer, "observe", None)
 
     async def run(self) -> Outcome:
-        """Try instances until one answers or a rule says stop."""
+        """Try instances until one answers or a rule says stop (one coroutine for every attempt)."""
         guard = self.route.guard
         guard.budget.start_request()
         outcome: Outcome | None = None
+        result: UpstreamResponse | UpstreamError
         try:
             while outcome is None:
                 self.n += 1
-                outcome = await self._attempt(self._admit())
+                lease = self._admit()
+                if self.hedging is not None:
+                    lease, result = await Race(self).run(lease, self.hedging)
+                else:
+                    try:
+                        result = await self.exchange(lease)
+                    except UpstreamError as exc:
+                        result = exc
+                    except BaseException:
+                        lease.release()
+                        raise
+                outcome = self._judge(lease, result)
         except HTTPError as exc:
             outcome = Outcome(guard, self.n, error=exc)
         finally:
@@ -198,8 +210,7 @@ class Attempts:
         return resp
 
     def _exchange(self, lease: Lease) -> Coroutine[Any, Any, UpstreamResponse]:
-        trace = self.req.trace
-        if trace is not None and trace.sampled and self.fw.exporter is not None:
+        if self.fw.exporter is not None and self.req.trace is not None and self.req.trace.sampled:
             return self._traced(lease)
         return self._timed(lease, None)
 
@@ -249,30 +260,18 @@ class Attempts:
         finally:
             lease.span = self._span(lease, span_id, start_ns, status, error)
 
-    async def _attempt(self, lease: Lease) -> Outcome | None:
-        """Return the outcome, or None to try again."""
-        result: UpstreamResponse | UpstreamError
-        if self.hedging is not None:
-            lease, result = await Race(self).run(lease, self.hedging)
-        else:
-            try:
-                result = await self.exchange(lease)
-            except UpstreamError as exc:
-                result = exc
-            except BaseException:
-                lease.release()
-                raise
+    def _judge(self, lease: Lease, result: UpstreamResponse | UpstreamError) -> Outcome | None:
+        """Return the outcome of one attempt's result, or None to try again."""
         if isinstance(result, UpstreamError):
             lease.release()
             if self._retry_error(lease, result):
                 return None
             raise result
-        resp = result
-        if self._retry_status(lease, resp.status):
+        if self._retry_status(lease, result.status):
             lease.release()
-            resp.close()
+            result.close()
             return None
-        return Outcome(self.route.guard, self.n, resp, lease)
+        return Outcome(self.route.guard, self.n, result, lease)
 
     def upstream_headers(self, instance: Instance) -> list[tuple[bytes, bytes]]:
         """Return the request's headers for ``instance`` (also a WebSocket upgrade's)."""

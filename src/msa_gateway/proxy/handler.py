@@ -90,7 +90,7 @@ class ProxyApp:
                 if reply is not None:
                     await self._reply(req, ex, reply)
                     return
-            body = await open_body(req, ex, route.spec.options, self.body_timeout)
+            body = await open_body(req, ex, route.spec.options, self.body_timeout) if req.has_body else None
             outcome = await self.forwarder.forward(route, req, ex, body)
             try:
                 if outcome.response is None:

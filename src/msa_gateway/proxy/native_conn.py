@@ -52,9 +52,10 @@ def serialize_head(method: str, target: str, headers: Headers, chunked: bool) ->
     line = f"{method} {target} HTTP/1.1\r\n".encode("latin-1")
     fields = b"\r\n".join(map(b": ".join, headers))  # per header in C, not a Python loop
     head = b"".join((line, fields, b"\r\n" if headers else b"", CHUNKED_HEADER if chunked else b"", b"\r\n"))
-    # Every line ends in exactly one CRLF: a stray CR or LF in any field would add one (counted in one pass).
+    # Every line ends in exactly one CRLF: a stray CR or LF in any field would add one. (Two counts
+    # cost fewer instructions than one ``bytes.translate`` pass.)
     lines = len(headers) + 2 + chunked
-    if len(head) - len(head.translate(None, b"\r\n")) != 2 * lines:
+    if head.count(b"\n") != lines or head.count(b"\r") != lines:
         raise InvalidHead("CR or LF inside the request line or a header field")
     return head
 

@@ -86,3 +86,11 @@ def test_adopt_reports_an_unknown_server() -> None:
         return {}
 
     assert not adopt_uvicorn(receive, Settings(_env_file=None))  # type: ignore[call-arg]
+
+
+def test_start_asgi_task_is_what_the_named_copy_repeats() -> None:
+    """``GatewayHttpProtocol._create_task`` repeats uvicorn's task start with a fixed name."""
+    source = inspect.getsource(HttpToolsProtocol._start_asgi_task)
+    for part in ("cycle.run_asgi(app)", "reset_contextvars", "self.tasks.discard", "self.tasks.add(task)"):
+        assert part in source, part
+    assert "_start_asgi_task" not in inspect.getsource(GatewayHttpProtocol._create_task)
