@@ -141,8 +141,8 @@ class Attempts:
         candidates, panic = guard.candidates(
             route.instances, route.keys, route.eligible, route.eligible_keys, self.tried
         )
-        if panic is not guard.in_panic:
-            self.fw.note_panic(route, panic)
+        if guard.set_panic(panic):  # forwarder.note_panic, without its call when nothing changed
+            self.fw.panic_changed(route, panic)
         if guard.newly_slow:
             self.fw.note_slow(route, guard.newly_slow)
         if not candidates:

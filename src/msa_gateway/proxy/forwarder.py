@@ -67,9 +67,9 @@ class Forwarder:
                 },
             )
 
-    def note_panic(self, route: ServiceRoute, panic: bool) -> None:
-        """Record the service's panic state; log and export it when it changes."""
-        note_panic(self.metrics, route, panic)
+    def panic_changed(self, route: ServiceRoute, panic: bool) -> None:
+        """Log and export the panic state ``route.guard.set_panic`` just changed."""
+        panic_changed(self.metrics, route, panic)
 
     def note_slow(self, route: ServiceRoute, keys: frozenset[str]) -> None:
         """Log and count instances just taken out of rotation for keeping requests waiting."""
@@ -85,8 +85,13 @@ class Forwarder:
 def note_panic(metrics: Metrics, route: ServiceRoute, panic: bool) -> None:
     """Record a service's panic state on its guard; log and export it when it changes."""
     if route.guard.set_panic(panic):
-        metrics.panic.labels(route.name).set(1 if panic else 0)
-        log.warning(
-            "service in panic mode: balancing over all instances" if panic else "service left panic mode",
-            extra={"service": route.name},
-        )
+        panic_changed(metrics, route, panic)
+
+
+def panic_changed(metrics: Metrics, route: ServiceRoute, panic: bool) -> None:
+    """Log and export a service's new panic state."""
+    metrics.panic.labels(route.name).set(1 if panic else 0)
+    log.warning(
+        "service in panic mode: balancing over all instances" if panic else "service left panic mode",
+        extra={"service": route.name},
+    )

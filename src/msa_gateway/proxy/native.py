@@ -284,10 +284,10 @@ class NativeClient:
         return pool
 
     async def _acquire(self, pool: Pool, limit: int, timeout: float) -> tuple[Conn, bool]:
-        """Return an idle connection (reused True), else a new one, else wait for one."""
-        conn = pool.take_idle()
-        if conn is not None:
-            return conn, True
+        """With no idle connection (``send`` took that one): a new one, else wait for one handed back.
+
+        ``reused`` is True for a handed-back connection.
+        """
         if not pool.reserve(limit):
             try:
                 handed = await pool.wait(timeout)

@@ -104,10 +104,8 @@ class ServiceRoute:
         return self.guard.candidates(self.instances, self.keys, self.eligible, self.eligible_keys)[1]
 
     def count(self, method: str, code: int) -> None:
-        """Count one answered request (``RequestStats.count``, inlined: once per request)."""
-        counts = self._stats.counts
-        key = (self.name, method, code)
-        counts[key] = counts.get(key, 0) + 1
+        """Count one answered request."""
+        self._stats.count(self.name, method, code)
 
 
 class Seen(Mapping[str, float]):
