@@ -58,8 +58,8 @@ def redis_backend(shared: SharedState, timeout: float) -> RedisBackend:
             if gauge is not None:
                 gauge.set(1 if up else 0)
 
-        # The client's socket timeouts are longer than the backend's own deadline (which allows
-        # a second timeout when the loop was starved): redis-py must not time out first.
+        # redis-py names the server (decisions go over the backend's own connection) and serves
+        # maintenance commands, with timeouts no shorter than a decision's.
         client = connect(settings, timeout=2 * timeout + CLIENT_MARGIN)
         return RedisBackend(client, timeout, shared.monotonic, changed)
 

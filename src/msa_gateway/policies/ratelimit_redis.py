@@ -6,10 +6,10 @@ count every request exactly once, whatever the concurrency. Time comes from Redi
 share a hash tag (``rl:{service:policy:key}:0``...), so the script also runs on Redis Cluster,
 and each key gets a TTL that ends one interval after its TAT: an idle key is as good as gone.
 
-When the script is missing (a restarted server, ``SCRIPT FLUSH``) the ``NOSCRIPT`` answer is
-handled by loading it again and retrying those calls once. Any other failure, or no answer within
-``backend_timeout`` (twice that when the event loop itself was late; the client's own socket
-timeouts are longer, so this rule is the one that decides), marks the backend down:
+Decisions go over one pipelined connection (``redis_wire.py``), which loads the script when it
+opens; a ``NOSCRIPT`` answer (``SCRIPT FLUSH``) is handled by loading it again and retrying that
+call once. Any other failure, or no answer within ``backend_timeout`` (twice that when the event
+loop itself was late), marks the backend down:
 the outage is logged once, ``gateway_ratelimit_backend_up`` goes to 0 and requests get the
 policy's ``on_backend_error`` answer without waiting for Redis; every ``RETRY_INTERVAL`` one
 request tries Redis again, and the first success brings the backend back (logged, gauge 1).
@@ -18,21 +18,20 @@ request tries Redis again, and the first success brings the backend back (logged
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import hashlib
 import logging
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+import ssl
+from collections.abc import Callable, Sequence
 
+import hiredis
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
 
 from msa_gateway.policies.gcra import Decision, Limit
+from msa_gateway.policies.redis_wire import Endpoint, Wire, open_wire, pack
 
 log = logging.getLogger(__name__)
 
 RETRY_INTERVAL = 0.25  # seconds between two tries of a backend that is down
-MAX_BATCHES = 4  # pipelines in flight at once (about as many connections)
-GRACE_TURNS = 3  # event-loop turns a timed-out call gets to read an answer already in the socket
 
 # KEYS: one per limit. ARGV: applied, then per limit the interval and the tolerance in microseconds.
 # applied = 0 decides one request; applied = n > 0 accounts for n requests a pre-check already
@@ -67,9 +66,6 @@ return {allowed and 1 or 0, math.ceil(wait), unpack(out)}
 """
 
 
-Pending = tuple[Sequence[str], Sequence[float | int], "asyncio.Future[list[int] | None]"]
-
-
 def script_args(limits: Sequence[Limit], applied: int = 0) -> list[float | int]:
     """Return ARGV for ``limits``: ``applied``, then interval and tolerance of each, in microseconds."""
     args: list[float | int] = [applied]
@@ -90,27 +86,27 @@ def parse_answer(answer: list[int]) -> Decision:
 
 
 class RedisBackend:
-    """One Redis client shared by every ``redis`` policy of the runtime, with its up/down state.
+    """The rate limiter's Redis: one pipelined connection (``redis_wire.py``) and its up/down state.
 
-    Decisions asked for in the same event-loop turn go out together as one pipeline of
-    ``EVALSHA`` calls (still one script run per request), with at most ``MAX_BATCHES`` pipelines
-    in flight: a burst of concurrent requests costs a few round trips and connections, not one
-    connection each, and each request waits for at most ``timeout``.
+    Decisions asked for in the same event-loop turn leave in one write, still one ``EVALSHA``
+    each; every request waits for at most ``timeout`` (see ``Wire`` for the starved-loop grace).
+    ``client`` (redis-py) names the server and serves maintenance commands, never decisions.
     """
 
     def __init__(
         self, client: Redis, timeout: float, now: Callable[[], float], on_change: Callable[[bool], None]
     ) -> None:
         self.client = client
+        self.endpoint = Endpoint.of(client)
         self.timeout = timeout
         self.now = now
         self.on_change = on_change  # told of each transition (the gauge)
         self.up = True
         self.retry_at = 0.0
-        self.sha: str | None = None
-        self.queue: list[Pending] = []
-        self.in_flight: set[asyncio.Task[None]] = set()
-        self.scheduled = False
+        self.sha = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()  # = SCRIPT LOAD
+        self.load = pack("SCRIPT", "LOAD", SCRIPT)
+        self.wire: Wire | None = None
+        self.opening: asyncio.Task[Wire | None] | None = None
 
     def available(self) -> bool:
         """Return whether a decision should try Redis now (up, or down and due for a retry)."""
@@ -124,94 +120,45 @@ class RedisBackend:
 
     async def run(self, keys: Sequence[str], args: Sequence[float | int]) -> list[int] | None:
         """Run the script; None when Redis failed or did not answer in time (the backend is down)."""
-        future: asyncio.Future[list[int] | None] = asyncio.get_running_loop().create_future()
-        self.queue.append((keys, args, future))
-        self._schedule()
-        return await future
+        wire = self.wire
+        if wire is None or wire.failed is not None:
+            wire = await self._open()
+            if wire is None:
+                return None
+        packed = pack("EVALSHA", self.sha, len(keys), *keys, *args)
+        reply = await wire.send(packed)
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+            # A restarted server or SCRIPT FLUSH: load it again, then run (in that order, one connection).
+            wire.send(self.load)
+            reply = await wire.send(packed)
+        if isinstance(reply, BaseException):
+            if not isinstance(reply, hiredis.ReplyError):
+                wire.fail(reply)  # a dead or silent connection: the next try opens a new one
+                if self.wire is wire:
+                    self.wire = None
+            self._mark(False, reply)
+            return None
+        if not self.up:
+            self._mark(True, None)
+        return list(reply)
 
-    def _schedule(self) -> None:
-        if not self.scheduled and len(self.in_flight) < MAX_BATCHES:
-            self.scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+    async def _open(self) -> Wire | None:
+        """Connect, once for every caller waiting (a cancelled caller does not cancel the others)."""
+        if self.opening is None:
+            loop = asyncio.get_running_loop()
+            self.opening = loop.create_task(self._connect(), name="ratelimit-redis-connect")
+        return await asyncio.shield(self.opening)
 
-    def _flush(self) -> None:
-        self.scheduled = False
-        if not self.queue:
-            return
-        batch, self.queue = self.queue, []
-        task = asyncio.get_running_loop().create_task(self._send(batch))
-        self.in_flight.add(task)
-        task.add_done_callback(self._sent)
-
-    def _sent(self, task: asyncio.Task[None]) -> None:
-        self.in_flight.discard(task)
-        if self.queue:
-            self._schedule()
-
-    async def _send(self, batch: list[Pending]) -> None:
+    async def _connect(self) -> Wire | None:
         try:
-            answers: list[list[int] | None] = list(await self._within_timeout(self._pipeline(batch)))
-        except (RedisError, OSError, TimeoutError) as exc:
+            wire = await open_wire(self.endpoint, self.timeout, self.load)
+        except (OSError, TimeoutError, hiredis.HiredisError, ssl.SSLError) as exc:
             self._mark(False, exc)
-            answers = [None] * len(batch)
-            # Every pooled connection may be dead (a restarted server): start afresh, so the first
-            # success after an outage is not followed by failures on the old connections.
-            with contextlib.suppress(Exception):
-                await self.client.connection_pool.disconnect()
-        else:
-            if not self.up:
-                self._mark(True, None)
-        for (_, _, future), answer in zip(batch, answers, strict=True):
-            if not future.done():
-                future.set_result(answer)
-
-    async def _within_timeout(self, work: Coroutine[Any, Any, list[list[int]]]) -> list[list[int]]:
-        """Await ``work`` for ``timeout``; once more when the timer itself fired late.
-
-        A timer that fires more than half a timeout late means the event loop was starved of
-        CPU, not that Redis was slow: its answer may be sitting unread in the socket. Then the
-        work gets one more ``timeout`` before the backend is declared down. Either way the loop
-        gets ``GRACE_TURNS`` more turns first: an answer that came while the loop was busy with
-        other requests is read and parsed in those (microseconds), not counted as an outage.
-        """
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(work)
-        try:
-            deadline = loop.time() + self.timeout
-            done, _ = await asyncio.wait({task}, timeout=self.timeout)
-            if not done and loop.time() - deadline > self.timeout / 2:
-                await asyncio.wait({task}, timeout=self.timeout)
-            for _ in range(GRACE_TURNS):
-                if task.done():
-                    break
-                await asyncio.sleep(0)
-            if not task.done():
-                raise TimeoutError
-            return task.result()
+            return None
         finally:
-            task.cancel()
-
-    async def _pipeline(self, batch: list[Pending]) -> list[list[int]]:
-        if self.sha is None:
-            self.sha = str(await self.client.script_load(SCRIPT))
-        results = await self._evalsha([(keys, args) for keys, args, _ in batch])
-        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-        if missing:  # a restarted server or SCRIPT FLUSH: load it again, run those once more
-            self.sha = str(await self.client.script_load(SCRIPT))
-            again = await self._evalsha([(batch[i][0], batch[i][1]) for i in missing])
-            for i, result in zip(missing, again, strict=True):
-                results[i] = result
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-        return results
-
-    async def _evalsha(self, calls: list[tuple[Sequence[str], Sequence[float | int]]]) -> list[Any]:
-        assert self.sha is not None
-        pipe = self.client.pipeline(transaction=False)
-        for keys, args in calls:
-            pipe.evalsha(self.sha, len(keys), *keys, *args)
-        return await pipe.execute(raise_on_error=False)
+            self.opening = None
+        self.wire = wire
+        return wire
 
     def _mark(self, up: bool, exc: BaseException | None) -> None:
         if up == self.up:
@@ -227,5 +174,7 @@ class RedisBackend:
         self.on_change(up)
 
     async def aclose(self) -> None:
-        """Close the client's connections."""
+        """Close the connection and the client's."""
+        if self.wire is not None:
+            self.wire.fail(ConnectionError("closed"))
         await self.client.aclose()

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from msa_gateway.discovery.redis_registry import connect
 from msa_gateway.observability.metrics import Metrics
 from msa_gateway.policies.gcra import Decision
 from msa_gateway.policies.ratelimit import redis_backend
@@ -231,3 +232,28 @@ async def test_a_redis_that_hangs_costs_a_request_at_most_the_timeout(
         return (await limiter.decide("k"))[1] in {"allowed", "limited"}
 
     assert await eventually(decided_by_redis, timeout=5.0) < 1.0
+
+
+async def test_decisions_use_the_configured_password_and_database(redis_server: RedisServer) -> None:
+    client = connect(redis_server.settings())
+    await client.config_set("requirepass", "s3cret")
+    try:
+        shared = SharedState(settings=redis_server.settings(redis_password="s3cret", redis_db=3))
+        config = parse({"backend": "redis", "backend_timeout": TIMEOUT, "limits": ["5/minute"]})
+        limiter = Limiter(config, "svc", redis_backend(shared, TIMEOUT), time.monotonic, shared.tasks)
+        assert (await limiter.decide("k"))[1] == "allowed"
+        checker = connect(redis_server.settings(redis_password="s3cret", redis_db=3))
+        assert await checker.exists("rl:{svc:default:k}:0") == 1
+        zero = connect(redis_server.settings(redis_password="s3cret", redis_db=0))
+        assert await zero.exists("rl:{svc:default:k}:0") == 0
+        wrong = SharedState(settings=redis_server.settings(redis_password="wrong"))
+        refused = Limiter(config, "svc", redis_backend(wrong, TIMEOUT), time.monotonic, wrong.tasks)
+        assert (await refused.decide("k"))[1] == "fallback_allowed"  # AUTH refused: down, decided locally
+        for c in (checker, zero):
+            await c.aclose()
+        await shared.aclose()
+        await wrong.aclose()
+    finally:
+        await client.auth("s3cret")
+        await client.config_set("requirepass", "")
+        await client.aclose()
