@@ -105,7 +105,10 @@ class ProxyRequest:
         """Return the client's address as ``trusted_proxies`` resolves it ("" when unknown); computed once."""
         ip = self._client_ip
         if ip is None:
-            ip = self._client_ip = client_address(self.peer, self.headers, self.trusted)
+            # no trusted proxies (the default): the peer, without the general rule's calls
+            trusted = self.trusted
+            ip = client_address(self.peer, self.headers, trusted) if trusted else self.peer or ""
+            self._client_ip = ip
         return ip
 
     def match(self, snapshot: Snapshot) -> ServiceRoute:
