@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
     from msa_gateway.proxy.request import ProxyRequest
 
 Headers = list[tuple[bytes, bytes]]
-_name = itemgetter(0)
 DEFAULT_REALM = "msa-gateway"
 _QUOTED_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')  # RFC 6750: error_description is printable ASCII
 _VALUE_UNSAFE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -63,13 +61,8 @@ def take_header(
 ) -> tuple[bytes | None, Headers]:
     """Return the first ``name`` header's value and the headers to keep.
 
-    The kept list leaves out ``name`` when ``strip`` is set, and every header in ``drop``. The
-    common case (the credential once, nothing to drop) is found with C calls, not a Python loop.
+    The kept list leaves out ``name`` when ``strip`` is set, and every header in ``drop``.
     """
-    names = list(map(_name, headers))
-    if names.count(name) == 1 and drop.isdisjoint(names):
-        i = names.index(name)
-        return headers[i][1], [*headers[:i], *headers[i + 1 :]] if strip else list(headers)
     found = None
     kept: Headers = []
     for item in headers:
