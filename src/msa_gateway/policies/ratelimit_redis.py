@@ -21,13 +21,13 @@ import asyncio
 import hashlib
 import logging
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import hiredis
 from redis.asyncio import Redis
 
 from msa_gateway.policies.gcra import Decision, Limit
-from msa_gateway.policies.redis_wire import Endpoint, Wire, open_wire, pack
+from msa_gateway.policies.redis_wire import Endpoint, Reply, Wire, open_wire, pack
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,15 @@ def script_args(limits: Sequence[Limit], applied: int = 0) -> list[float | int]:
     return args
 
 
+Args = Sequence[float | int]  # the script's ARGV
+_new = tuple.__new__  # builds a Decision in C (its constructor is Python)
+
+
 def parse_answer(answer: list[int]) -> Decision:
     """Turn the script's answer into a ``Decision``."""
+    if len(answer) == 4:  # one limit: no loops
+        allowed, wait, remaining, reset = answer
+        return _new(Decision, (allowed == 1, wait / 1e6, (remaining,), (reset / 1e6,)))
     pairs = answer[2:]
     return Decision(
         bool(answer[0]),
@@ -118,29 +125,41 @@ class RedisBackend:
         self.retry_at = now + RETRY_INTERVAL  # one request tries; the others keep the fallback
         return True
 
-    async def run(self, keys: Sequence[str], args: Sequence[float | int]) -> list[int] | None:
+    async def run(self, keys: Sequence[str], args: Args) -> list[int] | None:
         """Run the script; None when Redis failed or did not answer in time (the backend is down)."""
+        reply = await self.send(keys, args)
+        return reply if type(reply) is list and self.up else await self.settle(reply, keys, args)
+
+    def send(self, keys: Sequence[str], args: Args) -> Awaitable[Reply]:
+        """Send the script call and return its reply to come: ``run`` in two halves, for a caller
+        that saves a coroutine on the common path (the answer, while up) and ``settle``s the rest."""
         wire = self.wire
         if wire is None or wire.failed is not None:
-            wire = await self._open()
-            if wire is None:
-                return None
-        packed = pack("EVALSHA", self.sha, len(keys), *keys, *args)
-        reply = await wire.send(packed)
-        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-            # A restarted server or SCRIPT FLUSH: load it again, then run (in that order, one connection).
+            return self._send_connected(keys, args)
+        return wire.send(pack("EVALSHA", self.sha, len(keys), *keys, *args))
+
+    async def _send_connected(self, keys: Sequence[str], args: Args) -> Reply:
+        wire = await self._open()
+        if wire is None:
+            return ConnectionError("no connection to Redis")
+        return await wire.send(pack("EVALSHA", self.sha, len(keys), *keys, *args))
+
+    async def settle(self, reply: Reply, keys: Sequence[str], args: Args) -> list[int] | None:
+        """Return the script's answer from a reply that was not plainly one; None when Redis failed.
+
+        ``NOSCRIPT`` (``SCRIPT FLUSH``): load the script again, then run it (in that order, on one
+        connection). A failed connection has failed itself (``Wire.fail``); the next try opens one.
+        """
+        wire = self.wire
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT") and wire is not None:
             wire.send(self.load)
-            reply = await wire.send(packed)
+            reply = await wire.send(pack("EVALSHA", self.sha, len(keys), *keys, *args))
         if isinstance(reply, BaseException):
-            if not isinstance(reply, hiredis.ReplyError):
-                wire.fail(reply)  # a dead or silent connection: the next try opens a new one
-                if self.wire is wire:
-                    self.wire = None
             self._mark(False, reply)
             return None
         if not self.up:
             self._mark(True, None)
-        return list(reply)
+        return reply  # type: ignore[no-any-return]  # the script answers a list of integers
 
     async def _open(self) -> Wire | None:
         """Connect, once for every caller waiting (a cancelled caller does not cancel the others)."""

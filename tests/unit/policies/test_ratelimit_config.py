@@ -1,17 +1,21 @@
-"""Parsing of the ``rate_limit`` block: rates, bursts, keys, backends; every mistake names its key."""
+"""Parsing of the ``rate_limit`` block (every mistake names its key), and the Redis keys and answers it leads to."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
 from msa_gateway.errors import ConfigError
+from msa_gateway.policies import ratelimit_limiter
 from msa_gateway.policies.base import PolicyError
-from msa_gateway.policies.gcra import Limit
+from msa_gateway.policies.gcra import Decision, Limit
 from msa_gateway.policies.ratelimit_config import parse
-from msa_gateway.policies.ratelimit_limiter import redis_key_part
+from msa_gateway.policies.ratelimit_limiter import Limiter, redis_key_part
+from msa_gateway.policies.ratelimit_redis import parse_answer
 from msa_gateway.settings import parse_config
+from msa_gateway.tasks import Supervisor
 
 
 def test_a_full_block_parses_into_limits_key_and_backend() -> None:
@@ -89,3 +93,29 @@ def test_plain_short_key_values_stay_readable_in_redis_and_others_are_hashed() -
     hashed = redis_key_part("h:tenant}{evil")
     assert hashed.startswith("h:") and len(hashed) == 42 and "}" not in hashed
     assert redis_key_part("c:" + "x" * 100) != redis_key_part("c:" + "x" * 101)
+    for unsafe in ("h:a b", "c:é", "h:a\x00", "h:*"):
+        assert redis_key_part(unsafe).startswith("h:") and len(redis_key_part(unsafe)) == 42
+    assert redis_key_part("c:" + "x" * 62) == "c:" + "x" * 62  # 64 bytes: still as is
+
+
+def test_the_scripts_answer_becomes_a_decision_for_one_limit_and_for_several() -> None:
+    one = parse_answer([1, 0, 4, 12_000_000])
+    assert one == Decision(True, 0.0, (4,), (12.0,)) and type(one) is Decision
+    refused = parse_answer([0, 2_500_000, 0, 60_000_000])
+    assert refused == Decision(False, 2.5, (0,), (60.0,))
+    two = parse_answer([1, 0, 4, 12_000_000, 99, 1_500_000])
+    assert two == Decision(True, 0.0, (4, 99), (12.0, 1.5))
+
+
+def test_redis_key_names_are_made_once_per_key_and_forgotten_past_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = parse({"backend": "redis", "limits": ["5/minute", "100/hour"]})
+    limiter = Limiter(config, "svc", None, time.monotonic, Supervisor())
+    first = limiter.keys("ip:203.0.113.7")
+    assert first == ["rl:{svc:default:ip:203.0.113.7}:0", "rl:{svc:default:ip:203.0.113.7}:1"]
+    assert limiter.keys("ip:203.0.113.7") is first
+    monkeypatch.setattr(ratelimit_limiter, "MAX_KNOWN_KEYS", 3)
+    for i in range(7):
+        assert limiter.keys(f"k{i}")[0] == f"rl:{{svc:default:k{i}}}:0"
+        assert len(limiter.known_keys) <= 3
