@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import ssl
 from collections.abc import Awaitable, Callable, Sequence
 
 import hiredis
@@ -171,7 +170,7 @@ class RedisBackend:
     async def _connect(self) -> Wire | None:
         try:
             wire = await open_wire(self.endpoint, self.timeout, self.load)
-        except (OSError, TimeoutError, hiredis.HiredisError, ssl.SSLError) as exc:
+        except Exception as exc:  # refused, timed out, TLS, AUTH or SELECT refused: all an outage
             self._mark(False, exc)
             return None
         finally:
