@@ -143,14 +143,23 @@ class GatewayApp:
             # Served without lifespan support: build the runtime on first use.
             log.warning("client_protections_off", extra={"reason": f"served without lifespan: {LOST}"})
             await self._startup()
+        proxy = self.direct_app(scope)
+        if proxy is None:
+            await self.api(scope, receive, send)
+        else:
+            await proxy(scope, receive, send)
+
+    def direct_app(self, scope: dict[str, Any]) -> ProxyApp | None:
+        """Return the proxy when it serves this request, None for the gateway's own endpoints.
+
+        ``protocol.py`` asks it too, and runs a proxied request as its task's only coroutine:
+        without uvicorn's ``run_asgi`` and this ``__call__`` around it (two frames that every
+        resumption of the request passes through). The proxy answers its own crashes (500).
+        """
         raw = scope.get("raw_path") or scope["path"].encode("utf-8")
         end = raw.find(b"/", 1)
         first = raw[1:end] if end > 0 else raw[1:]
-        if first in OWN_SEGMENTS:
-            await self.api(scope, receive, send)
-        else:
-            assert self.proxy is not None
-            await self.proxy(scope, receive, send)
+        return None if first in OWN_SEGMENTS else self.proxy
 
     async def _startup(self) -> None:
         runtime = self._factory()

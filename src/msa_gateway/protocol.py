@@ -58,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httptools
@@ -113,6 +114,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._feeding = False  # inside parser.feed_data: a request's task starts once it returns
         self._pending: tuple[Any, Any] | None = None  # (cycle, app) whose task is not created yet
         self._framing_left: int | None = None  # in a chunked body: bytes extensions + trailers may still use
+        self._direct: Callable[[Any], Any] | None = getattr(self.app, "direct_app", None)
 
     # --- connection ---------------------------------------------------------------------
 
@@ -214,8 +216,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._create_task(*pending)
 
     def _create_task(self, cycle: Any, app: Any) -> None:
-        """Start the request's task as uvicorn does, but named: a default name is formatted per task."""
-        coro = cycle.run_asgi(app)
+        """Start the request's task as uvicorn does, but named (a default name is formatted per task).
+
+        A request the app's ``direct_app`` names a handler for (the proxy, app.py) runs without
+        uvicorn's ``run_asgi`` around it; that handler answers its own failures.
+        """
+        direct = self._direct(cycle.scope) if self._direct is not None and app is self.app else None
+        coro = cycle.run_asgi(app) if direct is None else direct(cycle.scope, cycle.receive, cycle.send)
         if self.config.reset_contextvars:
             task = self.loop.create_task(coro, name=_TASK_NAME, context=contextvars.Context())
         else:

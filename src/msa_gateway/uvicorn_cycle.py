@@ -120,3 +120,14 @@ def write_whole(send: Any, status: int, headers: Sequence[tuple[bytes, bytes]], 
         cycle.transport.close()
     cycle.on_response()
     return True
+
+
+def abort(send: Any) -> None:
+    """Close the connection of a response that cannot be completed (the client must not take it as whole).
+
+    Under uvicorn's cycle the transport is closed here; under another server, returning without
+    completing the response makes the server close it.
+    """
+    cycle = _cycle(send)
+    if cycle is not None and not cycle.response_complete:
+        cycle.transport.close()

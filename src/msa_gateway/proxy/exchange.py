@@ -22,7 +22,7 @@ from msa_gateway.proxy.headers import downstream_response_headers
 from msa_gateway.proxy.redirects import Redirects
 from msa_gateway.proxy.retry import IDEMPOTENT_METHODS
 from msa_gateway.proxy.upstream import UpstreamResponse
-from msa_gateway.uvicorn_cycle import body_waiting, write_whole
+from msa_gateway.uvicorn_cycle import abort, body_waiting, write_whole
 
 if TYPE_CHECKING:
     from msa_gateway.observability.access import AccessLog
@@ -140,6 +140,7 @@ async def stream_back(
                         "upstream failed mid-response; closing the client connection",
                         extra={"kind": exc.kind, "bytes": ex.nbytes, "request_id": request_id},
                     )
+                    abort(send)
                 return
             if not chunk:
                 break

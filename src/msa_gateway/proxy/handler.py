@@ -13,6 +13,7 @@ become JSON only through ``errors.render``.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -33,11 +34,14 @@ from msa_gateway.proxy.lease import Lease
 from msa_gateway.proxy.redirects import Redirects
 from msa_gateway.proxy.request import ProxyRequest, Receive, Scope, Send
 from msa_gateway.proxy.websocket import WebSocketProxy
+from msa_gateway.uvicorn_cycle import abort
 
 if TYPE_CHECKING:
     from msa_gateway.policies.base import Reply, ResponseStage
     from msa_gateway.registry.snapshot import ServiceRoute
     from msa_gateway.runtime import Runtime
+
+log = logging.getLogger("msa_gateway.proxy")
 
 
 def response_stages(route: ServiceRoute, lease: Lease | None) -> tuple[ResponseStage, ...]:
@@ -110,9 +114,22 @@ class ProxyApp:
             await self._client_gone(req, ex)
         except HTTPError as exc:
             await self._fail(req, ex, exc)
+        except Exception:  # a bug: logged with its trace, answered in the one error shape
+            await self._crash(req, ex)
         finally:
             stats.in_flight -= 1
             self._account(req, ex)
+
+    async def _crash(self, req: ProxyRequest, ex: Exchange) -> None:
+        """Answer 500 (never a stack trace), or close the connection when the answer had begun."""
+        log.exception("proxy_request_failed", extra={"request_id": req.request_id})
+        ex.error = "internal_error"
+        if ex.client_gone:
+            ex.status = STATUS_CLIENT_GONE
+        elif ex.started_response:
+            abort(req.send)
+        else:
+            await self._send_error(req, ex, HTTPError("unexpected error"))
 
     async def _client_gone(self, req: ProxyRequest, ex: Exchange) -> None:
         """The client's body stalled, grew too large, or the client went away."""

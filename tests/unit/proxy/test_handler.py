@@ -12,6 +12,7 @@ import logging
 import pytest
 
 from msa_gateway.errors import UpstreamError, UpstreamTimeout
+from msa_gateway.proxy.forwarder import Forwarder
 from msa_gateway.proxy.handler import ProxyApp
 from msa_gateway.runtime import Runtime
 from tests.support.fake_upstream import FakeUpstream, Hang, Reply, access_lines, call, instances, make_runtime
@@ -378,3 +379,42 @@ async def test_read_timeout_from_the_seam_is_504() -> None:
     answer = await call(ProxyApp(rt))
     assert answer.status == 504
     assert metric(rt, "gateway_upstream_errors_total", service="svc", kind="read_timeout") == 1
+
+
+async def test_a_bug_before_the_answer_is_a_json_500_logged_with_its_trace(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt, _up, log = make_runtime()
+    rt.apply(instances(9001))
+    app = ProxyApp(rt)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("a bug at 10.0.0.7")
+
+    monkeypatch.setattr(Forwarder, "forward", broken)
+    with caplog.at_level(logging.ERROR, "msa_gateway.proxy"):
+        answer = await call(app, headers=[(b"x-request-id", b"rid-7")])
+    assert answer.status == 500
+    assert answer.json() == {"error": "internal_error", "detail": "unexpected error", "request_id": "rid-7"}
+    assert b"a bug" not in answer.body and b"10.0.0.7" not in answer.body  # never a trace or an address
+    (record,) = [r for r in caplog.records if r.message == "proxy_request_failed"]
+    assert record.exc_info is not None  # ...but the trace is in the log
+    (line,) = access_lines(log)
+    assert line["status"] == 500 and line["error"] == "internal_error"
+    assert rt.metrics.requests.in_flight == 0
+
+
+async def test_a_bug_after_the_answer_began_ends_it_without_a_clean_end() -> None:
+    rt, up, log = make_runtime()
+    rt.apply(instances(9001))
+    up.script(A, Reply(200, chunks=[b"part", b"more"]))
+
+    def fail_on_more(message: dict[str, object]) -> None:
+        if message.get("more_body"):
+            raise RuntimeError("a bug while streaming")
+
+    answer = await call(ProxyApp(rt), on_send=fail_on_more)
+    assert answer.status == 200
+    bodies = [m for m in answer.messages if m["type"] == "http.response.body"]
+    assert all(m.get("more_body") for m in bodies)  # no final message: the connection is closed, not ended
+    assert access_lines(log)[0]["error"] == "internal_error"

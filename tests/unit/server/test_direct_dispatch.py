@@ -1,0 +1,82 @@
+"""A proxied request runs as its task's only coroutine; the gateway's own paths go through ASGI as before.
+
+The app here stands for ``GatewayApp``: ``direct_app(scope)`` names the handler of a path, or None
+for the paths its ``__call__`` serves (through uvicorn's ``run_asgi``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import uvicorn
+from uvicorn.server import ServerState
+
+from msa_gateway.protocol import GatewayHttpProtocol, ServerLimits, make_protocol
+from msa_gateway.uvicorn_cycle import abort
+from tests.unit.server.test_protocol_limits import FakeTransport, settle, statuses
+
+
+async def respond(send: Any, status: int, *, complete: bool = True) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"2")]})
+    if complete:
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+class App:
+    """``/ok`` answers directly, ``/cut`` begins an answer and aborts it; every other path: ASGI (201)."""
+
+    def __init__(self) -> None:
+        self.coroutines: list[str] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self._note()
+        await respond(send, 201)
+
+    def direct_app(self, scope: dict[str, Any]) -> Any:
+        return {"/ok": self.ok, "/cut": self.cut}.get(scope["path"])
+
+    async def ok(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self._note()
+        await respond(send, 200)
+
+    async def cut(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await respond(send, 200, complete=False)
+        abort(send)
+
+    def _note(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.coroutines.append(task.get_coro().__qualname__)  # type: ignore[union-attr]
+
+
+def connect(app: App) -> tuple[GatewayHttpProtocol, FakeTransport]:
+    config = uvicorn.Config(
+        app, lifespan="off", log_config=None, access_log=False, date_header=False, proxy_headers=False
+    )
+    config.load()  # as msa-gateway run has it: the app itself, not wrapped
+    proto = make_protocol(ServerLimits())(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    return proto, transport
+
+
+def get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+
+
+async def test_a_direct_request_is_its_tasks_only_coroutine_and_the_rest_go_through_asgi() -> None:
+    app = App()
+    proto, transport = connect(app)
+    proto.data_received(get("/ok") + get("/own") + get("/ok"))  # pipelined, in order
+    await settle()
+    assert statuses(bytes(transport.out)) == [200, 201, 200]
+    assert app.coroutines == ["App.ok", "RequestResponseCycle.run_asgi", "App.ok"]
+    assert not proto.tasks and not transport.closing
+
+
+async def test_an_aborted_answer_closes_the_connection() -> None:
+    proto, transport = connect(App())
+    proto.data_received(get("/cut"))
+    await settle()
+    assert statuses(bytes(transport.out)) == [200] and transport.closing
