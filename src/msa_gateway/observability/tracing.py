@@ -16,7 +16,6 @@ import re
 import struct
 from dataclasses import dataclass
 from itertools import repeat
-from operator import and_
 
 _TRACEPARENT = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 _TRACESTATE_MEMBER = re.compile(
@@ -101,8 +100,8 @@ _new = object.__new__
 # New traces drawn at once: one random draw, hex conversion and split per batch, not per request.
 BATCH = 64
 _ZERO_TEXT = "0" * 16
-_LOW_64 = (1 << 64) - 1
 _CUT = struct.Struct("32s16s16s" * BATCH)  # a trace id, its span id and spare span id, in hex
+_LOW = struct.Struct(">" + "8xQ16x" * BATCH)  # each trace id's low 64 bits, from the random bytes
 # One fresh trace's parts: trace id (bytes, str), span id, spare span id, first child's traceparent, sampled.
 Fresh = tuple[bytes, str, bytes, bytes, bytes, bool]
 
@@ -177,7 +176,8 @@ class Tracer:
         Trace ids are sampled on their low 64 bits, as OpenTelemetry's TraceIdRatioBased does.
         """
         while True:  # an all-zero id is invalid: draw again (1 in 10^16 per batch)
-            text = self._rng.randbytes(32 * BATCH).hex()
+            raw = self._rng.randbytes(32 * BATCH)
+            text = raw.hex()
             if text.find(_ZERO_TEXT) < 0:
                 break
         ids = _CUT.unpack(text.encode())
@@ -186,8 +186,7 @@ class Tracer:
         if self._all or self._bound == 0:
             sampled: list[bool] = [self._all] * BATCH
         else:
-            low = map(and_, map(int, trace_ids, repeat(16)), repeat(_LOW_64))
-            sampled = list(map(self._bound.__gt__, low))
+            sampled = list(map(self._bound.__gt__, _LOW.unpack(raw)))
         first = map(b"-".join, zip(repeat(b"00"), trace_ids, spare, map(_FLAGS.__getitem__, sampled)))
         self._fresh = list(zip(trace_ids, texts, own, spare, first, sampled, strict=True))
         return self._fresh

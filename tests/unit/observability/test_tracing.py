@@ -138,3 +138,12 @@ def test_a_continued_trace_has_no_ready_traceparent_but_a_spare_id() -> None:
     trace = Tracer(rng=random.Random(2)).start(GOOD, None)
     assert trace.first is None and trace.spare is not None and len(trace.spare) == 16
     assert trace.trace_text == GOOD[3:35].decode()
+
+
+def test_a_new_trace_is_sampled_when_its_trace_ids_low_64_bits_fall_under_the_ratio() -> None:
+    tracer = Tracer(ratio=0.3, rng=random.Random(11))
+    traces = [tracer.start(None, None) for _ in range(2 * BATCH)]
+    bound = int(0.3 * (1 << 64))
+    assert all(t.sampled == (int(t.trace_id[16:], 16) < bound) for t in traces)
+    assert all(t.first is not None and t.first.endswith(b"-01" if t.sampled else b"-00") for t in traces)
+    assert 0 < sum(t.sampled for t in traces) < len(traces)
