@@ -16,9 +16,9 @@ OpenMetrics; unsampled traces are never exported, so an exemplar naming one woul
 
 from __future__ import annotations
 
-import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from time import time as _wall  # a name of its own: no module attribute to look up per exemplar
 from typing import TYPE_CHECKING
 
 from prometheus_client.metrics_core import (
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 REQUESTS = ("gateway_requests", "Requests answered, by service, method and status code.")
 DURATION = ("gateway_request_duration_seconds", "Time from request to the end of the response, by service.")
 IN_FLIGHT = ("gateway_requests_in_flight", "Proxied requests being served now.")
-Exemplar = tuple[bytes, float, float]  # trace id, seconds, unix time
+Exemplar = tuple[str, float, float]  # trace id, seconds, unix time
 
 
 class LatencyHistogram:
@@ -66,7 +66,7 @@ class LatencyHistogram:
         self.total += seconds
         self.count += 1
         if trace is not None and trace.sampled:
-            self.exemplars[i] = (trace.trace_id, seconds, time.time())
+            self.exemplars[i] = (trace.trace_text, seconds, _wall())
 
     def cumulative(self) -> list[tuple[str, float]]:
         """Return Prometheus buckets: (upper bound, requests at or below it), ending with +Inf."""
@@ -87,7 +87,7 @@ class LatencyHistogram:
             running += n
             suffix = ""
             if openmetrics and ex is not None:
-                suffix = exemplar_suffix(f'trace_id="{ex[0].decode()}"', ex[1], ex[2])
+                suffix = exemplar_suffix(f'trace_id="{ex[0]}"', ex[1], ex[2])
             out.append(line(bucket, f'le="{le}",{labels}', running, suffix))
         out.append(line(f"{name}_count", labels, self.count))
         out.append(line(f"{name}_sum", labels, self.total))

@@ -321,11 +321,15 @@ class Attempts:
             if req.tracestate is not None:
                 headers.append((b"tracestate", req.tracestate))
             return
-        if span_id is None:
+        if span_id is not None:
+            headers.append((b"traceparent", trace.child(span_id)))
+        elif trace.first is not None:  # the first attempt of a new trace: made with its ids
+            headers.append((b"traceparent", trace.first))
+            trace.spare = trace.first = None
+        else:
             tracer = self.fw.tracer
             assert tracer is not None
-            span_id = tracer.child_id(trace)
-        headers.append((b"traceparent", trace.child(span_id)))
+            headers.append((b"traceparent", trace.child(tracer.child_id(trace))))
         if trace.tracestate is not None:
             headers.append((b"tracestate", trace.tracestate))
 

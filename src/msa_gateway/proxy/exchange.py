@@ -232,6 +232,6 @@ def log_access(access: AccessLog, req: ProxyRequest, ex: Exchange, bytes_in: int
         client=req.peer or "-",
         error=ex.error,
         retry_refused=ex.retry_refused,
-        trace_id=None if req.trace is None else req.trace.trace_id.decode(),
+        trace_id=None if req.trace is None else req.trace.trace_text,
         bytes_in=bytes_in,
     )

@@ -183,5 +183,5 @@ class ProxyApp:
         else:
             rt.count_unknown(mlabel, ex.status)
         log_access(rt.access, req, ex)
-        if req.trace is not None and req.trace.sampled and self.exporter is not None:
+        if self.exporter is not None and req.trace is not None and req.trace.sampled:
             self.exporter.submit(server_span(req, ex))

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from msa_gateway.observability.tracing import Tracer, parse_traceparent, valid_tracestate
+from msa_gateway.observability.tracing import BATCH, Tracer, parse_traceparent, valid_tracestate
 
 GOOD = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -102,10 +102,48 @@ def test_a_new_trace_has_three_distinct_ids_and_its_spare_goes_to_the_first_chil
 
 def test_an_all_zero_draw_is_drawn_again() -> None:
     class Rigged(random.Random):
-        draws = [0, (1 << 200) | 5]
+        draws = [bytes(32 * BATCH)]
 
-        def getrandbits(self, k: int) -> int:
-            return self.draws.pop(0) if self.draws and k == 256 else super().getrandbits(k)
+        def randbytes(self, n: int) -> bytes:
+            return self.draws.pop(0) if self.draws else super().randbytes(n)
 
-    trace = Tracer(rng=Rigged(1)).start(None, None)
-    assert int(trace.trace_id, 16) and int(trace.span_id, 16) and trace.spare and int(trace.spare, 16)
+    tracer = Tracer(rng=Rigged(1))
+    traces = [tracer.start(None, None) for _ in range(BATCH)]
+    assert not Rigged.draws  # the zero draw was made, and refused
+    assert all(int(t.trace_id, 16) and int(t.span_id, 16) and t.spare and int(t.spare, 16) for t in traces)
+
+
+def test_new_ids_are_drawn_in_batches_and_never_repeat() -> None:
+    tracer = Tracer(rng=random.Random(5))
+    traces = [tracer.start(None, None) for _ in range(3 * BATCH + 1)]
+    ids = [i for t in traces for i in (t.trace_id, t.span_id, t.spare)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(t.trace_id) == 32 and t.trace_text == t.trace_id.decode() for t in traces)
+
+
+def test_a_new_traces_first_child_traceparent_is_made_with_it() -> None:
+    trace = Tracer(ratio=0.0, rng=random.Random(9)).start(None, None)
+    assert trace.spare is not None
+    assert trace.first == trace.child(trace.spare) == b"00-%s-%s-00" % (trace.trace_id, trace.spare)
+
+
+def test_taking_the_spare_id_drops_the_ready_first_traceparent() -> None:
+    tracer = Tracer(rng=random.Random(4))
+    trace = tracer.start(None, None)
+    tracer.child_id(trace)
+    assert trace.first is None and trace.spare is None
+
+
+def test_a_continued_trace_has_no_ready_traceparent_but_a_spare_id() -> None:
+    trace = Tracer(rng=random.Random(2)).start(GOOD, None)
+    assert trace.first is None and trace.spare is not None and len(trace.spare) == 16
+    assert trace.trace_text == GOOD[3:35].decode()
+
+
+def test_a_new_trace_is_sampled_when_its_trace_ids_low_64_bits_fall_under_the_ratio() -> None:
+    tracer = Tracer(ratio=0.3, rng=random.Random(11))
+    traces = [tracer.start(None, None) for _ in range(2 * BATCH)]
+    bound = int(0.3 * (1 << 64))
+    assert all(t.sampled == (int(t.trace_id[16:], 16) < bound) for t in traces)
+    assert all(t.first is not None and t.first.endswith(b"-01" if t.sampled else b"-00") for t in traces)
+    assert 0 < sum(t.sampled for t in traces) < len(traces)

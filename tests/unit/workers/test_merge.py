@@ -69,7 +69,7 @@ def test_requests_total_sums_every_label_set() -> None:
 
 def test_openmetrics_exemplars_survive_the_merge_and_the_newest_wins() -> None:
     workers = []
-    for trace, stamp in ((b"a" * 32, 1000.0), (b"b" * 32, 2000.0), (b"c" * 32, 1500.0)):
+    for trace, stamp in (("a" * 32, 1000.0), ("b" * 32, 2000.0), ("c" * 32, 1500.0)):
         m = Metrics()
         hist = m.requests.histogram("svc")
         hist.observe(0.004)
