@@ -168,6 +168,34 @@ def versus_gateway(summaries: Sequence[Summary]) -> dict[str, dict[str, float | 
     return out
 
 
+def paired_versus(measurements: Iterable[Measurement]) -> dict[str, dict[str, float | None]]:
+    """Return, per variant, the median over runs of the gateway's figure over the variant's in the same run.
+
+    The runs interleave, so a run's two rows saw the same host; on a host whose speed drifts between
+    runs this is the steadier comparison (each config's own median may come from different runs).
+    Keys and values as ``versus_gateway``'s.
+    """
+    by = {(m.workload, m.config, m.run): m for m in measurements}
+    pairs: dict[str, list[tuple[Measurement, Measurement]]] = {}
+    for (workload, config, run), m in by.items():
+        gw = by.get((workload, "gateway", run))
+        if config not in CONFIGS and gw is not None:
+            pairs.setdefault(f"{workload}: gateway/{config}", []).append((gw, m))
+    return {name: _paired(runs) for name, runs in pairs.items()}
+
+
+def _paired(runs: list[tuple[Measurement, Measurement]]) -> dict[str, float | None]:
+    def median_of(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known else None
+
+    return {
+        "requests_per_s": median_of([_over(g.wrk.requests_per_s, v.wrk.requests_per_s) for g, v in runs]),
+        "p99_ms": median_of([_over(g.wrk.p99_ms, v.wrk.p99_ms) for g, v in runs]),
+        "cpu_us_per_request": median_of([_over(g.cpu_us_per_request, v.cpu_us_per_request) for g, v in runs]),
+    }
+
+
 def format_versus(comparisons: dict[str, dict[str, float | None]]) -> list[str]:
     """Render ``versus_gateway``'s result, one line per workload and variant."""
     return [

@@ -37,10 +37,12 @@ from bench.report import (
     BUILTIN,
     CONFIGS,
     FLOOR,
+    Measurement,
     Summary,
     cpu_ratios,
     format_table,
     format_versus,
+    paired_versus,
     ratios,
     summarize,
     to_json,
@@ -261,7 +263,12 @@ def noisy_runs(summaries: Sequence[Summary], args: argparse.Namespace) -> dict[s
     return out
 
 
-def verdict(summaries: Sequence[Summary], args: argparse.Namespace, cpu_model: str) -> int:
+def verdict(
+    summaries: Sequence[Summary],
+    args: argparse.Namespace,
+    cpu_model: str,
+    measurements: Sequence[Measurement] = (),
+) -> int:
     """Print the table, the ratios, noise and errors; return 0, ``EXIT_ERRORS``, ``EXIT_NOISY`` (with
     ``--strict-quiet``) or ``EXIT_RATIO``, in that order of precedence."""
     status = 0
@@ -280,6 +287,8 @@ def verdict(summaries: Sequence[Summary], args: argparse.Namespace, cpu_model: s
         print(f"{name} = {value:.3f}  (per-core efficiency, stricter cross-check)")
     for line in format_versus(versus_gateway(summaries)):
         print(line)
+    for line in format_versus(paired_versus(measurements)):
+        print(f"{line}  (paired: median of the per-run ratios)")
     noisy = noisy_runs(summaries, args)
     if noisy:
         print("\nNOISY, DO NOT QUOTE these figures; rerun when quiet (--wait-quiet 120 waits out steal too):")
@@ -344,7 +353,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             print(f"PEER DIED during the benchmark ({target.config})", file=sys.stderr)
             alive = False
     summaries = summarize(measurements)
-    status = verdict(summaries, args, info["cpu_model"])
+    status = verdict(summaries, args, info["cpu_model"], measurements)
     info["noisy"] = noisy_runs(summaries, args)
     info["quotable"] = not info["noisy"]
     for failure in failures:

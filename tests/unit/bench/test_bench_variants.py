@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 from bench import gateway
 from bench.compare import CompareOptions, bench_argv, parse_compare_args, setup_commands
-from bench.report import Measurement, format_table, format_versus, summarize, to_json, versus_gateway
+from bench.report import (
+    Measurement,
+    format_table,
+    format_versus,
+    paired_versus,
+    summarize,
+    to_json,
+    versus_gateway,
+)
 from bench.run import parse_args
 from bench.variants import GatewayVariant, parse_command_variant
 
@@ -193,3 +201,23 @@ def test_with_policies_sets_the_default_policies_and_keeps_the_rest() -> None:
         assert merged["services"] == config["services"]
         parsed = parse_config(merged, f"{name}.yaml")  # the bench's policy files are valid config
         assert parsed.defaults.balancer == "random" and parsed.defaults.policies
+
+
+def test_paired_ratios_compare_each_run_with_its_own_and_take_the_median() -> None:
+    # The host drifts: run 0 is fast for both, run 1 slow for both, run 2 in between. Each config's own
+    # median comes from a different run (gateway's from run 2, old's from run 0), the pairs do not.
+    ms = [
+        Measurement("gateway", "get", 0, wrk_result(12_000, p99=10.0, requests=12_000), cpu_s=1.2),
+        Measurement("old", "get", 0, wrk_result(11_000, p99=11.0, requests=11_000), cpu_s=1.1),
+        Measurement("gateway", "get", 1, wrk_result(6_600, p99=20.0, requests=6_600), cpu_s=1.32),
+        Measurement("old", "get", 1, wrk_result(6_000, p99=22.0, requests=6_000), cpu_s=1.2),
+        Measurement("gateway", "get", 2, wrk_result(7_700, p99=15.0, requests=7_700), cpu_s=1.155),
+        Measurement("old", "get", 2, wrk_result(11_500, p99=10.0, requests=11_500), cpu_s=1.15),
+    ]
+    paired = paired_versus(ms)["get: gateway/old"]
+    assert paired["requests_per_s"] == pytest.approx(12_000 / 11_000)  # the middle of 1.09, 1.10 and 0.67
+    assert paired["cpu_us_per_request"] == pytest.approx(1.0)  # 100 vs 100, 200 vs 200, 150 vs 100
+    assert versus_gateway(summarize(ms))["get: gateway/old"]["requests_per_s"] == pytest.approx(
+        7_700 / 11_000
+    )
+    assert paired_versus([m for m in ms if m.config == "gateway"]) == {}
