@@ -146,6 +146,14 @@ class Tracer:
         trace.spare = trace.first = None
         return spare
 
+    def next_traceparent(self, trace: Trace) -> bytes:
+        """Return the ``traceparent`` for ``trace``'s next upstream attempt (the batch-made one first)."""
+        first = trace.first
+        if first is None:
+            return trace.child(self.child_id(trace))
+        trace.spare = trace.first = None
+        return first
+
     def start(self, traceparent: bytes | None, tracestate: bytes | None) -> Trace:
         """Continue the client's trace when its ``traceparent`` is valid, else start a new one."""
         fresh = self._fresh or self._draw()

@@ -135,13 +135,16 @@ class RedisBackend:
         wire = self.wire
         if wire is None or wire.failed is not None:
             return self._send_connected(keys, args)
-        return wire.send(pack("EVALSHA", self.sha, len(keys), *keys, *args))
+        return wire.send(self._evalsha(keys, args))
+
+    def _evalsha(self, keys: Sequence[str], args: Args) -> bytes:
+        return pack("EVALSHA", self.sha, len(keys), *keys, *args)
 
     async def _send_connected(self, keys: Sequence[str], args: Args) -> Reply:
         wire = await self._open()
         if wire is None:
             return ConnectionError("no connection to Redis")
-        return await wire.send(pack("EVALSHA", self.sha, len(keys), *keys, *args))
+        return await wire.send(self._evalsha(keys, args))
 
     async def settle(self, reply: Reply, keys: Sequence[str], args: Args) -> list[int] | None:
         """Return the script's answer from a reply that was not plainly one; None when Redis failed.
@@ -152,7 +155,7 @@ class RedisBackend:
         wire = self.wire
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT") and wire is not None:
             wire.send(self.load)
-            reply = await wire.send(pack("EVALSHA", self.sha, len(keys), *keys, *args))
+            reply = await wire.send(self._evalsha(keys, args))
         if isinstance(reply, BaseException):
             self._mark(False, reply)
             return None

@@ -323,13 +323,10 @@ class Attempts:
             return
         if span_id is not None:
             headers.append((b"traceparent", trace.child(span_id)))
-        elif trace.first is not None:  # the first attempt of a new trace: made with its ids
-            headers.append((b"traceparent", trace.first))
-            trace.spare = trace.first = None
         else:
             tracer = self.fw.tracer
             assert tracer is not None
-            headers.append((b"traceparent", trace.child(tracer.child_id(trace))))
+            headers.append((b"traceparent", tracer.next_traceparent(trace)))
         if trace.tracestate is not None:
             headers.append((b"tracestate", trace.tracestate))
 

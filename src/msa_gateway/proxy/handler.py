@@ -123,13 +123,9 @@ class ProxyApp:
     async def _crash(self, req: ProxyRequest, ex: Exchange) -> None:
         """Answer 500 (never a stack trace), or close the connection when the answer had begun."""
         log.exception("proxy_request_failed", extra={"request_id": req.request_id})
-        ex.error = "internal_error"
-        if ex.client_gone:
-            ex.status = STATUS_CLIENT_GONE
-        elif ex.started_response:
+        if ex.started_response and not ex.client_gone:
             abort(req.send)
-        else:
-            await self._send_error(req, ex, HTTPError("unexpected error"))
+        await self._fail(req, ex, HTTPError("unexpected error"))  # internal_error
 
     async def _client_gone(self, req: ProxyRequest, ex: Exchange) -> None:
         """The client's body stalled, grew too large, or the client went away."""

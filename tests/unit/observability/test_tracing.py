@@ -134,6 +134,18 @@ def test_taking_the_spare_id_drops_the_ready_first_traceparent() -> None:
     assert trace.first is None and trace.spare is None
 
 
+def test_next_traceparent_hands_out_the_ready_one_once_then_new_children() -> None:
+    tracer = Tracer(rng=random.Random(6))
+    trace = tracer.start(None, None)
+    ready = trace.first
+    assert tracer.next_traceparent(trace) == ready and trace.first is None and trace.spare is None
+    second = tracer.next_traceparent(trace)
+    assert second != ready and second.startswith(b"00-" + trace.trace_id + b"-") and second.endswith(b"-01")
+    continued = tracer.start(GOOD, None)
+    spare = continued.spare
+    assert spare is not None and tracer.next_traceparent(continued) == continued.child(spare)
+
+
 def test_a_continued_trace_has_no_ready_traceparent_but_a_spare_id() -> None:
     trace = Tracer(rng=random.Random(2)).start(GOOD, None)
     assert trace.first is None and trace.spare is not None and len(trace.spare) == 16
