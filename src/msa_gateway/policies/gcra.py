@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from math import ceil
 from typing import NamedTuple
 
 MAX_KEYS = 100_000  # default bound of a local store
@@ -148,6 +149,36 @@ class LocalBuckets:
 
     def decide(self, key: str, now: float) -> Decision:
         """Decide one request for ``key`` at ``now`` (seconds, any monotonic origin)."""
+        tats = self._entry(key, now)
+        one = self.one
+        if one is not None:
+            return decide_one(one[0], one[1], tats, now)
+        return decide(self.params, tats, now)
+
+    def admit(self, key: str, now: float) -> tuple[int, int] | None:
+        """``decide`` for a one-limit store, reduced to what an admitted request's headers show.
+
+        Returns (remaining, whole seconds until full) and advances the TAT; None when the
+        request is refused (nothing changed: ``decide`` at the same ``now`` says why). The
+        ``local`` stage's whole decision, without a ``Decision`` or its tuples.
+        """
+        store = self.tats
+        tats = store.get(key)
+        if tats is not None:  # ``_entry`` inline for a known key: this is the local stage's whole cost
+            store.move_to_end(key)
+        else:
+            tats = self._entry(key, now)
+        interval, tolerance = self.one  # type: ignore[misc]  # a one-limit store: the caller checks
+        tat = tats[0]
+        advanced = (now if now >= tat + interval else tat) + interval
+        if advanced - tolerance - now > EPSILON:
+            return None
+        tats[0] = advanced
+        left = int((now + tolerance - advanced) / interval + EPSILON)
+        return (left if left > 0 else 0), ceil(advanced - now)
+
+    def _entry(self, key: str, now: float) -> list[float]:
+        """Return the TATs of ``key`` (new ones when unknown), marked as the most recently used."""
         store = self.tats
         tats = store.get(key)
         if tats is None:
@@ -155,11 +186,8 @@ class LocalBuckets:
                 self._evict(now)
             tats = store[key] = [now] * len(self.limits)
         else:
-            store.move_to_end(key)  # the most recently used
-        one = self.one
-        if one is not None:
-            return decide_one(one[0], one[1], tats, now)
-        return decide(self.params, tats, now)
+            store.move_to_end(key)
+        return tats
 
     def _evict(self, now: float) -> None:
         store = self.tats

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -110,6 +111,24 @@ def test_the_one_limit_shortcut_answers_as_the_general_decision_does() -> None:
         fast, general = buckets.decide("k", now), decide(params((limit,)), tats, now)
         assert fast == general and buckets.tats["k"] == tats
         now += rng.choice((0.0, 0.001, 0.005, 0.02, 0.3))
+
+
+def test_admit_is_the_one_limit_decision_reduced_to_its_headers() -> None:
+    rng = random.Random(17)
+    limit = per_second(40, burst=2)
+    fused, general = LocalBuckets((limit,)), LocalBuckets((limit,))
+    now, refused = 100.0, 0
+    for _ in range(5000):
+        key = rng.choice("ab")
+        state, decision = fused.admit(key, now), general.decide(key, now)
+        if decision.allowed:
+            assert state == (decision.remaining[0], math.ceil(decision.reset[0]))
+        else:
+            assert state is None
+            refused += 1
+        assert fused.tats == general.tats and list(fused.tats) == list(general.tats)  # same TATs, same order
+        now += rng.choice((0.0, 0.001, 0.01, 0.05, 0.4))
+    assert 0 < refused < 5000
 
 
 def test_several_limits_admit_exactly_when_each_alone_would_and_wait_for_the_slowest() -> None:

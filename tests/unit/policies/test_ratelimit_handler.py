@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from msa_gateway.policies.ratelimit import LocalRateLimitStage, RateLimitStage
 from msa_gateway.proxy.handler import ProxyApp
 from msa_gateway.runtime import Runtime
 from tests.support.fake_upstream import FakeUpstream, call, instances, make_runtime
@@ -67,6 +68,29 @@ async def test_concurrent_requests_are_decided_exactly() -> None:
     answers = await asyncio.gather(*(call(proxy) for _ in range(200)))
     assert sum(a.status == 200 for a in answers) == 10 and up.hits(A) == 10
     assert sum(a.status == 429 for a in answers) == 190
+
+
+async def test_a_one_limit_local_policy_takes_the_fused_stage_and_answers_as_the_general_one() -> None:
+    fused, _, fused_clock, fused_rt = gateway({"limits": [{"rate": "4/second", "burst": 2}]})
+    general, _, general_clock, general_rt = gateway({"limits": [{"rate": "4/second", "burst": 2}]})
+    (stage,) = fused_rt.snapshot.services["svc"].request_stages
+    assert type(stage) is LocalRateLimitStage
+    (slow,) = general_rt.snapshot.services["svc"].request_stages
+    assert isinstance(slow, RateLimitStage)
+    general_rt.snapshot.services["svc"].request_stages = (
+        RateLimitStage(slow.config, slow.limiter, "svc", general_rt.shared),
+    )
+    for step in (0.0, 0.0, 0.0, 0.0, 0.1, 0.3, 0.0, 1.0, 0.0):
+        fused_clock.now += step
+        general_clock.now += step
+        one, other = await call(fused), await call(general)
+        assert (one.status, one.headers.get(b"ratelimit"), one.headers.get(b"retry-after")) == (
+            other.status,
+            other.headers.get(b"ratelimit"),
+            other.headers.get(b"retry-after"),
+        )
+    for result in ("allowed", "limited"):
+        assert decisions(fused_rt, result) == decisions(general_rt, result) > 0
 
 
 async def test_the_steady_rate_refills_the_bucket() -> None:
