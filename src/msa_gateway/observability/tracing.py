@@ -15,7 +15,9 @@ import random
 import re
 import struct
 from dataclasses import dataclass
+from functools import partial
 from itertools import repeat
+from typing import NamedTuple
 
 _TRACEPARENT = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 _TRACESTATE_MEMBER = re.compile(
@@ -62,33 +64,24 @@ def valid_tracestate(value: bytes | None) -> bytes | None:
     return value if len(set(keys)) == len(keys) else None
 
 
-class Trace:
+class Trace(NamedTuple):
     """The trace one request belongs to: its id, the gateway's server span and the sampling decision.
 
-    ``spare`` is a span id drawn with the trace for its first upstream attempt; None once taken.
-    ``first`` is that attempt's ``traceparent``, made with the batch the ids came from (None when
-    there is none ready). ``trace_text`` is the trace id as ``str``, for the access line.
+    A tuple, made in C: new traces come ready-made from a batch (``Tracer._draw``), so starting
+    one is a list pop. ``spare`` is a span id drawn with the trace for its first upstream
+    attempt, ``first`` that attempt's ``traceparent`` made in the batch (None when not made:
+    a continued trace); which attempt is first, the request's ``Attempts`` knows.
+    ``trace_text`` is the trace id as ``str``, for the access line.
     """
 
-    __slots__ = ("first", "parent_id", "sampled", "span_id", "spare", "trace_id", "trace_text", "tracestate")
-
-    def __init__(
-        self,
-        trace_id: bytes,
-        span_id: bytes,
-        parent_id: bytes | None,
-        sampled: bool,
-        tracestate: bytes | None,
-        spare: bytes | None = None,
-    ) -> None:
-        self.trace_id = trace_id
-        self.trace_text = trace_id.decode()
-        self.span_id = span_id
-        self.parent_id = parent_id
-        self.sampled = sampled
-        self.tracestate = tracestate
-        self.spare = spare
-        self.first: bytes | None = None
+    trace_id: bytes
+    trace_text: str
+    span_id: bytes
+    parent_id: bytes | None
+    sampled: bool
+    tracestate: bytes | None
+    spare: bytes
+    first: bytes | None
 
     def child(self, span_id: bytes) -> bytes:
         """Return the ``traceparent`` to send upstream for a child span ``span_id``."""
@@ -96,14 +89,12 @@ class Trace:
 
 
 _FLAGS = (b"00", b"01")  # indexed by the sampled flag
-_new = object.__new__  # a Trace without the Python __init__ call: half the cost on the request path
+_make = partial(tuple.__new__, Trace)  # a Trace from a tuple of its fields, in C
 # New traces drawn at once: one random draw, hex conversion and struct cut per batch, not per request.
 BATCH = 64
 _ZERO_TEXT = "0" * 16
 _CUT = struct.Struct("32s16s16s" * BATCH)  # a trace id, its span id and spare span id, in hex
 _LOW = struct.Struct(">" + "8xQ16x" * BATCH)  # each trace id's low 64 bits, from the random bytes
-# One fresh trace's parts: trace id (bytes, str), span id, spare span id, first child's traceparent, sampled.
-Fresh = tuple[bytes, str, bytes, bytes, bytes, bool]
 
 
 class Tracer:
@@ -125,7 +116,7 @@ class Tracer:
         self._bound = int(ratio * (1 << 64))
         self._all = ratio == 1.0  # every new trace is sampled: no comparison to make
         self._rng = rng or random.SystemRandom()  # os.urandom: a batch's bytes in one call
-        self._fresh: list[Fresh] = []
+        self._fresh: list[Trace] = []
 
     @classmethod
     def from_sampler(cls, sampler: str, arg: float) -> Tracer:
@@ -138,41 +129,30 @@ class Tracer:
         """Return a new non-zero 16-hex-digit span id."""
         return b"%016x" % (self._rng.getrandbits(64) or 1)
 
-    def child_id(self, trace: Trace) -> bytes:
-        """Return a new span id for a child of ``trace`` (its spare one first)."""
-        spare = trace.spare
-        if spare is None:
-            return self.span_id()
-        trace.spare = trace.first = None
-        return spare
-
-    def next_traceparent(self, trace: Trace) -> bytes:
-        """Return the ``traceparent`` for ``trace``'s next upstream attempt (the batch-made one first)."""
-        first = trace.first
-        if first is None:
-            return trace.child(self.child_id(trace))
-        trace.spare = trace.first = None
-        return first
-
     def start(self, traceparent: bytes | None, tracestate: bytes | None) -> Trace:
         """Continue the client's trace when its ``traceparent`` is valid, else start a new one."""
-        fresh = self._fresh or self._draw()
-        trace_id, text, span_id, spare, first, sampled = fresh.pop()
-        trace = _new(Trace)
-        trace.span_id = span_id
-        trace.spare = spare
+        trace = (self._fresh or self._draw()).pop()
         if traceparent is not None:
             parent = parse_traceparent(traceparent)
             if parent is not None:
-                return _continued(trace, parent, valid_tracestate(tracestate))
-        trace.trace_id = trace_id
-        trace.trace_text = text
-        trace.parent_id = trace.tracestate = None
-        trace.sampled = sampled
-        trace.first = first
+                return self._continued(trace, parent, valid_tracestate(tracestate))
         return trace
 
-    def _draw(self) -> list[Fresh]:
+    def _continued(self, trace: Trace, parent: Parent, tracestate: bytes | None) -> Trace:
+        """Return ``trace``'s drawn span ids in the client's trace, as a child of the client's span.
+
+        A ``parentbased_*`` sampler follows the parent's sampled flag; the others decide by ratio
+        on the client's trace id, as for a new trace.
+        """
+        trace_id = parent.trace_id
+        follow = self.follow_parent
+        sampled = bool(parent.flags & SAMPLED) if follow else int(trace_id[16:], 16) < self._bound
+        # the first attempt's traceparent is made when it is sent, with the client's trace id
+        return Trace(
+            trace_id, trace_id.decode(), trace.span_id, parent.span_id, sampled, tracestate, trace.spare, None
+        )
+
+    def _draw(self) -> list[Trace]:
         """Draw ``BATCH`` new traces' ids at once: one random draw, hex conversion and cut per batch.
 
         Trace ids are sampled on their low 64 bits, as OpenTelemetry's TraceIdRatioBased does.
@@ -190,16 +170,6 @@ class Tracer:
         else:
             sampled = list(map(self._bound.__gt__, _LOW.unpack(raw)))
         first = map(b"-".join, zip(repeat(b"00"), trace_ids, spare, map(_FLAGS.__getitem__, sampled)))
-        self._fresh = list(zip(trace_ids, texts, own, spare, first, sampled, strict=True))
+        fields = zip(trace_ids, texts, own, repeat(None), sampled, repeat(None), spare, first)
+        self._fresh = list(map(_make, fields))
         return self._fresh
-
-
-def _continued(trace: Trace, parent: Parent, tracestate: bytes | None) -> Trace:
-    """Make ``trace`` (its span ids drawn) a child of the client's span; its sampled flag decides."""
-    trace.trace_id = parent.trace_id
-    trace.trace_text = parent.trace_id.decode()
-    trace.parent_id = parent.span_id
-    trace.sampled = bool(parent.flags & SAMPLED)
-    trace.tracestate = tracestate
-    trace.first = None  # made when the first attempt asks, with the client's trace id
-    return trace

@@ -47,6 +47,7 @@ from msa_gateway.proxy.trust import is_trusted
 from msa_gateway.proxy.upstream import UpstreamResponse
 
 if TYPE_CHECKING:
+    from msa_gateway.observability.tracing import Trace
     from msa_gateway.proxy.forwarder import Forwarder
     from msa_gateway.proxy.request import ProxyRequest
     from msa_gateway.registry.snapshot import ServiceRoute
@@ -63,6 +64,7 @@ class Attempts:
         "body",
         "deadline",
         "ex",
+        "first_child",
         "fw",
         "hedging",
         "n",
@@ -82,6 +84,7 @@ class Attempts:
         self.deadline = None if total is None else time.monotonic() + total
         self.tried: list[str] = []
         self.n = 0
+        self.first_child = True  # the next upstream attempt is the first: its span id came with the trace
         self.retry_slot = False  # the next attempt is a retry holding a slot of the budget
         hedging = route.spec.options.hedging
         self.hedging: HedgingConfig | None = (
@@ -241,9 +244,9 @@ class Attempts:
                 guard.latency.add(now - started)
 
     async def _traced(self, lease: Lease) -> UpstreamResponse:
-        tracer, trace = self.fw.tracer, self.req.trace
-        assert tracer is not None and trace is not None
-        span_id = tracer.child_id(trace)
+        trace = self.req.trace
+        assert trace is not None
+        span_id = self._child_id(trace)
         start_ns = time.time_ns()
         status: int | None = None
         error: str | None = None
@@ -323,12 +326,22 @@ class Attempts:
             return
         if span_id is not None:
             headers.append((b"traceparent", trace.child(span_id)))
+        elif self.first_child and trace.first is not None:  # made with the trace, in its batch
+            self.first_child = False
+            headers.append((b"traceparent", trace.first))
         else:
-            tracer = self.fw.tracer
-            assert tracer is not None
-            headers.append((b"traceparent", tracer.next_traceparent(trace)))
+            headers.append((b"traceparent", trace.child(self._child_id(trace))))
         if trace.tracestate is not None:
             headers.append((b"tracestate", trace.tracestate))
+
+    def _child_id(self, trace: Trace) -> bytes:
+        """Return the span id of this request's next upstream attempt (the one drawn with its trace first)."""
+        if self.first_child:
+            self.first_child = False
+            return trace.spare
+        tracer = self.fw.tracer
+        assert tracer is not None
+        return tracer.span_id()
 
     def _span(
         self, lease: Lease, span_id: bytes, start_ns: int, status: int | None, error: str | None

@@ -9,12 +9,12 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from msa_gateway.observability.metrics import Metrics
-from msa_gateway.observability.tracing import Trace
+from msa_gateway.observability.tracing import Tracer
 from msa_gateway.workers import merge, wire
 from msa_gateway.workers.hub import Hub
 
 REQUESTS = "gateway_requests_total"
-TRACE = Trace(b"4bf92f3577b34da6a3ce929d0e0e4736", b"00f067aa0ba902b7", None, True, None)
+TRACE = Tracer().start(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None)
 
 
 class FakeWorker:

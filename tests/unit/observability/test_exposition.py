@@ -15,11 +15,11 @@ from prometheus_client.utils import floatToGoString
 from msa_gateway.observability import exposition
 from msa_gateway.observability.exposition import wants_openmetrics
 from msa_gateway.observability.metrics import Metrics
-from msa_gateway.observability.tracing import Trace
+from msa_gateway.observability.tracing import Tracer
 from msa_gateway.workers import merge
 
-SAMPLED = Trace(b"4bf92f3577b34da6a3ce929d0e0e4736", b"00f067aa0ba902b7", None, True, None)
-UNSAMPLED = Trace(b"0af7651916cd43dd8448eb211c80319c", b"b7ad6b7169203331", None, False, None)
+SAMPLED = Tracer().start(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None)
+UNSAMPLED = Tracer().start(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00", None)
 REFERENCE_NUMBER: Callable[[float], str] = floatToGoString
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -87,17 +87,15 @@ def test_any_bytes_give_a_valid_trace(value: bytes) -> None:
     assert parse_traceparent(trace.child(Tracer().span_id())) is not None
 
 
-def test_a_new_trace_has_three_distinct_ids_and_its_spare_goes_to_the_first_child_only() -> None:
+def test_a_new_trace_has_three_distinct_ids() -> None:
     tracer = Tracer(rng=random.Random(3))
     trace = tracer.start(None, None)
-    spare = trace.spare
-    assert spare is not None
-    ids = [trace.trace_id, trace.span_id, spare]
+    ids = [trace.trace_id, trace.span_id, trace.spare]
     assert [len(i) for i in ids] == [32, 16, 16] and len(set(ids)) == 3
     assert all(int(i, 16) for i in ids)  # valid hex, never all zero
-    assert tracer.child_id(trace) == spare and trace.spare is None
-    second = tracer.child_id(trace)
-    assert second not in (spare, trace.span_id) and len(second) == 16
+    assert trace.parent_id is None and trace.tracestate is None
+    second = tracer.span_id()
+    assert second not in ids and len(second) == 16
 
 
 def test_an_all_zero_draw_is_drawn_again() -> None:
@@ -127,29 +125,32 @@ def test_a_new_traces_first_child_traceparent_is_made_with_it() -> None:
     assert trace.first == trace.child(trace.spare) == b"00-%s-%s-00" % (trace.trace_id, trace.spare)
 
 
-def test_taking_the_spare_id_drops_the_ready_first_traceparent() -> None:
-    tracer = Tracer(rng=random.Random(4))
-    trace = tracer.start(None, None)
-    tracer.child_id(trace)
-    assert trace.first is None and trace.spare is None
-
-
-def test_next_traceparent_hands_out_the_ready_one_once_then_new_children() -> None:
-    tracer = Tracer(rng=random.Random(6))
-    trace = tracer.start(None, None)
-    ready = trace.first
-    assert tracer.next_traceparent(trace) == ready and trace.first is None and trace.spare is None
-    second = tracer.next_traceparent(trace)
-    assert second != ready and second.startswith(b"00-" + trace.trace_id + b"-") and second.endswith(b"-01")
-    continued = tracer.start(GOOD, None)
-    spare = continued.spare
-    assert spare is not None and tracer.next_traceparent(continued) == continued.child(spare)
-
-
 def test_a_continued_trace_has_no_ready_traceparent_but_a_spare_id() -> None:
     trace = Tracer(rng=random.Random(2)).start(GOOD, None)
-    assert trace.first is None and trace.spare is not None and len(trace.spare) == 16
+    assert trace.first is None and len(trace.spare) == 16 and trace.spare != trace.span_id
     assert trace.trace_text == GOOD[3:35].decode()
+
+
+@pytest.mark.parametrize(
+    ("sampler", "parent_flag", "sampled"),
+    [
+        ("parentbased_traceidratio", b"01", True),
+        ("parentbased_traceidratio", b"00", False),
+        ("traceidratio", b"01", False),  # the ratio decides, not the parent: 0.1 and a high trace id
+        ("always_on", b"00", True),
+        ("always_off", b"01", False),
+    ],
+)
+def test_only_parent_based_samplers_follow_the_clients_sampled_flag(
+    sampler: str, parent_flag: bytes, sampled: bool
+) -> None:
+    high = b"00-4bf92f3577b34da6fa3ce929d0e0e473-00f067aa0ba902b7-" + parent_flag  # low 64 bits: 0xfa3c...
+    assert Tracer.from_sampler(sampler, 0.1).start(high, None).sampled is sampled
+
+
+def test_a_ratio_sampler_samples_a_continued_trace_whose_low_bits_fall_under_the_ratio() -> None:
+    low = b"00-4bf92f3577b34da600000000000000a1-00f067aa0ba902b7-00"
+    assert Tracer.from_sampler("traceidratio", 0.1).start(low, None).sampled
 
 
 def test_a_new_trace_is_sampled_when_its_trace_ids_low_64_bits_fall_under_the_ratio() -> None:

@@ -100,3 +100,32 @@ async def test_a_full_queue_drops_spans_and_counts_them() -> None:
     await call(ProxyApp(rt))
     assert len(exporter.queue) == 1 and exporter.counts["dropped"] == 1
     assert rt.metrics.registry.get_sample_value("gateway_trace_spans_total", {"result": "dropped"}) == 1
+
+
+async def test_the_first_attempt_gets_the_ready_traceparent_and_a_retry_a_new_child() -> None:
+    rt, up, log = make_runtime()
+    rt.tracer = Tracer(1.0, random.Random(2))  # propagation only: no exporter
+    rt.exporter = None
+    rt.apply(instances(9001, 9002))
+    up.script(A, UpstreamError("refused", "connect_refused", request_sent=False), Reply(200))
+    up.script(B, UpstreamError("refused", "connect_refused", request_sent=False), Reply(200))
+    await call(ProxyApp(rt))
+    sent = [upstream_header(c.headers, b"traceparent")[0] for c in up.calls]
+    assert len(sent) == 3 and len(set(sent)) == 3  # A refused, B refused, A answered
+    parents = [parse_traceparent(v) for v in sent]
+    trace_id = access_lines(log)[0]["trace_id"].encode()
+    assert all(p is not None and p.trace_id == trace_id and p.flags == 1 for p in parents)
+    ready = Tracer(1.0, random.Random(2)).start(None, None)  # the same draw: the trace the request had
+    assert ready.trace_id == trace_id and sent[0] == ready.first
+    assert all(p is not None and p.span_id not in (ready.spare, ready.span_id) for p in parents[1:])
+
+
+async def test_an_exported_first_attempt_uses_the_span_id_drawn_with_the_trace() -> None:
+    rt, up, _ = make_runtime()
+    exporter = traced(rt)
+    rt.apply(instances(9001))
+    await call(ProxyApp(rt))
+    (client,) = [s for s in exporter.queue if s.kind == CLIENT]
+    ready = Tracer(1.0, random.Random(1)).start(None, None)  # traced() seeds the tracer with 1
+    assert client.span_id == ready.spare and client.trace_id == ready.trace_id
+    assert upstream_header(up.calls[0].headers, b"traceparent") == [ready.first]
