@@ -30,6 +30,7 @@ from msa_gateway.settings import GatewayConfig, Settings
 
 log = logging.getLogger("msa_gateway.app")
 OWN_SEGMENTS = frozenset({b"", *(s.encode() for s in OWN_PATHS)})
+_OWN_HEADS = tuple(segment + b"/" for segment in OWN_SEGMENTS)  # a first segment followed by more path
 READY_WAIT_SECONDS = 2.0
 
 
@@ -157,9 +158,9 @@ class GatewayApp:
         resumption of the request passes through). The proxy answers its own crashes (500).
         """
         raw = scope.get("raw_path") or scope["path"].encode("utf-8")
-        end = raw.find(b"/", 1)
-        first = raw[1:end] if end > 0 else raw[1:]
-        return None if first in OWN_SEGMENTS else self.proxy
+        # the first segment (between the first byte and the next "/") is one of the gateway's own
+        own = raw.startswith(_OWN_HEADS, 1) or raw[1:] in OWN_SEGMENTS
+        return None if own else self.proxy
 
     async def _startup(self) -> None:
         runtime = self._factory()

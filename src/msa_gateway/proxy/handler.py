@@ -103,10 +103,7 @@ class ProxyApp:
                 lease = outcome.lease
                 redirects = None
                 if self.rewrite_redirects and lease is not None:
-                    scheme = req.scope.get("scheme", "http")
-                    redirects = Redirects(
-                        lease.instance, req.headers, scheme, route.prefix, req.peer, req.trusted
-                    )
+                    redirects = Redirects(lease.instance, req, route.prefix)
                 await stream_back(req, ex, outcome.response, response_stages(route, lease), redirects)
             finally:
                 outcome.finish()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any, Protocol
 
 from msa_gateway.model import Instance
 from msa_gateway.proxy.trust import Network, is_trusted
@@ -82,37 +83,42 @@ def rewrite_refresh(value: bytes, origins: tuple[bytes, ...], base: bytes) -> by
     return None if new is None else value[:start] + new + value[end:]
 
 
+class ClientSide(Protocol):
+    """What of the request a rewrite needs (``ProxyRequest`` has it): read only when one happens."""
+
+    @property
+    def headers(self) -> Sequence[tuple[bytes, bytes]]: ...
+    @property
+    def peer(
+        self,
+    ) -> str | None: ...  # trusted per ``trusted_proxies`` (``trusted``): its X-Forwarded-* count
+    @property
+    def trusted(self) -> tuple[Network, ...]: ...
+    @property
+    def scope(self) -> dict[str, Any]: ...
+
+
 class Redirects:
     """One response's redirect rewrite: the instance it came from and the request it answers.
 
     Built for every proxied response, used by few: it only keeps its inputs until ``rewrite``.
     """
 
-    __slots__ = ("_base", "headers", "instance", "networks", "peer", "prefix", "scheme")
+    __slots__ = ("_base", "instance", "prefix", "request")
 
-    def __init__(
-        self,
-        instance: Instance,
-        headers: Sequence[tuple[bytes, bytes]],
-        scheme: str,
-        prefix: str,
-        peer: str | None = None,
-        networks: tuple[Network, ...] = (),
-    ) -> None:
+    def __init__(self, instance: Instance, request: ClientSide, prefix: str) -> None:
         self.instance = instance
-        self.headers = headers
-        self.scheme = scheme
+        self.request = request
         self.prefix = prefix
-        self.peer = peer  # trusted per ``trusted_proxies`` (``networks``): its X-Forwarded-* count
-        self.networks = networks
         self._base: bytes | None = None
 
     def rewrite(self, name: bytes, value: bytes) -> bytes:
         """Return ``value`` of response header ``name`` (one of ``REDIRECT_HEADERS``), rewritten if needed."""
         origins = instance_origins(self.instance.host, self.instance.port)
         if self._base is None:
-            trusted = is_trusted(self.peer, self.networks)
-            self._base = client_base(self.headers, self.scheme, self.prefix, trusted)
+            req = self.request
+            trusted = is_trusted(req.peer, req.trusted)
+            self._base = client_base(req.headers, req.scope.get("scheme", "http"), self.prefix, trusted)
         if name == b"refresh":
             new = rewrite_refresh(value, origins, self._base)
         else:

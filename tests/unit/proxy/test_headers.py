@@ -124,10 +124,11 @@ def test_http2_settings_proxy_connection_and_upgrade_are_hop_by_hop() -> None:
 def test_response_location_rewritten_only_with_a_rewrite() -> None:
     from msa_gateway.model import Instance
     from msa_gateway.proxy.redirects import Redirects
+    from tests.unit.proxy.test_redirects import Client
 
     inst = Instance(id="i", host="10.1.1.1", port=8001)
     raw = [(b"Location", b"http://10.1.1.1:8001/a"), (b"Link", b"<http://10.1.1.1:8001/b>")]
-    redirects = Redirects(inst, [(b"host", b"gw.example")], "https", "/svc")
+    redirects = Redirects(inst, Client([(b"host", b"gw.example")], "https"), "/svc")
     out = dict(downstream_response_headers(raw, b"rid", redirects))
     assert out[b"location"] == b"https://gw.example/svc/a"
     assert dict(downstream_response_headers(raw, b"rid"))[b"location"] == b"http://10.1.1.1:8001/a"

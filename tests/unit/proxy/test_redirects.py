@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
 import pytest
 
 from msa_gateway.model import Instance
 from msa_gateway.proxy.redirects import Redirects, client_base, instance_origins, rewrite_refresh, rewrite_url
+from msa_gateway.proxy.trust import Network
 
 ORIGINS = instance_origins("10.0.0.5", 8001)
 BASE = b"https://gw.example/orders"
@@ -74,9 +79,33 @@ def test_client_base_uses_host_or_trusted_forwarded_values() -> None:
     )
 
 
+@dataclass
+class Client:
+    """The request side a rewrite reads (``ClientSide``)."""
+
+    headers: list[tuple[bytes, bytes]]
+    scheme: str
+    peer: str | None = None
+    trusted: tuple[Network, ...] = ()
+
+    @property
+    def scope(self) -> dict[str, Any]:
+        return {"scheme": self.scheme}
+
+
 def test_redirects_rewrite_each_header_kind() -> None:
-    r = Redirects(Instance(id="i", host="10.0.0.5", port=8001), [(b"host", b"gw")], "http", "/orders")
+    r = Redirects(Instance(id="i", host="10.0.0.5", port=8001), Client([(b"host", b"gw")], "http"), "/orders")
     assert r.rewrite(b"location", b"http://10.0.0.5:8001/a") == b"http://gw/orders/a"
     assert r.rewrite(b"content-location", b"http://10.0.0.5:8001/b") == b"http://gw/orders/b"
     assert r.rewrite(b"refresh", b"1; url=http://10.0.0.5:8001/c") == b"1; url=http://gw/orders/c"
     assert r.rewrite(b"location", b"http://elsewhere/a") == b"http://elsewhere/a"
+
+
+def test_redirects_use_forwarded_scheme_and_host_only_from_a_trusted_peer() -> None:
+    instance = Instance(id="i", host="10.0.0.5", port=8001)
+    headers = [(b"host", b"gw"), (b"x-forwarded-proto", b"https"), (b"x-forwarded-host", b"public.example")]
+    trusted = Client(headers, "http", "10.9.9.9", (ipaddress.ip_network("10.9.0.0/16"),))
+    untrusted = Client(headers, "http", "192.0.2.1", (ipaddress.ip_network("10.9.0.0/16"),))
+    location = b"http://10.0.0.5:8001/a"
+    assert Redirects(instance, trusted, "/o").rewrite(b"location", location) == b"https://public.example/o/a"
+    assert Redirects(instance, untrusted, "/o").rewrite(b"location", location) == b"http://gw/o/a"
