@@ -2,7 +2,9 @@
 
 This is the request path, so the line is built as a dict and serialised with orjson in a few
 microseconds. Lines finished in the same event-loop iteration are written together at the end
-of it (one write and flush instead of one per request; a line is never held longer than that).
+of it (one write and flush instead of one per request; a line is never held longer than that),
+and carry the same ``timestamp``, read when the first of them was made: like nginx, which
+updates its cached time once per event-loop iteration.
 Header values are never logged, and the query string is left out (it often carries tokens).
 """
 
@@ -76,8 +78,12 @@ class AccessLog:
         """Write one line describing a finished request; ``started`` is a ``perf_counter`` value."""
         if not self._enabled:
             return
+        pending = self._pending
+        # Lines of one loop turn share the turn's first timestamp (nginx also reads its clock once
+        # per event-loop turn); ``duration_ms`` is measured for each line.
+        stamp = self._clock[1] if pending else self._timestamp()
         line: dict[str, Any] = {
-            "timestamp": self._timestamp(),
+            "timestamp": stamp,
             "level": "info" if status < 500 else "warning",
             "logger": "msa_gateway.access",
             "event": "request",
@@ -108,8 +114,8 @@ class AccessLog:
             text = f"{line['timestamp']} {line['level'].upper():<7} msa_gateway.access: {extras}\n"
         else:
             text = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE).decode()
-        self._pending.append(text)
-        if len(self._pending) == 1:
+        pending.append(text)
+        if len(pending) == 1:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
             except RuntimeError:  # no loop: write at once

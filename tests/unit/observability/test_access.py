@@ -71,3 +71,21 @@ async def test_lines_of_one_loop_turn_are_written_in_one_write() -> None:
     await asyncio.sleep(0)
     assert len(writes) == 1
     assert [json.loads(x)["request_id"] for x in writes[0].splitlines()] == ["r0", "r1", "r2"]
+
+
+async def test_lines_of_one_loop_turn_share_its_timestamp_and_the_next_turn_reads_the_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = io.StringIO()
+    log = AccessLog(stream)
+    clock = [1_700_000_000.25]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    _log(log, request_id="a")
+    clock[0] = 1_700_000_000.5  # the same turn, later: the turn's first reading stands
+    _log(log, request_id="b")
+    await asyncio.sleep(0)  # the turn ends: written
+    _log(log, request_id="c")
+    stamps = [json.loads(x)["timestamp"] for x in stream.getvalue().splitlines()]
+    await asyncio.sleep(0)
+    stamps.append(json.loads(stream.getvalue().splitlines()[-1])["timestamp"])
+    assert stamps == [iso_now(1_700_000_000.25)] * 2 + [iso_now(1_700_000_000.5)]
