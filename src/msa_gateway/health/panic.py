@@ -14,18 +14,16 @@ healthy one takes everything. Pure, allocation-free apart from the small result 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Generic, NamedTuple, TypeVar
+from typing import TypeVar
 
 from msa_gateway.model import DEFAULT_PANIC_THRESHOLD
 
 T = TypeVar("T")
 
 
-class Choice(NamedTuple, Generic[T]):
-    """The instances to balance over, and whether that is because of panic mode."""
-
-    instances: Sequence[T]
-    panic: bool
+# The instances to balance over, and whether that is because of panic mode. A plain tuple: this
+# is every request's path, and a named tuple's constructor is Python code (0.2 µs).
+Choice = tuple[Sequence[T], bool]
 
 
 def validate_threshold(threshold: float) -> float:
@@ -44,5 +42,5 @@ def choose(
     """
     total = len(all_instances)
     if total == 0 or threshold <= 0.0 or len(eligible) * 100.0 >= threshold * total:
-        return Choice(eligible, False)
-    return Choice(all_instances, True)
+        return eligible, False
+    return all_instances, True
