@@ -101,7 +101,7 @@ class _Waiting:
 class WaitTracker:
     """Which instances keep requests waiting without answering (``slow``), per service."""
 
-    __slots__ = ("_check_at", "_config", "_limit", "_slow", "_waiting", "slow_total")
+    __slots__ = ("_check_at", "_config", "_limit", "_slow", "_waiting", "enabled", "slow_total")
 
     def __init__(self, config: OutlierConfig | None = None) -> None:
         self._config = config if config is not None else OutlierConfig()
@@ -110,15 +110,12 @@ class WaitTracker:
         self._check_at = -math.inf
         self._limit = self._config.latency_min
         self.slow_total = 0
-
-    @property
-    def enabled(self) -> bool:
-        """Return whether latency ejection is on."""
-        return self._config.latency_multiple > 0
+        self.enabled = self._config.latency_multiple > 0  # latency ejection is on (read per request)
 
     def configure(self, config: OutlierConfig) -> None:
         """Apply new settings; attempts in flight keep counting."""
         self._config = config
+        self.enabled = config.latency_multiple > 0
         self._check_at = -math.inf
 
     def started(self, key: str, now: float) -> None:

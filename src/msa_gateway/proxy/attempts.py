@@ -287,7 +287,7 @@ class Attempts:
             prefix=route.prefix,
             request_id=req.request_id,
             upstream_host=instance.address,
-            trusted=is_trusted(req.peer, req.trusted),
+            trusted=bool(req.trusted) and is_trusted(req.peer, req.trusted),  # none trusted: no call
             pass_host_header=options.pass_host_header,
             content_length=req.body_length if req.has_body else None,
             allow_underscores=self.fw.allow_underscores,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from random import getrandbits
 
 from msa_gateway.proxy.redirects import REDIRECT_HEADERS, Redirects
@@ -58,6 +59,7 @@ _FORWARDED_KEEP = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwa
 _RESPONSE_OWN = frozenset({b"x-request-id"})
 # Connection values that name only hop-by-hop headers: nothing more to drop
 _CONNECTION_PLAIN = frozenset({b"keep-alive", b"close", b"upgrade"})
+_NAME = itemgetter(0)  # a header pair's name
 _UNDERSCORE = ord("_")  # an int: ``95 in name`` is ~10x faster than ``b"_" in name``
 _REQUEST_ID_OK = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,200}$")
 
@@ -101,7 +103,7 @@ def upstream_request_headers(  # noqa: PLR0913, PLR0912 - one pass over the head
     allow_underscores: bool = False,
 ) -> list[tuple[bytes, bytes]]:
     """Return the headers to send upstream, in the client's order, then the gateway's own."""
-    drop = connection_tokens(headers) if any(n == b"connection" for n, _ in headers) else frozenset()
+    drop = connection_tokens(headers) if b"connection" in map(_NAME, headers) else frozenset()
     out: list[tuple[bytes, bytes]] = []
     client_host = b""
     prior_for: list[bytes] = []
