@@ -198,6 +198,8 @@ class Attempts:
         The layers below are plain calls that hand back the one coroutine doing the work, so an
         untimed, untraced attempt is a single coroutine (each nested one costs every resumption).
         """
+        if self.observe is None and not self.timed and self.fw.exporter is None:
+            return self._send(lease.instance)  # nothing reads the attempt: no layer around it
         if self.observe is not None:
             return self._observed(lease, self.observe)
         return self._exchange(lease)
