@@ -220,18 +220,18 @@ async def watch_disconnect(receive: Any, ex: Exchange, resp: UpstreamResponse) -
 def log_access(access: AccessLog, req: ProxyRequest, ex: Exchange, bytes_in: int | None = None) -> None:
     """Write the access line of a finished exchange (``bytes_in``: a WebSocket connection's)."""
     route = req.route
-    access.log(
-        method=req.method,
-        path=req.raw_path.decode("latin-1"),
-        status=ex.status,
-        started=req.started,
-        request_id=req.request_id,
-        service=route.name if route is not None else UNKNOWN_SERVICE,
-        instance=ex.instance,
-        nbytes=ex.nbytes,
-        client=req.peer or "-",
-        error=ex.error,
-        retry_refused=ex.retry_refused,
-        trace_id=None if req.trace is None else req.trace.trace_text,
-        bytes_in=bytes_in,
+    access.log(  # by position, in the signature's order
+        req.method,
+        req.raw_path.decode("latin-1"),
+        ex.status,
+        req.started,
+        req.request_id,
+        route.name if route is not None else UNKNOWN_SERVICE,
+        ex.instance,
+        ex.nbytes,
+        req.peer or "-",
+        ex.error,
+        ex.retry_refused,
+        None if req.trace is None else req.trace.trace_text,
+        bytes_in,
     )
