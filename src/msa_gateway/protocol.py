@@ -121,6 +121,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Register the connection; it is idle until its first request begins."""
         super().connection_made(transport)
+        # What every request's scope on this connection shares, in uvicorn's key order (its
+        # ``on_message_begin`` writes these nine keys per request; here seven are copied in C).
+        self._scope_base: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "root_path": self.root_path,
+        }
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
         )
@@ -233,8 +244,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     # --- parser callbacks ---------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        """Start the head's deadline (and the connection's timer, if none is pending)."""
-        HttpToolsProtocol.on_message_begin(self)  # not super(): ~0.1 µs a request
+        """Begin the request's scope as uvicorn does; start the head's deadline (and the connection timer)."""
+        self.url = b""
+        self.expect_100_continue = False
+        headers: list[tuple[bytes, bytes]] = []
+        self.headers = headers
+        scope = self._scope_base.copy()
+        scope["headers"] = headers
+        scope["state"] = self.app_state.copy()
+        self.scope = scope  # type: ignore[assignment]  # uvicorn's HTTPScope: the same keys
         idle = self.timeout_keep_alive_task
         if idle is not None:
             idle.cancel()

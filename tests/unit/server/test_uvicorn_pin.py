@@ -94,3 +94,19 @@ def test_start_asgi_task_is_what_the_named_copy_repeats() -> None:
     for part in ("cycle.run_asgi(app)", "reset_contextvars", "self.tasks.discard", "self.tasks.add(task)"):
         assert part in source, part
     assert "_start_asgi_task" not in inspect.getsource(GatewayHttpProtocol._create_task)
+
+
+async def test_a_requests_scope_begins_as_uvicorns_own_on_message_begin_makes_it() -> None:
+    """``GatewayHttpProtocol.on_message_begin`` copies the connection's part of the scope instead."""
+    from tests.unit.server.test_direct_dispatch import App, connect
+
+    proto, _ = connect(App())
+    proto.app_state["shared"] = "lifespan state"
+    proto.on_message_begin()
+    ours, our_headers = proto.scope, proto.headers
+    HttpToolsProtocol.on_message_begin(proto)
+    theirs = proto.scope
+    assert list(ours) == list(theirs) and ours == theirs  # the same keys, in the same order, the same values
+    assert ours["headers"] is our_headers and ours["state"] is not proto.app_state
+    proto.on_message_begin()
+    assert proto.scope["state"] is not ours["state"] and proto.scope["headers"] is not our_headers
