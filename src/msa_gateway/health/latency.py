@@ -104,18 +104,16 @@ class WaitTracker:
     __slots__ = ("_check_at", "_config", "_limit", "_slow", "_waiting", "enabled", "slow_total")
 
     def __init__(self, config: OutlierConfig | None = None) -> None:
-        self._config = config if config is not None else OutlierConfig()
         self._waiting: dict[str, _Waiting] = {}
         self._slow: frozenset[str] = _EMPTY
-        self._check_at = -math.inf
-        self._limit = self._config.latency_min
         self.slow_total = 0
-        self.enabled = self._config.latency_multiple > 0  # latency ejection is on (read per request)
+        self.configure(config if config is not None else OutlierConfig())
+        self._limit = self._config.latency_min
 
     def configure(self, config: OutlierConfig) -> None:
         """Apply new settings; attempts in flight keep counting."""
         self._config = config
-        self.enabled = config.latency_multiple > 0
+        self.enabled = config.latency_multiple > 0  # latency ejection is on (read per request)
         self._check_at = -math.inf
 
     def started(self, key: str, now: float) -> None:

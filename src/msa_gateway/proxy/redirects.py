@@ -84,14 +84,15 @@ def rewrite_refresh(value: bytes, origins: tuple[bytes, ...], base: bytes) -> by
 
 
 class ClientSide(Protocol):
-    """What of the request a rewrite needs (``ProxyRequest`` has it): read only when one happens."""
+    """What of the request a rewrite needs (``ProxyRequest`` has it): read only when one happens.
+
+    ``peer``'s ``X-Forwarded-*`` headers count when it lies in ``trusted`` (``trusted_proxies``).
+    """
 
     @property
     def headers(self) -> Sequence[tuple[bytes, bytes]]: ...
     @property
-    def peer(
-        self,
-    ) -> str | None: ...  # trusted per ``trusted_proxies`` (``trusted``): its X-Forwarded-* count
+    def peer(self) -> str | None: ...
     @property
     def trusted(self) -> tuple[Network, ...]: ...
     @property
