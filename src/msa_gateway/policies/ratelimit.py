@@ -75,7 +75,18 @@ class RateLimitStage:
     """
 
     name = "rate_limit"
-    __slots__ = ("config", "counts", "header", "key_of", "limiter", "local", "now", "policy_header", "states")
+    __slots__ = (
+        "config",
+        "counts",
+        "header",
+        "key_of",
+        "limiter",
+        "local",
+        "now",
+        "one_states",
+        "policy_header",
+        "states",
+    )
 
     def __init__(self, config: RateLimitConfig, limiter: Limiter, service: str, shared: SharedState) -> None:
         self.config = config
@@ -88,6 +99,7 @@ class RateLimitStage:
         self.key_of: Callable[[ProxyRequest], str] = getattr(self, f"_{config.key}_key")
         self.policy_header = policy_header(config)
         self.states: dict[tuple[tuple[int, ...], tuple[int, ...]], Pairs] = {}  # headers made
+        self.one_states: dict[tuple[int, int], Pairs] = {}  # (remaining, reset) -> headers, one limit
 
     @classmethod
     def build(cls, config: RateLimitConfig, spec: ServiceSpec) -> RateLimitStage:
@@ -99,8 +111,11 @@ class RateLimitStage:
             return Limiter(config, spec.name, redis, shared.monotonic, shared.tasks)
 
         limiter = shared.get(("rate_limit", spec.name, config), make, Limiter)
-        if cls is RateLimitStage and limiter.redis is None and limiter.local.one is not None:
-            return LocalRateLimitStage(config, limiter, spec.name, shared)
+        if cls is RateLimitStage and limiter.local.one is not None:
+            if limiter.redis is None:
+                return LocalRateLimitStage(config, limiter, spec.name, shared)
+            if config.sync_interval is None:
+                return RedisRateLimitStage(config, limiter, spec.name, shared)
         return cls(config, limiter, spec.name, shared)
 
     # The bucket key of a request, one function per ``key`` kind (``key_of`` is set to one).
@@ -135,22 +150,39 @@ class RateLimitStage:
             result = ALLOWED if decision.allowed else LIMITED
         else:
             decision, result = await self.limiter.decide(self.key_of(request))
+        self._conclude(request, decision, result)
+        return None
+
+    def _conclude(self, request: ProxyRequest, decision: Decision | None, result: str) -> None:
+        """Count the decision; leave its headers on the request, or raise 429 (503: failing closed)."""
         counts = self.counts
         if counts is not None:
             counts[result] += 1
         if decision is None:
             if result == FAIL_CLOSED:
                 raise Overloaded("the rate limiter is unavailable", 1)
-            return None
+            return
         reset = decision.reset
         ceils = (math.ceil(reset[0]),) if len(reset) == 1 else tuple(map(math.ceil, reset))
         headers = self._headers(decision.remaining, ceils)
         if decision.allowed:
             request.rate_limit = headers
-            return None
+            return
         raise TooManyRequests(
             f"rate limit {self.config.name!r} exceeded", max(1, math.ceil(decision.retry_after)), headers
         )
+
+    def _admitted(self, request: ProxyRequest, state: tuple[int, int]) -> None:
+        """Count an admission under one limit and leave its headers, kept per (remaining, reset)."""
+        counts = self.counts
+        if counts is not None:
+            counts[ALLOWED] += 1
+        headers = self.one_states.get(state)
+        if headers is None:
+            if len(self.one_states) >= MAX_STATES:
+                self.one_states.clear()
+            headers = self.one_states[state] = self._headers((state[0],), (state[1],))
+        request.rate_limit = headers
 
     def _headers(self, remaining: tuple[int, ...], reset: tuple[int, ...]) -> Pairs:
         """Return the RateLimit headers, made once per distinct (remaining, reset) and kept."""
@@ -172,29 +204,55 @@ class LocalRateLimitStage(RateLimitStage):
     per request. A refused one takes the general path, which says why.
     """
 
-    __slots__ = ("buckets", "one_states")
+    __slots__ = ("buckets",)
 
     def __init__(self, config: RateLimitConfig, limiter: Limiter, service: str, shared: SharedState) -> None:
         super().__init__(config, limiter, service, shared)
         self.buckets = limiter.local
-        self.one_states: dict[tuple[int, int], Pairs] = {}  # (remaining, reset) -> headers
 
     async def __call__(self, request: ProxyRequest) -> Reply | None:
         """Decide; pass with the headers for the response stage, or raise 429."""
-        key = self.key_of(request)
-        now = self.now()
-        state = self.buckets.admit(key, now)
+        state = self.buckets.admit(self.key_of(request), self.now())
         if state is None:
             return await RateLimitStage.__call__(self, request)  # refused: the Decision says by how much
-        counts = self.counts
-        if counts is not None:
-            counts[ALLOWED] += 1
-        headers = self.one_states.get(state)
-        if headers is None:
-            if len(self.one_states) >= MAX_STATES:
-                self.one_states.clear()
-            headers = self.one_states[state] = self._headers((state[0],), (state[1],))
-        request.rate_limit = headers
+        self._admitted(request, state)
+        return None
+
+
+class RedisRateLimitStage(RateLimitStage):
+    """One limit on the ``redis`` backend, no pre-check: Redis's answer read without a ``Decision``.
+
+    While Redis is up an admitted request costs the packed call (kept per key), one await and the
+    two numbers of the answer; anything else (refused, an error reply, Redis down) goes the
+    general way with the reply it got, so a request is never decided twice.
+    """
+
+    __slots__ = ("redis",)
+
+    def __init__(self, config: RateLimitConfig, limiter: Limiter, service: str, shared: SharedState) -> None:
+        super().__init__(config, limiter, service, shared)
+        assert limiter.redis is not None
+        self.redis = limiter.redis
+
+    async def __call__(self, request: ProxyRequest) -> Reply | None:
+        """Decide; pass with the headers for the response stage, or raise 429/503."""
+        redis = self.redis
+        if not redis.up:  # the general way retries Redis when due, else applies the failure mode
+            return await RateLimitStage.__call__(self, request)
+        key = self.key_of(request)
+        limiter = self.limiter
+        command = limiter.command(key)
+        reply = await redis.send(command)
+        answer: list[int] | None
+        if type(reply) is list and redis.up:
+            if reply[0] == 1:  # admitted: {1, 0, remaining, reset in µs}, reset rounded up to seconds
+                self._admitted(request, (reply[2], -(-reply[3] // 1_000_000)))
+                return None
+            answer = reply
+        else:
+            answer = await redis.settle(reply, command)
+        decision, result = limiter.outcome(key, answer)
+        self._conclude(request, decision, result)
         return None
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from msa_gateway.policies.ratelimit_config import RateLimitConfig
     from msa_gateway.tasks import Supervisor
 
-MAX_KNOWN_KEYS = 4096  # Redis key names kept made (the recent clients'), then forgotten at once
+MAX_KNOWN_KEYS = 4096  # packed script calls kept made (the recent clients'), then forgotten at once
 SAFE = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.:-_"
 
 
@@ -60,18 +60,27 @@ class Limiter:
         self.suffixes = tuple(f"}}:{i}" for i in range(len(config.limits)))
         self.args = script_args(config.limits)
         self.pending: dict[str, int] = {}  # sync mode: admitted here, not yet sent to Redis
-        self.known_keys: dict[str, list[str]] = {}  # the Redis keys of recent keys (never mutated)
+        self.commands: dict[str, bytes] = {}  # the packed script call of each recent key
         self.syncing = False
 
     def keys(self, key: str) -> list[str]:
         """Return the Redis keys of ``key``: one per limit, all with the same hash tag."""
-        known = self.known_keys.get(key)
+        head = self.prefix + redis_key_part(key)
+        return [head + suffix for suffix in self.suffixes]
+
+    def command(self, key: str) -> bytes:
+        """Return the script call deciding one request of ``key``, packed once per recent key.
+
+        Its arguments never change (the policy's limits), so a request costs a dict lookup,
+        not the packing (which formats each float argument through ``snprintf``).
+        """
+        known = self.commands.get(key)
         if known is not None:
             return known
-        if len(self.known_keys) >= MAX_KNOWN_KEYS:
-            self.known_keys.clear()
-        head = self.prefix + redis_key_part(key)
-        made = self.known_keys[key] = [head + suffix for suffix in self.suffixes]
+        if len(self.commands) >= MAX_KNOWN_KEYS:
+            self.commands.clear()
+        assert self.redis is not None
+        made = self.commands[key] = self.redis.command(self.keys(key), self.args)
         return made
 
     def decide_local(self, key: str) -> tuple[Decision, str]:
@@ -87,13 +96,18 @@ class Limiter:
         if self.config.sync_interval is not None and redis.up:
             return self._precheck(key)
         if redis.available():  # ``redis.run`` inline: one coroutine less on every decision
-            keys, args = self.keys(key), self.args
-            reply = await redis.send(keys, args)
-            answer = reply if type(reply) is list and redis.up else await redis.settle(reply, keys, args)
-            if answer is not None:
-                decision = parse_answer(answer)
-                return decision, "allowed" if decision.allowed else "limited"
+            command = self.command(key)
+            reply = await redis.send(command)
+            answer = reply if type(reply) is list and redis.up else await redis.settle(reply, command)
+            return self.outcome(key, answer)
         return self._fallback(key)
+
+    def outcome(self, key: str, answer: list[int] | None) -> tuple[Decision | None, str]:
+        """Return the decision in Redis's ``answer``, or the failure mode's when there is none."""
+        if answer is None:
+            return self._fallback(key)
+        decision = parse_answer(answer)
+        return decision, "allowed" if decision.allowed else "limited"
 
     def _fallback(self, key: str) -> tuple[Decision | None, str]:
         mode = self.config.on_backend_error

@@ -126,27 +126,29 @@ class RedisBackend:
 
     async def run(self, keys: Sequence[str], args: Args) -> list[int] | None:
         """Run the script; None when Redis failed or did not answer in time (the backend is down)."""
-        reply = await self.send(keys, args)
-        return reply if type(reply) is list and self.up else await self.settle(reply, keys, args)
+        command = self.command(keys, args)
+        reply = await self.send(command)
+        return reply if type(reply) is list and self.up else await self.settle(reply, command)
 
-    def send(self, keys: Sequence[str], args: Args) -> Awaitable[Reply]:
-        """Send the script call and return its reply to come: ``run`` in two halves, for a caller
+    def command(self, keys: Sequence[str], args: Args) -> bytes:
+        """Return the script call on ``keys`` with ``args``, packed (the same bytes every time: keep it)."""
+        return pack("EVALSHA", self.sha, len(keys), *keys, *args)
+
+    def send(self, command: bytes) -> Awaitable[Reply]:
+        """Send a packed script call and return its reply to come: ``run`` in two halves, for a caller
         that saves a coroutine on the common path (the answer, while up) and ``settle``s the rest."""
         wire = self.wire
         if wire is None or wire.failed is not None:
-            return self._send_connected(keys, args)
-        return wire.send(self._evalsha(keys, args))
+            return self._send_connected(command)
+        return wire.send(command)
 
-    def _evalsha(self, keys: Sequence[str], args: Args) -> bytes:
-        return pack("EVALSHA", self.sha, len(keys), *keys, *args)
-
-    async def _send_connected(self, keys: Sequence[str], args: Args) -> Reply:
+    async def _send_connected(self, command: bytes) -> Reply:
         wire = await self._open()
         if wire is None:
             return ConnectionError("no connection to Redis")
-        return await wire.send(self._evalsha(keys, args))
+        return await wire.send(command)
 
-    async def settle(self, reply: Reply, keys: Sequence[str], args: Args) -> list[int] | None:
+    async def settle(self, reply: Reply, command: bytes) -> list[int] | None:
         """Return the script's answer from a reply that was not plainly one; None when Redis failed.
 
         ``NOSCRIPT`` (``SCRIPT FLUSH``): load the script again, then run it (in that order, on one
@@ -155,7 +157,7 @@ class RedisBackend:
         wire = self.wire
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT") and wire is not None:
             wire.send(self.load)
-            reply = await wire.send(self._evalsha(keys, args))
+            reply = await wire.send(command)
         if isinstance(reply, BaseException):
             self._mark(False, reply)
             return None

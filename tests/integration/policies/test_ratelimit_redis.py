@@ -16,9 +16,10 @@ import aiohttp
 import pytest
 
 from msa_gateway.discovery.redis_registry import connect
+from msa_gateway.errors import HTTPError, TooManyRequests
 from msa_gateway.observability.metrics import Metrics
 from msa_gateway.policies.gcra import Decision
-from msa_gateway.policies.ratelimit import redis_backend
+from msa_gateway.policies.ratelimit import RateLimitStage, RedisRateLimitStage, redis_backend
 from msa_gateway.policies.ratelimit_config import parse
 from msa_gateway.policies.ratelimit_limiter import Limiter
 from msa_gateway.policies.shared import SharedState
@@ -51,6 +52,24 @@ async def gateways(redis_server: RedisServer) -> AsyncIterator[list[Gateway]]:
     yield made
     for gw in made:
         await gw.shared.aclose()
+
+
+class Asked:
+    """What the stage reads and writes on a request (``key: route`` reads nothing)."""
+
+    rate_limit: Any = None
+
+
+async def ask(stage: RateLimitStage) -> tuple[int, Any, int | None]:
+    """Return (status, the RateLimit headers, Retry-After) of one request through ``stage``."""
+    request = Asked()
+    try:
+        await stage(request)  # type: ignore[arg-type]
+    except TooManyRequests as exc:
+        return 429, exc.headers, exc.retry_after
+    except HTTPError as exc:
+        return exc.status, None, None
+    return 200, request.rate_limit, None
 
 
 async def decide_all(limiters: list[Limiter], key: str, n: int) -> list[tuple[Decision | None, str]]:
@@ -257,3 +276,26 @@ async def test_decisions_use_the_configured_password_and_database(redis_server: 
         await client.auth("s3cret")
         await client.config_set("requirepass", "")
         await client.aclose()
+
+
+@pytest.mark.parametrize("mode", ["allow", "deny", "local"])
+async def test_the_one_limit_redis_stage_answers_as_the_general_one_up_and_down(
+    gateways: list[Gateway], redis_server: RedisServer, mode: str
+) -> None:
+    block = {"key": "route", "limits": [{"rate": "5/minute", "burst": 3}], "on_backend_error": mode}
+    fused_limiter, general_limiter = gateways[0].limiter(**block), gateways[1].limiter(name="other", **block)
+    fused = RedisRateLimitStage(fused_limiter.config, fused_limiter, "svc", gateways[0].shared)
+    general = RateLimitStage(general_limiter.config, general_limiter, "svc", gateways[1].shared)
+    for _ in range(6):  # four admitted (burst 3), then refused with Retry-After
+        one, other = await ask(fused), await ask(general)
+        assert (one[0], one[2]) == (other[0], other[2])
+        assert one[1] == tuple((n, v.replace(b'"other"', b'"default"')) for n, v in other[1])
+    assert [await ask(fused) for _ in range(2)][-1][0] == 429
+    redis_server.stop()
+    down = [(await ask(fused))[0] for _ in range(3)], [(await ask(general))[0] for _ in range(3)]
+    assert down[0] == down[1] == {"allow": [200] * 3, "deny": [503] * 3, "local": [200, 200, 200]}[mode]
+    for gw in gateways[:2]:
+        assert gw.metrics.registry.get_sample_value(
+            "gateway_ratelimit_decisions_total",
+            {"service": "svc", "policy": "default" if gw is gateways[0] else "other", "result": "limited"},
+        ) == (4 if gw is gateways[0] else 2)

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from msa_gateway.errors import ConfigError
 from msa_gateway.policies import ratelimit_limiter
@@ -13,7 +14,8 @@ from msa_gateway.policies.base import PolicyError
 from msa_gateway.policies.gcra import Decision, Limit
 from msa_gateway.policies.ratelimit_config import parse
 from msa_gateway.policies.ratelimit_limiter import Limiter, redis_key_part
-from msa_gateway.policies.ratelimit_redis import parse_answer
+from msa_gateway.policies.ratelimit_redis import RedisBackend, parse_answer, script_args
+from msa_gateway.policies.redis_wire import pack
 from msa_gateway.settings import parse_config
 from msa_gateway.tasks import Supervisor
 
@@ -107,15 +109,18 @@ def test_the_scripts_answer_becomes_a_decision_for_one_limit_and_for_several() -
     assert two == Decision(True, 0.0, (4, 99), (12.0, 1.5))
 
 
-def test_redis_key_names_are_made_once_per_key_and_forgotten_past_the_bound(
+def test_redis_calls_are_packed_once_per_key_and_forgotten_past_the_bound(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config = parse({"backend": "redis", "limits": ["5/minute", "100/hour"]})
-    limiter = Limiter(config, "svc", None, time.monotonic, Supervisor())
-    first = limiter.keys("ip:203.0.113.7")
-    assert first == ["rl:{svc:default:ip:203.0.113.7}:0", "rl:{svc:default:ip:203.0.113.7}:1"]
-    assert limiter.keys("ip:203.0.113.7") is first
+    backend = RedisBackend(Redis(port=1), 0.1, time.monotonic, lambda up: None)
+    limiter = Limiter(config, "svc", backend, time.monotonic, Supervisor())
+    keys = limiter.keys("ip:203.0.113.7")
+    assert keys == ["rl:{svc:default:ip:203.0.113.7}:0", "rl:{svc:default:ip:203.0.113.7}:1"]
+    first = limiter.command("ip:203.0.113.7")
+    assert first == pack("EVALSHA", backend.sha, 2, *keys, *script_args(config.limits))
+    assert limiter.command("ip:203.0.113.7") is first
     monkeypatch.setattr(ratelimit_limiter, "MAX_KNOWN_KEYS", 3)
     for i in range(7):
-        assert limiter.keys(f"k{i}")[0] == f"rl:{{svc:default:k{i}}}:0"
-        assert len(limiter.known_keys) <= 3
+        assert f"rl:{{svc:default:k{i}}}:0".encode() in limiter.command(f"k{i}")
+        assert len(limiter.commands) <= 3

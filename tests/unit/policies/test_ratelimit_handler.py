@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from msa_gateway.policies.ratelimit import LocalRateLimitStage, RateLimitStage
+from msa_gateway.policies.ratelimit import LocalRateLimitStage, RateLimitStage, RedisRateLimitStage
 from msa_gateway.proxy.handler import ProxyApp
 from msa_gateway.runtime import Runtime
 from tests.support.fake_upstream import FakeUpstream, call, instances, make_runtime
@@ -91,6 +91,24 @@ async def test_a_one_limit_local_policy_takes_the_fused_stage_and_answers_as_the
         )
     for result in ("allowed", "limited"):
         assert decisions(fused_rt, result) == decisions(general_rt, result) > 0
+
+
+@pytest.mark.parametrize(
+    ("block", "kind"),
+    [
+        ({"limits": ["4/second"]}, LocalRateLimitStage),
+        ({"limits": ["4/second", "100/hour"]}, RateLimitStage),
+        ({"limits": ["4/second"], "backend": "redis"}, RedisRateLimitStage),
+        ({"limits": ["4/second", "100/hour"], "backend": "redis"}, RateLimitStage),
+        ({"limits": ["4/second"], "backend": "redis", "sync_interval": 0.1}, RateLimitStage),
+    ],
+)
+def test_one_limit_without_a_precheck_takes_its_backends_fused_stage(
+    block: dict[str, Any], kind: type
+) -> None:
+    _, _, _, rt = gateway(block)
+    (stage,) = rt.snapshot.services["svc"].request_stages
+    assert type(stage) is kind
 
 
 async def test_the_steady_rate_refills_the_bucket() -> None:
