@@ -39,6 +39,7 @@ COALESCE_BELOW = 64 * 1024  # smaller queued pieces are joined into one read
 LAST_CHUNK = b"0\r\n\r\n"
 CHUNKED_HEADER = b"Transfer-Encoding: chunked\r\n"
 _STATUS_LINE_ALLOWANCE = 16  # "HTTP/1.1 200 " + CRLF around the reason phrase
+_EARLY = 0.001  # a timer may fire this much before its deadline (the loop's clock counts milliseconds)
 
 
 class InvalidHead(ValueError):
@@ -123,6 +124,7 @@ class Conn(asyncio.Protocol):
         "busy",
         "chunks",
         "closed",
+        "deadline",
         "done",
         "failure",
         "got_bytes",
@@ -142,6 +144,7 @@ class Conn(asyncio.Protocol):
         "pool",
         "read_timeout",
         "status",
+        "timer",
         "transport",
         "waiter",
         "written",
@@ -157,6 +160,8 @@ class Conn(asyncio.Protocol):
         self.paused_writing = False
         self.paused_reading = False
         self.waiter: asyncio.Future[None] | None = None
+        self.deadline = 0.0  # loop time by which the current wait ends in a timeout; 0.0: none
+        self.timer: asyncio.TimerHandle | None = None
         self.idle_since = 0.0
         self.chunks: deque[bytes] = deque()
         self.head_buf = bytearray()
@@ -191,17 +196,23 @@ class Conn(asyncio.Protocol):
         self.transport.write(data)
 
     async def wait(self) -> None:
-        """Wait for the next event, at most ``read_timeout`` (then ``failure`` is ``TIMED_OUT``)."""
+        """Wait for the next event, at most ``read_timeout`` (then ``failure`` is ``TIMED_OUT``).
+
+        One timer per connection, not one per wait: a wait sets its deadline and arms the timer
+        only when none is pending; a timer that finds a later deadline re-arms for it.
+        """
         loop = self.loop
         fut = self.waiter = loop.create_future()
         timeout = self.read_timeout
-        timer = loop.call_later(timeout, self._timed_out) if timeout else None
+        if timeout:
+            self.deadline = deadline = loop.time() + timeout
+            if self.timer is None:
+                self.timer = loop.call_at(deadline, self._on_timer)
         try:
             await fut
         finally:
             self.waiter = None
-            if timer is not None:
-                timer.cancel()
+            self.deadline = 0.0
 
     def take(self) -> bytes:
         """Return the oldest queued body bytes: one big piece, or every small piece joined.
@@ -277,6 +288,9 @@ class Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Settle the exchange: an unframed body ends here, anything else unfinished failed."""
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if not self.busy:
             if self.pool is not None:
                 self.pool.lost_idle(self)
@@ -395,8 +409,16 @@ class Conn(asyncio.Protocol):
         fields = sum(len(name) + len(value) + 4 for name, value in self.headers)
         return self.head_size + fields + _STATUS_LINE_ALLOWANCE
 
-    def _timed_out(self) -> None:
-        self.fail(TIMED_OUT)
+    def _on_timer(self) -> None:
+        self.timer = None
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return  # no wait in progress, or its event came in this loop turn: the next wait arms
+        deadline = self.deadline
+        if self.loop.time() < deadline - _EARLY:  # a later wait began since the timer was armed
+            self.timer = self.loop.call_at(deadline, self._on_timer)
+        else:
+            self.fail(TIMED_OUT)
 
     def _wake(self) -> None:
         waiter = self.waiter

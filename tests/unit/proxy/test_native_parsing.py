@@ -409,6 +409,48 @@ async def test_wait_times_out_with_read_timeout() -> None:
     assert conn.failure is native_conn.TIMED_OUT and transport.aborted
 
 
+async def test_each_wait_gets_its_whole_read_timeout_from_one_timer_per_connection() -> None:
+    loop = asyncio.get_running_loop()
+    conn = Conn(loop)
+    transport: Any = FakeTransport()
+    conn.connection_made(transport)
+    conn.start(False, 0.3)
+    conn.write(b"GET / HTTP/1.1\r\n\r\n")
+    loop.call_later(0.2, conn.data_received, b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
+    await conn.wait()
+    timer = conn.timer
+    assert conn.head_done and conn.failure is None and timer is not None  # armed for the first deadline
+    # The next wait keeps that timer; it passes the first deadline, re-arms and lets the body come.
+    loop.call_later(0.2, conn.data_received, b"body")
+    second = asyncio.ensure_future(conn.wait())
+    await asyncio.sleep(0)
+    assert conn.timer is timer
+    await second
+    assert conn.failure is None and conn.chunks
+    started = loop.time()
+    await conn.wait()  # nothing comes: its own whole timeout, then the failure
+    assert conn.failure is native_conn.TIMED_OUT and transport.aborted
+    assert loop.time() - started >= 0.3 - native_conn._EARLY
+
+
+async def test_a_timer_due_in_the_turn_the_answer_came_does_not_fail_the_exchange() -> None:
+    loop = asyncio.get_running_loop()
+    conn = Conn(loop)
+    transport: Any = FakeTransport()
+    conn.connection_made(transport)
+    conn.start(False, 0.05)
+    conn.write(b"GET / HTTP/1.1\r\n\r\n")
+    waiting = asyncio.ensure_future(conn.wait())
+    await asyncio.sleep(0)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")  # the waiter is done...
+    assert conn.timer is not None
+    conn.timer.cancel()
+    conn.deadline = loop.time() - 0.01  # ...when a starved loop runs the timer, past its deadline,
+    conn._on_timer()  # before the waiting task resumed
+    await waiting
+    assert conn.failure is None and conn.done and not transport.aborted
+
+
 async def test_wait_wakes_on_the_head() -> None:
     loop = asyncio.get_running_loop()
     conn = Conn(loop)
