@@ -51,6 +51,9 @@ accepted (uvicorn never closes a connection that sends nothing), and cancelled w
 begins rather than on any byte, so bare CRLFs (which httptools skips) do not keep an idle
 connection open either. The keep-alive timer no longer stops when the client keeps sending a
 body nobody reads after its response: the connection is closed at the keep-alive timeout.
+Like the head's deadline, the keep-alive timeout is a deadline (``_idle_deadline``) watched by one
+timer per connection, armed only when none is pending, instead of a timer made after every
+response and cancelled by the next request.
 """
 
 from __future__ import annotations
@@ -109,6 +112,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._head_rest = 0  # bytes received since that chunk, while the head is incomplete
         self._head_deadline = 0.0  # loop time by which the head must be complete; 0.0: no head open
         self._timer: asyncio.TimerHandle | None = None
+        self._idle_deadline = 0.0  # loop time at which an idle connection closes; 0.0: not idle
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._rejection: Rejection | None = None
         self._linger_last = 0.0
         self._feeding = False  # inside parser.feed_data: a request's task starts once it returns
@@ -132,12 +137,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             "scheme": self.scheme,
             "root_path": self.root_path,
         }
-        self.timeout_keep_alive_task = self.loop.call_later(
-            self.timeout_keep_alive, self.timeout_keep_alive_handler
-        )
+        self._go_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Drop the connection's timer too."""
+        """Drop the connection's timers too."""
         super().connection_lost(exc)
         self._unset_keepalive_if_required()
         if self._timer is not None:
@@ -241,6 +244,42 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 
+    # --- keep-alive ---------------------------------------------------------------------
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, but idle means a deadline for the connection's one keep-alive timer."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:  # the next pipelined request starts
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._go_idle()
+
+    def _go_idle(self) -> None:
+        self._idle_deadline = deadline = self.loop.time() + self.timeout_keep_alive
+        if self._idle_timer is None:
+            self._idle_timer = self.loop.call_at(deadline, self._on_idle_timer)
+
+    def _unset_keepalive_if_required(self) -> None:
+        """Not idle any more (uvicorn calls this when the connection is lost)."""
+        self._idle_deadline = 0.0
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _on_idle_timer(self) -> None:
+        self._idle_timer = None
+        deadline = self._idle_deadline
+        if not deadline:
+            return  # busy: the next response arms a timer
+        if self.loop.time() < deadline - _EARLY:  # idle again since the timer was armed
+            self._idle_timer = self.loop.call_at(deadline, self._on_idle_timer)
+        else:
+            self.timeout_keep_alive_handler()
+
     # --- parser callbacks ---------------------------------------------------------------
 
     def on_message_begin(self) -> None:
@@ -253,11 +292,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         scope["headers"] = headers
         scope["state"] = self.app_state.copy()
         self.scope = scope  # type: ignore[assignment]  # uvicorn's HTTPScope: the same keys
-        idle = self.timeout_keep_alive_task
-        if idle is not None:
-            idle.cancel()
-            self.timeout_keep_alive_task = None
-        if idle is not None and (self.cycle is None or not self.cycle.more_body):
+        idle = self._idle_deadline
+        self._idle_deadline = 0.0
+        if idle and (self.cycle is None or not self.cycle.more_body):
             # Idle (keep-alive armed, previous request fully read) when this chunk came: the head opens it.
             self._head_first, self._head_rest = 0, self._chunk
         else:  # the chunk may begin with the end of the previous request
@@ -269,9 +306,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         """Check the complete head against the limits, then hand the request to uvicorn."""
         self._head_deadline = 0.0
-        if self.timeout_keep_alive_task is not None:  # armed while this head was arriving
-            self.timeout_keep_alive_task.cancel()
-            self.timeout_keep_alive_task = None
+        self._idle_deadline = 0.0  # set while this head was arriving (an earlier response ended)
         # The URL and the head are no longer than the bytes received since the head began.
         if self._head_first + self._head_rest > self._gate or len(self.headers) > self._max_headers:
             self._check_complete_head()

@@ -336,6 +336,23 @@ async def test_idle_keep_alive_connection_outlives_the_head_deadline() -> None:
 
 
 @on_both_loops
+async def test_keep_alive_counts_from_the_last_response_not_the_first() -> None:
+    """The connection's one keep-alive timer, armed after the first response, waits for the last."""
+    async with serve(keep_alive=1.5) as port:
+        conn = await Conn.open(port)
+        await conn.send(GET)
+        assert (await conn.response())[0] == 200
+        assert not await conn.closed(0.75)
+        await conn.send(GET)
+        assert (await conn.response())[0] == 200
+        last = time.monotonic()
+        assert not await conn.closed(1.0)  # past the first response's deadline: the timer re-armed
+        assert await conn.closed(1.5)
+        assert time.monotonic() - last >= 1.5 - 0.01
+        conn.close()
+
+
+@on_both_loops
 async def test_silent_and_crlf_only_connections_close_at_keep_alive_timeout() -> None:
     """A connection that never starts a request (nothing, or bare CRLFs) closes at keep-alive."""
     async with serve(keep_alive=1.0) as port:
