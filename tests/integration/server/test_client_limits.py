@@ -348,7 +348,7 @@ async def test_keep_alive_counts_from_the_last_response_not_the_first() -> None:
         last = time.monotonic()
         assert not await conn.closed(1.0)  # past the first response's deadline: the timer re-armed
         assert await conn.closed(1.5)
-        assert time.monotonic() - last >= 1.5 - 0.01
+        assert time.monotonic() - last >= 1.4  # a whole timeout after the last response, give or take
         conn.close()
 
 

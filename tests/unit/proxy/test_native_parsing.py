@@ -409,28 +409,31 @@ async def test_wait_times_out_with_read_timeout() -> None:
     assert conn.failure is native_conn.TIMED_OUT and transport.aborted
 
 
-async def test_each_wait_gets_its_whole_read_timeout_from_one_timer_per_connection() -> None:
+async def test_waits_share_one_timer_which_re_arms_for_a_later_deadline_and_fails_at_the_last() -> None:
     loop = asyncio.get_running_loop()
     conn = Conn(loop)
     transport: Any = FakeTransport()
     conn.connection_made(transport)
-    conn.start(False, 0.3)
+    conn.start(False, 30.0)  # the timer never fires by itself here: the test fires it
     conn.write(b"GET / HTTP/1.1\r\n\r\n")
-    loop.call_later(0.2, conn.data_received, b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
-    await conn.wait()
-    timer = conn.timer
-    assert conn.head_done and conn.failure is None and timer is not None  # armed for the first deadline
-    # The next wait keeps that timer; it passes the first deadline, re-arms and lets the body come.
-    loop.call_later(0.2, conn.data_received, b"body")
+    first = asyncio.ensure_future(conn.wait())
+    await asyncio.sleep(0)
+    timer, first_deadline = conn.timer, conn.deadline
+    assert timer is not None and first_deadline > 0
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
+    await first
+    assert conn.head_done and conn.failure is None and conn.timer is timer  # still armed, not cancelled
     second = asyncio.ensure_future(conn.wait())
     await asyncio.sleep(0)
-    assert conn.timer is timer
+    assert conn.timer is timer and conn.deadline >= first_deadline  # no second timer
+    timer.cancel()
+    conn._on_timer()  # the first deadline comes: this wait has a later one, so the timer re-arms
+    assert conn.timer is not None and conn.timer is not timer and conn.failure is None
+    conn.deadline = loop.time() - 0.01  # and when this wait's own deadline has passed, it fails
+    conn.timer.cancel()
+    conn._on_timer()
     await second
-    assert conn.failure is None and conn.chunks
-    started = loop.time()
-    await conn.wait()  # nothing comes: its own whole timeout, then the failure
     assert conn.failure is native_conn.TIMED_OUT and transport.aborted
-    assert loop.time() - started >= 0.3 - native_conn._EARLY
 
 
 async def test_a_timer_due_in_the_turn_the_answer_came_does_not_fail_the_exchange() -> None:
