@@ -411,10 +411,9 @@ class Conn(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self.timer = None
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            return  # no wait in progress, or its event came in this loop turn: the next wait arms
-        deadline = self.deadline
+        waiter, deadline = self.waiter, self.deadline
+        if waiter is None or waiter.done() or not deadline:
+            return  # no wait in progress, its event came in this loop turn, or it has no timeout
         if self.loop.time() < deadline - _EARLY:  # a later wait began since the timer was armed
             self.timer = self.loop.call_at(deadline, self._on_timer)
         else:

@@ -436,6 +436,31 @@ async def test_waits_share_one_timer_which_re_arms_for_a_later_deadline_and_fail
     assert conn.failure is native_conn.TIMED_OUT and transport.aborted
 
 
+async def test_a_wait_without_a_read_timeout_outlives_the_timer_an_earlier_wait_armed() -> None:
+    loop = asyncio.get_running_loop()
+    conn = Conn(loop)
+    transport: Any = FakeTransport()
+    conn.connection_made(transport)
+    conn.start(False, 30.0)
+    conn.write(b"GET / HTTP/1.1\r\n\r\n")
+    first = asyncio.ensure_future(conn.wait())
+    await asyncio.sleep(0)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    await first
+    timer = conn.timer
+    assert timer is not None
+    conn.start(False, None)  # the next exchange on this connection (another service's) has no read timeout
+    conn.write(b"GET / HTTP/1.1\r\n\r\n")
+    second = asyncio.ensure_future(conn.wait())
+    await asyncio.sleep(0)
+    timer.cancel()
+    conn._on_timer()  # the earlier wait's deadline comes
+    assert conn.failure is None and not second.done() and conn.timer is None
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    await second
+    assert conn.failure is None and conn.done
+
+
 async def test_a_timer_due_in_the_turn_the_answer_came_does_not_fail_the_exchange() -> None:
     loop = asyncio.get_running_loop()
     conn = Conn(loop)
