@@ -399,37 +399,46 @@ def test_pause_and_resume_writing_track_the_transport() -> None:
     assert not conn.paused_writing
 
 
-async def test_wait_times_out_with_read_timeout() -> None:
+def live_conn(read_timeout: float | None) -> tuple[Conn, Any]:
+    """Return a connection on the running loop with a request written, and its transport."""
     conn = Conn(asyncio.get_running_loop())
     transport: Any = FakeTransport()
     conn.connection_made(transport)
-    conn.start(False, 0.05)
+    conn.start(False, read_timeout)
     conn.write(b"GET / HTTP/1.1\r\n\r\n")
+    return conn, transport
+
+
+async def waiting(conn: Conn) -> asyncio.Future[None]:
+    """Start ``conn.wait()`` and let it run to its await."""
+    wait = asyncio.ensure_future(conn.wait())
+    await asyncio.sleep(0)
+    return wait
+
+
+OK_EMPTY = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+
+async def test_wait_times_out_with_read_timeout() -> None:
+    conn, transport = live_conn(0.05)
     await conn.wait()
     assert conn.failure is native_conn.TIMED_OUT and transport.aborted
 
 
 async def test_waits_share_one_timer_which_re_arms_for_a_later_deadline_and_fails_at_the_last() -> None:
-    loop = asyncio.get_running_loop()
-    conn = Conn(loop)
-    transport: Any = FakeTransport()
-    conn.connection_made(transport)
-    conn.start(False, 30.0)  # the timer never fires by itself here: the test fires it
-    conn.write(b"GET / HTTP/1.1\r\n\r\n")
-    first = asyncio.ensure_future(conn.wait())
-    await asyncio.sleep(0)
+    conn, transport = live_conn(30.0)  # the timer never fires by itself here: the test fires it
+    first = await waiting(conn)
     timer, first_deadline = conn.timer, conn.deadline
     assert timer is not None and first_deadline > 0
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
     await first
     assert conn.head_done and conn.failure is None and conn.timer is timer  # still armed, not cancelled
-    second = asyncio.ensure_future(conn.wait())
-    await asyncio.sleep(0)
+    second = await waiting(conn)
     assert conn.timer is timer and conn.deadline >= first_deadline  # no second timer
     timer.cancel()
     conn._on_timer()  # the first deadline comes: this wait has a later one, so the timer re-arms
     assert conn.timer is not None and conn.timer is not timer and conn.failure is None
-    conn.deadline = loop.time() - 0.01  # and when this wait's own deadline has passed, it fails
+    conn.deadline = conn.loop.time() - 0.01  # and when this wait's own deadline has passed, it fails
     conn.timer.cancel()
     conn._on_timer()
     await second
@@ -437,55 +446,37 @@ async def test_waits_share_one_timer_which_re_arms_for_a_later_deadline_and_fail
 
 
 async def test_a_wait_without_a_read_timeout_outlives_the_timer_an_earlier_wait_armed() -> None:
-    loop = asyncio.get_running_loop()
-    conn = Conn(loop)
-    transport: Any = FakeTransport()
-    conn.connection_made(transport)
-    conn.start(False, 30.0)
-    conn.write(b"GET / HTTP/1.1\r\n\r\n")
-    first = asyncio.ensure_future(conn.wait())
-    await asyncio.sleep(0)
-    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    conn, _ = live_conn(30.0)
+    first = await waiting(conn)
+    conn.data_received(OK_EMPTY)
     await first
     timer = conn.timer
     assert timer is not None
     conn.start(False, None)  # the next exchange on this connection (another service's) has no read timeout
     conn.write(b"GET / HTTP/1.1\r\n\r\n")
-    second = asyncio.ensure_future(conn.wait())
-    await asyncio.sleep(0)
+    second = await waiting(conn)
     timer.cancel()
     conn._on_timer()  # the earlier wait's deadline comes
     assert conn.failure is None and not second.done() and conn.timer is None
-    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    conn.data_received(OK_EMPTY)
     await second
     assert conn.failure is None and conn.done
 
 
 async def test_a_timer_due_in_the_turn_the_answer_came_does_not_fail_the_exchange() -> None:
-    loop = asyncio.get_running_loop()
-    conn = Conn(loop)
-    transport: Any = FakeTransport()
-    conn.connection_made(transport)
-    conn.start(False, 0.05)
-    conn.write(b"GET / HTTP/1.1\r\n\r\n")
-    waiting = asyncio.ensure_future(conn.wait())
-    await asyncio.sleep(0)
-    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")  # the waiter is done...
+    conn, transport = live_conn(0.05)
+    wait = await waiting(conn)
+    conn.data_received(OK_EMPTY)  # the waiter is done...
     assert conn.timer is not None
     conn.timer.cancel()
-    conn.deadline = loop.time() - 0.01  # ...when a starved loop runs the timer, past its deadline,
+    conn.deadline = conn.loop.time() - 0.01  # ...when a starved loop runs the timer, past its deadline,
     conn._on_timer()  # before the waiting task resumed
-    await waiting
+    await wait
     assert conn.failure is None and conn.done and not transport.aborted
 
 
 async def test_wait_wakes_on_the_head() -> None:
-    loop = asyncio.get_running_loop()
-    conn = Conn(loop)
-    transport: Any = FakeTransport()
-    conn.connection_made(transport)
-    conn.start(False, 5.0)
-    conn.write(b"GET / HTTP/1.1\r\n\r\n")
-    loop.call_soon(conn.data_received, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    conn, _ = live_conn(5.0)
+    conn.loop.call_soon(conn.data_received, OK_EMPTY)
     await conn.wait()
     assert conn.head_done and conn.failure is None
