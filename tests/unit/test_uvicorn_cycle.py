@@ -70,6 +70,14 @@ CASES = [
         200, [(b"Content-Type", b"application/json"), (b"content-length", b"2")], b"{}", {}, id="length"
     ),
     pytest.param(200, [(b"x-a", b"1")], b"hello", {}, id="chunked"),
+    pytest.param(200, [], b"hello", {}, id="no-headers"),
+    pytest.param(
+        200,
+        [(b"server", b"nginx"), (b"X-Mixed", b"Case"), (b"content-length", b"2"), (b"x-request-id", b"r1")],
+        b"ok",
+        {"default_headers": [(b"date", b"Fri, 04 Dec 2026 23:00:00 GMT")]},
+        id="mixed-case-and-defaults",
+    ),
     pytest.param(200, [(b"x-a", b"1")], b"", {}, id="chunked-empty"),
     pytest.param(200, [(b"content-length", b"5")], b"", {"method": "HEAD"}, id="head"),
     pytest.param(204, [(b"x-a", b"1")], b"", {}, id="no-content"),
