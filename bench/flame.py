@@ -11,8 +11,9 @@ for ``{out}/{name}-{method}.svg`` (open it in a browser: a frame's width is its 
 samples, click to zoom) and once for the collapsed stacks, from which the table of the frames with
 the most samples of their own (self) and in total (a frame and what it calls) is printed and
 written next to the SVG. ``--native`` adds the C frames (uvloop, httptools, the interpreter), at
-a higher sampling cost. Wall-clock samples of a busy process: idle time (the event loop waiting in
-``epoll``) shows as the loop's ``run_forever`` frame with nothing above it.
+a higher sampling cost (py-spy then pauses the process for each sample). Wall-clock samples of a
+busy process: idle time (the event loop waiting in ``epoll``) shows as the loop's ``run_forever``
+frame with nothing above it.
 
 Not a measure of speed (sampling perturbs it; ``bench.run`` and ``bench.instructions`` are the
 figures): a map of where to look. Needs ``py-spy`` (a dev dependency) and root or ptrace rights.
@@ -84,7 +85,10 @@ def py_spy() -> str:
 
 
 def py_spy_command(pid: int, duration: float, rate: int, out: Path, fmt: str, native: bool) -> list[str]:
-    """Return the py-spy command sampling ``pid`` without pausing it, pinned to the client's core."""
+    """Return the py-spy command sampling ``pid``, pinned to the client's core.
+
+    Without pausing it, except with ``native``: py-spy can only unwind C stacks of a stopped process.
+    """
     argv = [
         py_spy(),
         "record",
@@ -98,11 +102,9 @@ def py_spy_command(pid: int, duration: float, rate: int, out: Path, fmt: str, na
         fmt,
         "--output",
         str(out),
-        "--nonblocking",
         "--function",  # one frame per function (its first line), not per line being run
     ]
-    if native:
-        argv.append("--native")
+    argv.append("--native" if native else "--nonblocking")
     return ["taskset", "-c", str(CLIENT_CORE), *argv]
 
 
