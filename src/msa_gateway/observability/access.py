@@ -25,7 +25,7 @@ MAX_PATH = 2048
 class AccessLog:
     """Write access lines as JSON (or readable text with ``console=True``)."""
 
-    __slots__ = ("_clock", "_console", "_enabled", "_pending", "_second", "_stream")
+    __slots__ = ("_clock", "_console", "_enabled", "_loop", "_pending", "_second", "_stream")
 
     def __init__(self, stream: IO[str] | None = None, *, enabled: bool = True, console: bool = False) -> None:
         self._stream = stream if stream is not None else sys.stdout
@@ -34,6 +34,7 @@ class AccessLog:
         self._pending: list[str] = []
         self._clock: tuple[int, str] = (-1000, "")  # (unix time in ms, its timestamp)
         self._second = ""
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the last flush was scheduled
 
     def _timestamp(self) -> str:
         """Return ``iso_now()`` cheaply: the whole string is cached for its millisecond."""
@@ -119,10 +120,23 @@ class AccessLog:
             text = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE).decode()
         pending.append(text)
         if len(pending) == 1:
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Flush at the end of this loop turn (at once without a running loop).
+
+        The loop is kept while it runs: on Python 3.11 each ``get_running_loop()`` makes a
+        ``getpid`` system call, which at one request per turn was one more per request.
+        """
+        loop = self._loop
+        if loop is None or not loop.is_running():
             try:
-                asyncio.get_running_loop().call_soon(self.flush)
+                loop = self._loop = asyncio.get_running_loop()
             except RuntimeError:  # no loop: write at once
+                self._loop = None
                 self.flush()
+                return
+        loop.call_soon(self.flush)
 
 
 __all__ = ["AccessLog", "ConsoleFormatter"]

@@ -89,3 +89,41 @@ async def test_lines_of_one_loop_turn_share_its_timestamp_and_the_next_turn_read
     await asyncio.sleep(0)
     stamps.append(json.loads(stream.getvalue().splitlines()[-1])["timestamp"])
     assert stamps == [iso_now(1_700_000_000.25)] * 2 + [iso_now(1_700_000_000.5)]
+
+
+async def test_the_running_loop_is_looked_up_once_not_once_a_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    log = AccessLog(stream)
+    lookups: list[int] = []
+    real = asyncio.get_running_loop
+
+    def counted() -> asyncio.AbstractEventLoop:
+        lookups.append(1)
+        return real()
+
+    monkeypatch.setattr(asyncio, "get_running_loop", counted)
+    for n in range(3):
+        _log(log, request_id=f"r{n}")
+        await asyncio.sleep(0)
+    assert len(stream.getvalue().splitlines()) == 3  # each turn's line written at its end
+    assert len(lookups) == 1
+
+
+def test_a_log_kept_across_loops_flushes_on_the_one_running() -> None:
+    stream = io.StringIO()
+    log = AccessLog(stream)
+
+    async def one_turn(rid: str) -> int:
+        _log(log, request_id=rid)
+        await asyncio.sleep(0)
+        return len(stream.getvalue().splitlines())
+
+    first = asyncio.new_event_loop()
+    try:
+        assert first.run_until_complete(one_turn("a")) == 1
+        # the first loop stopped but is not closed: the second one is found, not the stale one
+        assert asyncio.run(one_turn("b")) == 2
+    finally:
+        first.close()
+    _log(log, request_id="c")  # no loop at all: written at once
+    assert len(stream.getvalue().splitlines()) == 3
