@@ -15,7 +15,8 @@ at a time: ``start()`` resets the per-exchange state, the caller writes the requ
 - a response framed neither by Content-Length nor by chunked encoding ends when the peer closes.
 
 Every event (head, body bytes, end, loss, timeout, writable again) wakes the one ``waiter``
-future; the awaiting code re-checks the state. Nothing here raises into the event loop.
+future, once per read for all the read brought; the awaiting code re-checks the state. Nothing
+here raises into the event loop.
 """
 
 from __future__ import annotations
@@ -344,8 +345,7 @@ class Conn(asyncio.Protocol):
         if not plain_framing(headers):
             raise _Stop
         self.status = status
-        self.head_done = True
-        self._wake()
+        self.head_done = True  # the waiter is woken once the bytes at hand are parsed (``_feed``)
 
     def on_body(self, data: bytes) -> None:
         """Queue body bytes; pause reading above ``HIGH_WATER`` unread bytes."""
@@ -354,7 +354,6 @@ class Conn(asyncio.Protocol):
         if self.buffered > HIGH_WATER and not self.paused_reading:
             self.paused_reading = True
             self.transport.pause_reading()
-        self._wake()
 
     def on_message_complete(self) -> None:
         """Mark the final response complete (a 1xx completing is skipped)."""
@@ -362,11 +361,11 @@ class Conn(asyncio.Protocol):
             return
         self.done = True
         self.keep_alive = self.parser.should_keep_alive()
-        self._wake()
 
     # --- internals ---------------------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
+        """Parse ``data``; wake the waiter once for all it brought (head, body bytes, the end)."""
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade:
@@ -379,6 +378,8 @@ class Conn(asyncio.Protocol):
                 self.fail(HEAD_TOO_LARGE)
             else:
                 self.fail(BAD_RESPONSE)
+        if self.head_done:  # before the final head nothing is awaited but the head
+            self._wake()
 
     def _head_data(self, data: bytes) -> None:
         """Feed a HEAD response's heads one by one, never a byte past the final head."""

@@ -480,3 +480,21 @@ async def test_wait_wakes_on_the_head() -> None:
     conn.loop.call_soon(conn.data_received, OK_EMPTY)
     await conn.wait()
     assert conn.head_done and conn.failure is None
+
+
+async def test_a_read_wakes_the_wait_once_it_brings_the_head_or_anything_after_it() -> None:
+    conn, _ = live_conn(5.0)
+    wait = await waiting(conn)
+    woken = conn.waiter
+    assert woken is not None
+    conn.data_received(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-")  # interim, half a head
+    assert not woken.done()
+    conn.data_received(b"Length: 4\r\n\r\nab")  # the head and half the body: parsed whole, then woken
+    assert woken.done() and conn.head_done and conn.buffered == 2
+    await wait
+    wait = await waiting(conn)
+    woken = conn.waiter
+    assert woken is not None
+    conn.data_received(b"cd")  # body bytes alone, the end with them
+    assert woken.done() and conn.done and conn.take() == b"abcd"
+    await wait
