@@ -195,12 +195,16 @@ def test_with_policies_sets_the_default_policies_and_keeps_the_rest() -> None:
     from msa_gateway.settings import parse_config
 
     config = {"defaults": {"balancer": "random"}, "services": {"bench": {"instances": []}}}
-    for name in ("api_key", "jwt_rs256", "jwt_rs256_cached"):
-        policies = yaml.safe_load((REPO / "bench" / "policies" / f"{name}.yaml").read_text())
+    files = sorted((REPO / "bench" / "policies").glob("*.yaml"))
+    assert {"api_key.yaml", "api_key_ratelimit_local.yaml", "ratelimit_redis.yaml"} <= {f.name for f in files}
+    for file in files:
+        policies = yaml.safe_load(file.read_text())
         merged = with_policies(config, policies)
         assert merged["services"] == config["services"]
-        parsed = parse_config(merged, f"{name}.yaml")  # the bench's policy files are valid config
-        assert parsed.defaults.balancer == "random" and parsed.defaults.policies
+        parsed = parse_config(merged, file.name)  # every policy file of the bench is valid config
+        assert parsed.defaults.balancer == "random" and {n for n, _ in parsed.defaults.policies} == set(
+            policies
+        )
 
 
 def test_paired_ratios_compare_each_run_with_its_own_and_take_the_median() -> None:
