@@ -1,7 +1,7 @@
 """Instructions per proxied request, counted by callgrind: a figure the shared VM's noise cannot move.
 
     python -m bench.instructions [--requests 2000] [--connections 8] [--window 60] [--method GET|POST]
-        [--extra-gateway NAME:KEY=VALUE[,KEY=VALUE]]... [--variant NAME=CMD]... [--header 'NAME: VALUE']
+        [--extra-gateway NAME:KEY=VALUE[,KEY=VALUE]]... [--variant NAME=CMD]... [--header 'NAME: VALUE']...
         [--keep DIR]
 
 On this VM two ``bench.run`` rounds of one build can differ by 20% (CPU steal, neighbours), so
@@ -62,9 +62,9 @@ def summary(dump: bytes) -> int:
     return int(m.group(1))
 
 
-def request_bytes(method: str, header: str | None) -> bytes:
-    """Return one request as the client sends it."""
-    extra = f"{header}\r\n".encode() if header else b""
+def request_bytes(method: str, headers: Sequence[str] = ()) -> bytes:
+    """Return one request as the client sends it, with ``headers`` ('NAME: VALUE') after ``Host``."""
+    extra = "".join(f"{header}\r\n" for header in headers).encode()
     head = f"{method} /{SERVICE}/anything HTTP/1.1\r\nHost: bench\r\n".encode() + extra
     if method == "POST":
         return head + b"Content-Type: application/octet-stream\r\nContent-Length: 1024\r\n\r\n" + BODY
@@ -129,10 +129,7 @@ def measure(variant: GatewayVariant, args: argparse.Namespace, backend: Sequence
     )
     launch = GatewayLaunch((*valgrind, *variant.command), env=variant.env)
     port = free_port()
-    headers: dict[str, str] = {}
-    if args.header:
-        name, _, value = args.header.partition(": ")
-        headers[name] = value
+    headers = dict(header.partition(": ")[::2] for header in args.header)
     proc = start_gateway(workdir, config, port, None, launch, f"/{SERVICE}/ready", 300.0, headers)
     try:
         request = request_bytes(args.method, args.header)
@@ -173,7 +170,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--method", choices=("GET", "POST"), default="GET", help="POST sends 1 KiB")
     ap.add_argument("--extra-gateway", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=CMD")
-    ap.add_argument("--header", help="'NAME: VALUE' sent with every request (an API key, ...)")
+    ap.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="sent with every request (an API key, ...; repeats)",
+    )
     ap.add_argument("--no-gateway", action="store_true", help="measure only the variants")
     ap.add_argument("--keep", type=Path, help="keep the callgrind dumps here (for callgrind_annotate)")
     return ap.parse_args(argv)

@@ -40,11 +40,15 @@ def test_per_request_takes_the_idle_window_off_the_busy_one() -> None:
 
 
 def test_requests_name_the_bench_service_and_post_carries_1_kib() -> None:
-    get = request_bytes("GET", "X-API-Key: k")
+    get = request_bytes("GET", ["X-API-Key: k", "Accept: */*"])
     assert get.startswith(b"GET /bench/anything HTTP/1.1\r\n")
-    assert b"\r\nX-API-Key: k\r\n" in get
+    assert b"\r\nX-API-Key: k\r\nAccept: */*\r\n\r\n" in get
     assert get.endswith(b"\r\n\r\n")
-    post = request_bytes("POST", None)
+    assert parse_args(["--header", "X-API-Key: k", "--header", "Accept: */*"]).header == [
+        "X-API-Key: k",
+        "Accept: */*",
+    ]
+    post = request_bytes("POST")
     head, body = post.split(b"\r\n\r\n", 1)
     assert b"Content-Length: 1024" in head
     assert len(body) == 1024
