@@ -2,7 +2,7 @@
 
     python -m bench.instructions [--requests 2000] [--connections 8] [--window 60] [--method GET|POST]
         [--extra-gateway NAME:KEY=VALUE[,KEY=VALUE]]... [--variant NAME=CMD]... [--header 'NAME: VALUE']...
-        [--keep DIR]
+        [--keep DIR] [--functions N]
 
 On this VM two ``bench.run`` rounds of one build can differ by 20% (CPU steal, neighbours), so
 differences of a few percent or a few µs cannot be read from wall clocks. Here each gateway runs
@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.callgrind_self import read, table
 from bench.gateway import SERVICE, GatewayLaunch, gateway_config, start_gateway, write_config
 from bench.nginx import start_backend
 from bench.procs import REPO, find_binary, free_port
@@ -47,6 +48,7 @@ class Count:
     busy: int
     idle: int
     requests: int
+    dumps: tuple[Path, ...] = ()  # (burst, idle) dump files, while they exist
 
     @property
     def per_request(self) -> float:
@@ -148,7 +150,16 @@ def measure(variant: GatewayVariant, args: argparse.Namespace, backend: Sequence
         proc.stop(timeout=60.0)
     dumps = sorted(workdir.glob(f"callgrind.out.{proc.pid}.*"), key=lambda p: int(p.suffix[1:]))
     busy, idle = (summary(p.read_bytes()) for p in dumps[-2:])
-    return Count(variant.name, busy, idle, args.requests // args.connections * args.connections)
+    requests = args.requests // args.connections * args.connections
+    return Count(variant.name, busy, idle, requests, tuple(dumps[-2:]))
+
+
+def functions_table(count: Count, top: int) -> str:
+    """Return where ``count``'s instructions per request go, per C function (``bench.callgrind_self``)."""
+    busy, idle = count.dumps
+    return f"== {count.name}: self cost per request\n" + table(
+        read(busy).per_request(read(idle), count.requests), top
+    )
 
 
 def report(counts: Sequence[Count]) -> str:
@@ -179,6 +190,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--no-gateway", action="store_true", help="measure only the variants")
     ap.add_argument("--keep", type=Path, help="keep the callgrind dumps here (for callgrind_annotate)")
+    ap.add_argument(
+        "--functions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print the N C functions with most self cost per request",
+    )
     return ap.parse_args(argv)
 
 
@@ -198,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             for variant in variants:
                 counts.append(measure(variant, args, backend, root))
                 print(f"{variant.name}: {counts[-1].per_request:,.0f} instructions/request", flush=True)
+                if args.functions:
+                    print(functions_table(counts[-1], args.functions), flush=True)
         finally:
             nginx.stop()
     print(report(counts))

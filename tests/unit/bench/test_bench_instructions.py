@@ -64,3 +64,16 @@ def test_report_gives_ratio_and_difference_to_the_first_gateway() -> None:
 def test_keep_names_the_directory_the_dumps_stay_in(tmp_path: Path) -> None:
     assert parse_args(["--keep", str(tmp_path)]).keep == tmp_path
     assert parse_args([]).keep is None  # a temporary directory, removed afterwards
+
+
+def test_functions_table_reads_the_two_dumps_of_a_count(tmp_path: Path) -> None:
+    from bench.instructions import functions_table
+
+    dump = "events: Ir\nob=(1) /lib/libpython.so\nfn=(1) run\n10 {}\n"
+    (tmp_path / "busy").write_text(dump.format(5_000))
+    (tmp_path / "idle").write_text(dump.format(1_000))
+    count = Count("gateway", 5_000, 1_000, 4, (tmp_path / "busy", tmp_path / "idle"))
+    lines = functions_table(count, 5).splitlines()
+    assert lines[0] == "== gateway: self cost per request"
+    assert lines[1] == "1,000 instructions in all" and lines[4].split() == ["1,000", "100.0%", "run"]
+    assert parse_args(["--functions", "30"]).functions == 30 and parse_args([]).functions == 0
