@@ -22,7 +22,7 @@ from msa_gateway.protocol import ServerLimits
 from msa_gateway.runtime import Runtime
 from msa_gateway.server import uvicorn_config
 from msa_gateway.settings import Settings, parse_config
-from tests.support.procs import PY, REPO, free_port, python_env, wait_port
+from tests.support.procs import PY, REPO, free_port, listens_on, python_env, wait_port
 
 
 def service_yaml(services: dict[str, list[int]], **options: Any) -> dict[str, Any]:
@@ -143,6 +143,8 @@ class GatewayProcess:
                 wait_port(self.port, timeout=20, proc=self.proc)
             except (RuntimeError, TimeoutError) as exc:
                 raise RuntimeError(f"gateway did not start: {exc}\n{self.output()[-3000:]}") from exc
+            if not listens_on(self.proc.pid, self.port):  # another process answers on the port
+                raise RuntimeError(f"port {self.port} is another process's\n{self.output()[-3000:]}")
         return self
 
     def output(self) -> str:
