@@ -181,7 +181,7 @@ class RateLimitStage:
         if headers is None:
             if len(self.one_states) >= MAX_STATES:
                 self.one_states.clear()
-            headers = self.one_states[state] = self._headers((state[0],), (state[1],))
+            headers = self.one_states[state] = self._make_headers((state[0],), (state[1],))
         request.rate_limit = headers
 
     def _headers(self, remaining: tuple[int, ...], reset: tuple[int, ...]) -> Pairs:
@@ -191,9 +191,14 @@ class RateLimitStage:
         if headers is None:
             if len(self.states) >= MAX_STATES:
                 self.states.clear()
-            state = state_header(self.config, remaining, reset)
-            headers = self.states[seen] = ((b"ratelimit-policy", self.policy_header), (b"ratelimit", state))
+            headers = self.states[seen] = self._make_headers(remaining, reset)
         return headers
+
+    def _make_headers(self, remaining: tuple[int, ...], reset: tuple[int, ...]) -> Pairs:
+        return (
+            (b"ratelimit-policy", self.policy_header),
+            (b"ratelimit", state_header(self.config, remaining, reset)),
+        )
 
 
 class LocalRateLimitStage(RateLimitStage):

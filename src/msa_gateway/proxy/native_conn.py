@@ -402,9 +402,9 @@ class Conn(asyncio.Protocol):
         if buf:
             self.keep = False  # a body after a HEAD response
             buf.clear()
-        # The parser still waits for the body the head announced: start a fresh one.
+        # The parser still waits for the body the head announced: start a fresh one. (The waiter
+        # was woken by ``_feed`` with the final head; it reads ``done`` when it runs.)
         self.parser = HttpResponseParser(self)
-        self._wake()
 
     def _head_size(self) -> int:
         fields = sum(len(name) + len(value) + 4 for name, value in self.headers)
