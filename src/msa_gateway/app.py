@@ -27,6 +27,7 @@ from msa_gateway.routers.deps import request_id_of
 from msa_gateway.runtime import Runtime
 from msa_gateway.server import LOST, adopt_uvicorn
 from msa_gateway.settings import GatewayConfig, Settings
+from msa_gateway.write_batch import WriteBatch
 
 log = logging.getLogger("msa_gateway.app")
 OWN_SEGMENTS = frozenset({b"", *(s.encode() for s in OWN_PATHS)})
@@ -161,6 +162,11 @@ class GatewayApp:
         # the first segment (between the first byte and the next "/") is one of the gateway's own
         own = raw.startswith(_OWN_HEADS, 1) or raw[1:] in OWN_SEGMENTS
         return None if own else self.proxy
+
+    @property
+    def write_batch(self) -> WriteBatch | None:
+        """The proxy's writes held for the end of a loop turn: ``protocol.py`` flushes them before its own."""
+        return self.runtime.writes if self.runtime is not None else None
 
     async def _startup(self) -> None:
         runtime = self._factory()

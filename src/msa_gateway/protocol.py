@@ -199,6 +199,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def handle_websocket_upgrade(self) -> None:
         """Hand the connection to the proxy (``ws_upgrade.py``), not to uvicorn's WebSocket protocol."""
+        self._flush_held()
         if self.scope["method"] != "GET" or self.parser.get_http_version() != "1.1":
             self._reject(
                 Rejection(400, "bad_request", "a WebSocket upgrade is a GET on HTTP/1.1", "invalid_upgrade")
@@ -258,6 +259,24 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         else:
             self._go_idle()
 
+    def shutdown(self) -> None:
+        """uvicorn's, after a response still held for the end of the turn is written (it may close)."""
+        self._flush_held()
+        super().shutdown()
+
+    def _flush_held(self) -> None:
+        """Write what the proxy holds for the end of the turn (``write_batch``) before writing directly.
+
+        The batch is the gateway app's, found through any middleware uvicorn wrapped around it.
+        """
+        app = self.app
+        while app is not None:
+            batch = getattr(app, "write_batch", None)
+            if batch is not None:
+                batch.flush()
+                return
+            app = getattr(app, "app", None)
+
     def _go_idle(self) -> None:
         self._idle_deadline = deadline = self.loop.time() + self.timeout_keep_alive
         if self._idle_timer is None:
@@ -278,6 +297,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self.loop.time() < deadline - _EARLY:  # idle again since the timer was armed
             self._idle_timer = self.loop.call_at(deadline, self._on_idle_timer)
         else:
+            self._flush_held()  # a keep-alive timeout shorter than a turn: the last response first
             self.timeout_keep_alive_handler()
 
     # --- parser callbacks ---------------------------------------------------------------
@@ -398,6 +418,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         """Log the rejection, answer it (or close after the responses still owed), and linger."""
         rejection = self._rejection
         assert rejection is not None
+        self._flush_held()  # a response held for the end of the turn goes before the answer
         self._head_deadline = 0.0
         if self._timer is not None:
             self._timer.cancel()

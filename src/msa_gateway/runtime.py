@@ -40,6 +40,7 @@ from msa_gateway.registry.swap import SLICE, swap_steps
 from msa_gateway.reload import ConfigReloader
 from msa_gateway.settings import GatewayConfig, Settings
 from msa_gateway.tasks import Factory, Supervised, Supervisor
+from msa_gateway.write_batch import WriteBatch
 
 log = logging.getLogger("msa_gateway.registry")
 
@@ -79,7 +80,11 @@ class Runtime:
         )
         self.checker = ActiveHealthChecker(self.health, tasks=self.tasks, limits=limits, lag=self.lag)
         self.metrics.registry.register(ProbeStats(lambda: self.checker.scheduler, self.lag))
-        self.upstream: UpstreamClient = upstream or create_client(settings.upstream_client, self.tasks)
+        # the proxy's socket writes, sent together at the end of each loop turn under load
+        self.writes = WriteBatch(self.metrics.requests)
+        self.upstream: UpstreamClient = upstream or create_client(
+            settings.upstream_client, self.tasks, self.writes
+        )
         self.snapshot: Snapshot = EMPTY
         self.built_with: GatewayConfig | None = None  # the config the snapshot was built with
         self.addresses: Counter[str] = Counter()  # instances per upstream address, to close unused pools

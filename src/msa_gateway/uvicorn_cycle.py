@@ -31,6 +31,8 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+from msa_gateway.write_batch import DIRECT, WriteBatch
+
 NO_BODY_STATUS = (204, 304)
 # The bytes uvicorn's two header checks refuse, as deletion tables: ``bytes.translate`` scans for
 # them several times faster than the regular expressions do (derived from them, so they agree).
@@ -106,8 +108,14 @@ def _response(cycle: Any, status: int, headers: Sequence[tuple[bytes, bytes]], b
     return b"".join((STATUS_LINE[status], lines, b"\r\n" if lines else b"", close, extra, b"\r\n", payload))
 
 
-def write_whole(send: Any, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> bool:
-    """Write a complete response in one write, as uvicorn would for start + final body; or return False."""
+def write_whole(
+    send: Any, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes, writes: WriteBatch = DIRECT
+) -> bool:
+    """Write a complete response in one write, as uvicorn would for start + final body; or return False.
+
+    On a connection kept alive the write goes through ``writes`` (``write_batch``); one that
+    closes after it is written at once, ahead of the close.
+    """
     cycle = _cycle(send)
     if cycle is None or not _writable(cycle, status):
         return False
@@ -116,7 +124,10 @@ def write_whole(send: Any, status: int, headers: Sequence[tuple[bytes, bytes]], 
         return False
     cycle.response_started = cycle.response_complete = True
     cycle.waiting_for_100_continue = False
-    cycle.transport.write(data)
+    if cycle.keep_alive:
+        writes.write(cycle.transport, data)
+    else:
+        cycle.transport.write(data)
     cycle.message_event.set()
     if not cycle.keep_alive:
         cycle.transport.close()

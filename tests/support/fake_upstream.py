@@ -103,7 +103,7 @@ class FakeUpstream:
     name = "fake"
 
     @classmethod
-    def create(cls, tasks: object) -> FakeUpstream:
+    def create(cls, tasks: object, writes: object = None) -> FakeUpstream:
         return cls()
 
     def __init__(self) -> None:

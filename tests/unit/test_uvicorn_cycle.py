@@ -11,6 +11,7 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from msa_gateway.uvicorn_cycle import body_waiting, write_whole
+from msa_gateway.write_batch import WriteBatch
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -128,6 +129,27 @@ def test_declines_when_writes_are_paused_or_the_client_left() -> None:
     gone.disconnected = True
     for cycle in (paused, gone):
         assert not write_whole(cycle.send, 200, [(b"content-length", b"0")], b"")
+
+
+class Busy:
+    in_flight = 2  # another request is in flight: the batch holds writes
+
+
+def test_a_kept_alive_response_goes_through_the_batch_one_that_closes_is_written_before_the_close() -> None:
+    async def scenario() -> tuple[list[bytes], list[bytes], bool, list[bytes]]:
+        batch = WriteBatch(Busy())
+        kept, kept_transport, kept_done = make_cycle()
+        closing, closing_transport, _ = make_cycle(keep_alive=False)
+        assert write_whole(kept.send, 200, [(b"content-length", b"2")], b"ok", batch)
+        assert write_whole(closing.send, 200, [(b"content-length", b"2")], b"ok", batch)
+        held = list(kept_transport.writes)
+        assert kept.response_complete and kept_done == [1]  # bookkeeping at once, bytes at the turn's end
+        await asyncio.sleep(0)
+        return held, closing_transport.writes, closing_transport.closed, kept_transport.writes
+
+    held, closed_writes, closed, kept_writes = asyncio.run(scenario())
+    assert held == [] and len(kept_writes) == 1 and kept_writes[0].endswith(b"\r\n\r\nok")
+    assert len(closed_writes) == 1 and b"connection: close" in closed_writes[0] and closed
 
 
 def test_declines_for_a_send_that_is_not_uvicorns() -> None:

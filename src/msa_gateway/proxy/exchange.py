@@ -23,6 +23,7 @@ from msa_gateway.proxy.redirects import Redirects
 from msa_gateway.proxy.retry import IDEMPOTENT_METHODS
 from msa_gateway.proxy.upstream import UpstreamResponse
 from msa_gateway.uvicorn_cycle import abort, body_waiting, write_whole
+from msa_gateway.write_batch import DIRECT, WriteBatch
 
 if TYPE_CHECKING:
     from msa_gateway.observability.access import AccessLog
@@ -107,8 +108,12 @@ async def stream_back(
     resp: UpstreamResponse,
     stages: tuple[ResponseStage, ...],
     redirects: Redirects | None = None,
+    writes: WriteBatch = DIRECT,
 ) -> None:
-    """Send the response head and body to the client as they arrive; never a whole body in memory."""
+    """Send the response head and body to the client as they arrive; never a whole body in memory.
+
+    A response that arrived whole is written in one piece through ``writes`` (``write_batch``).
+    """
     receive, send, request_id = req.receive, req.send, req.request_id
     first = await resp.read()
     out_headers = downstream_response_headers(resp.headers, request_id.encode("ascii"), redirects)
@@ -118,7 +123,7 @@ async def stream_back(
     ex.started_response = True
     ex.nbytes = len(first)
     if resp.at_eof():
-        if not write_whole(send, resp.status, out_headers, first):
+        if not write_whole(send, resp.status, out_headers, first, writes):
             await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
             await send({"type": "http.response.body", "body": first})
         return

@@ -69,6 +69,7 @@ class ProxyApp:
         self.exporter = runtime.exporter
         self.body_timeout = settings.body_timeout
         self.rewrite_redirects = settings.rewrite_redirects
+        self.writes = runtime.writes
 
     async def __call__(
         self,
@@ -104,7 +105,8 @@ class ProxyApp:
                 redirects = None
                 if self.rewrite_redirects and lease is not None:
                     redirects = Redirects(lease.instance, req, route.prefix)
-                await stream_back(req, ex, outcome.response, response_stages(route, lease), redirects)
+                stages = response_stages(route, lease)
+                await stream_back(req, ex, outcome.response, stages, redirects, self.writes)
             finally:
                 outcome.finish()
         except ClientGone:

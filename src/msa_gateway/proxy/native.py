@@ -49,6 +49,7 @@ from msa_gateway.proxy.native_conn import (
 )
 from msa_gateway.proxy.native_pool import IDLE_TIMEOUT, Overflow, Pool
 from msa_gateway.tasks import Supervised, Supervisor
+from msa_gateway.write_batch import DIRECT, WriteBatch
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 REPLAY_LIMIT = 64 * 1024
@@ -146,9 +147,9 @@ class NativeClient:
     name = "native"
 
     @classmethod
-    def create(cls, tasks: Supervisor | None) -> NativeClient:
-        """Return a new client whose idle sweeper runs on ``tasks``."""
-        return cls(tasks=tasks)
+    def create(cls, tasks: Supervisor | None, writes: WriteBatch = DIRECT) -> NativeClient:
+        """Return a new client whose idle sweeper runs on ``tasks`` and whose writes go through ``writes``."""
+        return cls(tasks=tasks, writes=writes)
 
     def __init__(
         self,
@@ -156,6 +157,7 @@ class NativeClient:
         sweep_interval: float = SWEEP_INTERVAL,
         *,
         tasks: Supervisor | None = None,
+        writes: WriteBatch = DIRECT,
     ) -> None:
         self._pools: dict[str, Pool] = {}
         self._retired: set[Pool] = set()
@@ -164,6 +166,7 @@ class NativeClient:
         self._tasks = tasks or Supervisor()
         self._sweeper: Supervised | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._writes = writes
 
     async def send(  # noqa: PLR0913, PLR0912 - the UpstreamClient seam: the parts of one HTTP request, no per-attempt object; the exchange's states in one readable sequence; hot path
         self,
@@ -304,7 +307,7 @@ class NativeClient:
     async def _connect(self, pool: Pool, timeout: float) -> Conn:
         """Open a connection under a slot already reserved (freed again on failure)."""
         loop = pool.loop
-        conn = Conn(loop, pool)
+        conn = Conn(loop, pool, self._writes)
         try:
             async with asyncio.timeout(timeout):
                 await loop.create_connection(lambda: conn, pool.host, pool.port)

@@ -2,7 +2,8 @@
 
 The connection knows nothing about pools or retries; ``proxy/native.py`` drives it. One exchange
 at a time: ``start()`` resets the per-exchange state, the caller writes the request through
-``transport``, and the protocol callbacks fill in the response as bytes arrive:
+``write`` (held to the end of the loop's turn while other requests are in flight:
+``write_batch``), and the protocol callbacks fill in the response as bytes arrive:
 
 - the head is parsed strictly by ``httptools.HttpResponseParser`` (llhttp without leniencies:
   garbage, bad chunk sizes, duplicate or conflicting Content-Length are errors; so is a
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+
+from msa_gateway.write_batch import DIRECT, WriteBatch
 
 if TYPE_CHECKING:
     from msa_gateway.proxy.native_pool import Pool
@@ -148,12 +151,16 @@ class Conn(asyncio.Protocol):
         "timer",
         "transport",
         "waiter",
+        "writes",
         "written",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, pool: Pool | None = None) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, pool: Pool | None = None, writes: WriteBatch = DIRECT
+    ) -> None:
         self.loop = loop
         self.pool = pool
+        self.writes = writes
         self.transport: Any = None
         self.parser = HttpResponseParser(self)
         self.closed = False
@@ -192,9 +199,9 @@ class Conn(asyncio.Protocol):
             self.chunks.clear()
 
     def write(self, data: bytes) -> None:
-        """Hand ``data`` to the transport and remember that request bytes went out."""
+        """Hand ``data`` to the transport (maybe at the end of the turn: ``write_batch``); mark it sent."""
         self.written = True
-        self.transport.write(data)
+        self.writes.write(self.transport, data)
 
     async def wait(self) -> None:
         """Wait for the next event, at most ``read_timeout`` (then ``failure`` is ``TIMED_OUT``).

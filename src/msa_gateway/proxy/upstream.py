@@ -24,6 +24,7 @@ from yarl import URL
 from msa_gateway.errors import UpstreamError, UpstreamTimeout
 from msa_gateway.model import Instance, ServiceOptions
 from msa_gateway.tasks import Supervisor
+from msa_gateway.write_batch import DIRECT, WriteBatch
 
 log = logging.getLogger("msa_gateway.upstream")
 
@@ -59,8 +60,11 @@ class UpstreamClient(Protocol):
     name: str
 
     @classmethod
-    def create(cls, tasks: Supervisor | None) -> UpstreamClient:
-        """Return a new client that starts its background tasks (if any) on ``tasks``."""
+    def create(cls, tasks: Supervisor | None, writes: WriteBatch = DIRECT) -> UpstreamClient:
+        """Return a new client that starts its background tasks (if any) on ``tasks``.
+
+        ``writes``: the loop's ``WriteBatch``, for a client that writes to sockets itself.
+        """
         ...
 
     async def send(  # noqa: PLR0913 - the UpstreamClient seam: the parts of one HTTP request, no per-attempt object
@@ -101,11 +105,11 @@ UPSTREAM_CLIENTS: dict[str, str] = {
 }
 
 
-def create_client(name: str, tasks: Supervisor | None = None) -> UpstreamClient:
+def create_client(name: str, tasks: Supervisor | None = None, writes: WriteBatch = DIRECT) -> UpstreamClient:
     """Return a new upstream client of the implementation called ``name``, starting tasks on ``tasks``."""
     module, _, attr = UPSTREAM_CLIENTS[name].partition(":")
     cls: type[UpstreamClient] = getattr(importlib.import_module(module), attr)
-    return cls.create(tasks)
+    return cls.create(tasks, writes)
 
 
 # --- aiohttp implementation ---------------------------------------------------------------
@@ -165,8 +169,9 @@ class AiohttpClient:
     name = "aiohttp"
 
     @classmethod
-    def create(cls, tasks: Supervisor | None) -> AiohttpClient:
-        """Return a new client (aiohttp runs no task of its own)."""
+    def create(cls, tasks: Supervisor | None, writes: WriteBatch = DIRECT) -> AiohttpClient:
+        """Return a new client (aiohttp runs no task of its own and writes to its sockets itself)."""
+        del writes
         return cls(tasks=tasks)
 
     def __init__(self, *, tasks: Supervisor | None = None) -> None:

@@ -20,6 +20,7 @@ from msa_gateway.model import Instance, ServiceOptions, Timeouts
 from msa_gateway.proxy.native import REPLAY_LIMIT, NativeClient, _Response
 from msa_gateway.proxy.native_conn import HIGH_WATER
 from msa_gateway.proxy.upstream import UpstreamClient, UpstreamResponse, create_client
+from msa_gateway.write_batch import WriteBatch
 from tests.support.procs import free_port
 from tests.support.recorder import RecordedRequest, Recorder, Reply, in_order, stream
 
@@ -153,6 +154,44 @@ async def test_body_without_length_is_sent_chunked_one_chunk_per_part() -> None:
         await client.aclose()
     assert req.raw_head == b"PUT / HTTP/1.1\r\nHost: upstream\r\nTransfer-Encoding: chunked\r\n\r\n"
     assert req.chunked and req.chunks == (b"ab", b"cde", b"f" * 70000)
+
+
+class Busy:
+    in_flight = 2  # another request is in flight: the batch holds writes to the end of the turn
+
+
+class Watched(WriteBatch):
+    """Remembers the most writes it held at once."""
+
+    most = 0
+
+    def write(self, transport: Any, data: bytes) -> None:
+        super().write(transport, data)
+        self.most = max(self.most, self.held)
+
+
+async def at_once(*chunks: bytes) -> AsyncIterator[bytes]:
+    """A body whose parts are all there: written in the same turn as the head."""
+    for chunk in chunks:
+        yield chunk
+
+
+@on_both_loops
+async def test_writes_held_to_the_end_of_the_turn_arrive_whole_and_in_order() -> None:
+    async with Recorder() as rec:
+        batch = Watched(Busy())
+        client = NativeClient(writes=batch)
+
+        async def put(i: int) -> tuple[int, bytes]:
+            chunks = [b"%d-%d," % (i, k) for k in range(5)]
+            return await fetch(client, rec.port, method="PUT", target=f"/r{i}", body=at_once(*chunks))
+
+        results = await asyncio.gather(*(put(i) for i in range(20)))
+        got = {req.target: req.chunks for req in await rec.wait_requests(20)}
+        await client.aclose()
+    assert [status for status, _ in results] == [200] * 20
+    assert got == {b"/r%d" % i: tuple(b"%d-%d," % (i, k) for k in range(5)) for i in range(20)}
+    assert batch.most >= 7 and batch.held == 0  # head, five chunks and the last chunk held at least once
 
 
 @on_both_loops
