@@ -41,10 +41,11 @@ class WriteBatch:
     One per event loop (the runtime's). Without ``load`` every write goes out at once.
     """
 
-    __slots__ = ("_load", "_pending")
+    __slots__ = ("_load", "_loop", "_pending")
 
     def __init__(self, load: Load | None = None) -> None:
         self._load = load
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[Any] = []  # transport, data, transport, data, ...
 
     def write(self, transport: Any, data: bytes) -> None:
@@ -54,8 +55,11 @@ class WriteBatch:
             transport.write(data)
             return
         pending = self._pending
-        if not pending:
-            asyncio.get_running_loop().call_soon(self.flush)  # once per turn: runs after the turn's callbacks
+        if not pending:  # the turn's first: its flush runs after the callbacks already due
+            loop = self._loop
+            if loop is None or loop.is_closed():  # looked up once (a lookup is a system call on 3.11)
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self.flush)
         pending.append(transport)
         pending.append(data)
 

@@ -46,6 +46,9 @@ class Loop:
     def call_soon(self, callback: Callable[[], Any]) -> None:
         self.soon.append(callback)
 
+    def is_closed(self) -> bool:
+        return False
+
 
 @pytest.fixture
 def loop(monkeypatch: pytest.MonkeyPatch) -> Loop:
@@ -130,4 +133,6 @@ def test_the_flush_runs_after_the_callbacks_already_due_on_a_real_loop() -> None
         await after
         return seen
 
+    assert asyncio.run(scenario()) == ["before: 0 written", "after: 1 written"]
+    out.clear()  # the same batch on the next loop (the first one is closed now) flushes there
     assert asyncio.run(scenario()) == ["before: 0 written", "after: 1 written"]
