@@ -49,10 +49,17 @@ KILL_GRACE = 10.0  # seconds past DRAIN_TIMEOUT before a worker that will not st
 
 
 def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
-    """Return ``count`` listening sockets on ``host:port`` in one ``SO_REUSEPORT`` group."""
+    """Return ``count`` listening sockets on ``host:port`` in one ``SO_REUSEPORT`` group.
+
+    A port something already listens on is refused, even another ``SO_REUSEPORT`` group of the
+    same user (a second gateway started by mistake), which could otherwise join it and silently
+    take a share of the first one's connections.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     socks: list[socket.socket] = []
     try:
+        if port:
+            _refuse_taken(family, host, port)
         for _ in range(count):
             sock = socket.socket(family, socket.SOCK_STREAM)
             socks.append(sock)
@@ -66,6 +73,16 @@ def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
             sock.close()
         raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return socks
+
+
+def _refuse_taken(family: socket.AddressFamily, host: str, port: int) -> None:
+    """Raise ``OSError`` (in use) when a socket listens on ``host:port``: a bind without ``SO_REUSEPORT``."""
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT connections are no owner
+        probe.bind((host, port))
+    finally:
+        probe.close()
 
 
 @dataclass(slots=True)
