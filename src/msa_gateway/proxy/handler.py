@@ -34,7 +34,7 @@ from msa_gateway.proxy.lease import Lease
 from msa_gateway.proxy.redirects import Redirects
 from msa_gateway.proxy.request import ProxyRequest, Receive, Scope, Send
 from msa_gateway.proxy.websocket import WebSocketProxy
-from msa_gateway.uvicorn_cycle import abort
+from msa_gateway.uvicorn_cycle import abort, write_whole
 
 if TYPE_CHECKING:
     from msa_gateway.policies.base import Reply, ResponseStage
@@ -148,25 +148,29 @@ class ProxyApp:
         elif not ex.started_response:
             await self._send_error(req, ex, exc)
 
-    @staticmethod
-    async def _send_error(req: ProxyRequest, ex: Exchange, exc: HTTPError) -> None:
+    async def _send_error(self, req: ProxyRequest, ex: Exchange, exc: HTTPError) -> None:
         status, headers, body = render(exc, req.request_id)
         if req.route is not None:  # CORS and header transforms also on the gateway's own answers
             for stage in req.route.response_stages:
                 headers = stage(req, status, headers)
-        await req.send({"type": "http.response.start", "status": status, "headers": headers})
-        await req.send({"type": "http.response.body", "body": body})
+        await self._answer(req, status, headers, body)
         ex.status, ex.nbytes = status, len(body)
 
-    @staticmethod
-    async def _reply(req: ProxyRequest, ex: Exchange, reply: Reply) -> None:
+    async def _reply(self, req: ProxyRequest, ex: Exchange, reply: Reply) -> None:
         headers: list[tuple[bytes, bytes]] = [*reply.headers, (b"x-request-id", req.request_id.encode())]
         if reply.status != 204:  # RFC 9110 8.6: no Content-Length on a 204
             headers.append((b"content-length", b"%d" % len(reply.body)))
-        await req.send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        await req.send({"type": "http.response.body", "body": reply.body})
+        await self._answer(req, reply.status, headers, reply.body)
         ex.status, ex.nbytes = reply.status, len(reply.body)
         ex.started_response = True
+
+    async def _answer(
+        self, req: ProxyRequest, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        """Send the gateway's own answer (a refusal under a flood, say) as one write, as a proxied one."""
+        if not write_whole(req.send, status, headers, body, self.writes):
+            await req.send({"type": "http.response.start", "status": status, "headers": headers})
+            await req.send({"type": "http.response.body", "body": body})
 
     def _account(self, req: ProxyRequest, ex: Exchange) -> None:
         rt = self.rt

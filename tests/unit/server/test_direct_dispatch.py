@@ -13,7 +13,9 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from msa_gateway.protocol import GatewayHttpProtocol, ServerLimits, make_protocol
+from msa_gateway.proxy.handler import ProxyApp
 from msa_gateway.uvicorn_cycle import abort
+from tests.support.fake_upstream import instances, make_runtime
 from tests.unit.server.test_protocol_limits import FakeTransport, settle, statuses
 
 
@@ -80,3 +82,34 @@ async def test_an_aborted_answer_closes_the_connection() -> None:
     proto.data_received(get("/cut"))
     await settle()
     assert statuses(bytes(transport.out)) == [200] and transport.closing
+
+
+class CountingTransport(FakeTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+async def test_the_proxys_own_answer_leaves_in_one_write_like_a_proxied_one() -> None:
+    rt, up, _ = make_runtime()
+    rt.apply(instances(9001))
+    config = uvicorn.Config(
+        ProxyApp(rt),
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        date_header=False,
+        proxy_headers=False,
+    )
+    proto = make_protocol(ServerLimits())(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+    transport = CountingTransport()
+    proto.connection_made(transport)
+    proto.data_received(get("/nope/x"))  # no such service: the gateway answers 404 itself
+    await settle()
+    head, _, body = bytes(transport.out).partition(b"\r\n\r\n")
+    assert statuses(head) == [404] and b'"service_not_found"' in body and not up.calls
+    assert transport.writes == 1 and not transport.closing
