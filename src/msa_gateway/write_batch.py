@@ -9,9 +9,12 @@ that wake-up (``tcp_sendmsg`` -> ``sock_def_readable`` -> ``try_to_wake_up``). W
 at the end of the turn, the first write wakes the peer and the others find it awake. Netty's
 ``FlushConsolidationHandler`` does the same for the same reason.
 
-Only while other requests are in flight: alone (one connection, the latency case) a request's
-write would only wait for nothing, and the peer, which could have started on it while the
-gateway finished its turn, would start later.
+Only while at least ``SHARED_FROM`` requests are in flight. Alone (one connection, the latency
+case) a request's write would only wait for nothing, and the peer, which could have started on it
+while the gateway finished its turn, would start later; with two, the other one is mostly waiting
+for its instance, so a turn rarely has a second write to share the wake-up with (measured at 2, 4,
+8 and 64 connections: holding at two in flight cost 3% at 2 connections, at three it is even at
+8 and 18% less CPU at 64).
 
 Order. Each transport's bytes keep their order within the batch. A write that bypasses it on a
 transport with bytes still held (the server's own answers, a close) must ``flush`` first;
@@ -27,6 +30,8 @@ import logging
 from typing import Any, Protocol
 
 log = logging.getLogger("msa_gateway.server")
+
+SHARED_FROM = 3  # requests in flight from which writes are held to the end of the turn
 
 
 class Load(Protocol):
@@ -49,9 +54,9 @@ class WriteBatch:
         self._pending: list[Any] = []  # transport, data, transport, data, ...
 
     def write(self, transport: Any, data: bytes) -> None:
-        """Write ``data`` at the end of this turn when other requests are in flight, else now."""
+        """Write ``data`` at the end of this turn when ``SHARED_FROM`` requests are in flight, else now."""
         load = self._load
-        if load is None or load.in_flight < 2:  # this request and at least one other, or write now
+        if load is None or load.in_flight < SHARED_FROM:
             transport.write(data)
             return
         pending = self._pending

@@ -11,7 +11,7 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from msa_gateway.uvicorn_cycle import body_waiting, write_whole
-from msa_gateway.write_batch import WriteBatch
+from msa_gateway.write_batch import SHARED_FROM, WriteBatch
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -132,7 +132,7 @@ def test_declines_when_writes_are_paused_or_the_client_left() -> None:
 
 
 class Busy:
-    in_flight = 2  # another request is in flight: the batch holds writes
+    in_flight = SHARED_FROM  # enough requests in flight: the batch holds writes
 
 
 def test_a_kept_alive_response_goes_through_the_batch_one_that_closes_is_written_before_the_close() -> None:

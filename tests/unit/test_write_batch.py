@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from msa_gateway.write_batch import DIRECT, WriteBatch
+from msa_gateway.write_batch import DIRECT, SHARED_FROM, WriteBatch
 
 
 class Load:
@@ -57,9 +57,9 @@ def loop(monkeypatch: pytest.MonkeyPatch) -> Loop:
     return fake
 
 
-def test_a_request_alone_writes_at_once(loop: Loop) -> None:
+def test_with_fewer_requests_in_flight_a_write_goes_out_at_once(loop: Loop) -> None:
     out: list[tuple[str, bytes]] = []
-    batch = WriteBatch(Load(1))
+    batch = WriteBatch(Load(SHARED_FROM - 1))
     batch.write(Transport("a", out), b"1")
     assert out == [("a", b"1")] and batch.held == 0 and loop.soon == []
 
@@ -73,7 +73,7 @@ def test_without_a_load_every_write_goes_out_at_once(loop: Loop) -> None:
 
 def test_under_load_writes_wait_for_one_flush_per_turn_and_keep_their_order(loop: Loop) -> None:
     out: list[tuple[str, bytes]] = []
-    batch = WriteBatch(Load(2))
+    batch = WriteBatch(Load(SHARED_FROM))
     a, b = Transport("a", out), Transport("b", out)
     batch.write(a, b"head")
     batch.write(b, b"other")
@@ -90,7 +90,7 @@ def test_a_transport_closed_meanwhile_gets_nothing_and_a_broken_one_holds_back_n
     loop: Loop, caplog: pytest.LogCaptureFixture
 ) -> None:
     out: list[tuple[str, bytes]] = []
-    batch = WriteBatch(Load(5))
+    batch = WriteBatch(Load(SHARED_FROM + 2))
     gone, broken, fine = Transport("gone", out), BrokenTransport("broken", out), Transport("fine", out)
     batch.write(gone, b"1")
     batch.write(broken, b"2")
@@ -104,7 +104,7 @@ def test_a_transport_closed_meanwhile_gets_nothing_and_a_broken_one_holds_back_n
 
 def test_an_early_flush_sends_everything_and_the_scheduled_one_finds_nothing(loop: Loop) -> None:
     out: list[tuple[str, bytes]] = []
-    batch = WriteBatch(Load(2))
+    batch = WriteBatch(Load(SHARED_FROM))
     batch.write(Transport("a", out), b"1")
     batch.flush()
     assert out == [("a", b"1")]
@@ -115,7 +115,7 @@ def test_an_early_flush_sends_everything_and_the_scheduled_one_finds_nothing(loo
 def test_the_flush_runs_after_the_callbacks_already_due_on_a_real_loop() -> None:
     """Held through one turn: a callback scheduled before the write runs first, one after it later."""
     out: list[tuple[str, bytes]] = []
-    batch = WriteBatch(Load(2))
+    batch = WriteBatch(Load(SHARED_FROM))
     transport = Transport("a", out)
 
     async def scenario() -> list[str]:

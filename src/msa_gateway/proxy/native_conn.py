@@ -2,7 +2,7 @@
 
 The connection knows nothing about pools or retries; ``proxy/native.py`` drives it. One exchange
 at a time: ``start()`` resets the per-exchange state, the caller writes the request through
-``write`` (held to the end of the loop's turn while other requests are in flight:
+``write`` (held to the end of the loop's turn while enough requests are in flight:
 ``write_batch``), and the protocol callbacks fill in the response as bytes arrive:
 
 - the head is parsed strictly by ``httptools.HttpResponseParser`` (llhttp without leniencies:

@@ -20,7 +20,7 @@ from msa_gateway.model import Instance, ServiceOptions, Timeouts
 from msa_gateway.proxy.native import REPLAY_LIMIT, NativeClient, _Response
 from msa_gateway.proxy.native_conn import HIGH_WATER
 from msa_gateway.proxy.upstream import UpstreamClient, UpstreamResponse, create_client
-from msa_gateway.write_batch import WriteBatch
+from msa_gateway.write_batch import SHARED_FROM, WriteBatch
 from tests.support.procs import free_port
 from tests.support.recorder import RecordedRequest, Recorder, Reply, in_order, stream
 
@@ -157,7 +157,7 @@ async def test_body_without_length_is_sent_chunked_one_chunk_per_part() -> None:
 
 
 class Busy:
-    in_flight = 2  # another request is in flight: the batch holds writes to the end of the turn
+    in_flight = SHARED_FROM  # enough requests in flight: the batch holds writes to the end of the turn
 
 
 class Watched(WriteBatch):

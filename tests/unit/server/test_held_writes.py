@@ -11,12 +11,12 @@ from uvicorn.server import ServerState
 
 from msa_gateway.protocol import GatewayHttpProtocol, ServerLimits, make_protocol
 from msa_gateway.uvicorn_cycle import write_whole
-from msa_gateway.write_batch import WriteBatch
+from msa_gateway.write_batch import SHARED_FROM, WriteBatch
 from tests.unit.server.test_protocol_limits import FakeTransport, settle, statuses
 
 
 class Busy:
-    in_flight = 2  # another request is in flight: writes are held
+    in_flight = SHARED_FROM  # enough requests in flight: writes are held
 
 
 class App:
