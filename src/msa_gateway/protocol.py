@@ -87,6 +87,7 @@ LINGER = 2.0  # at most this long, a rejected client's data is read and dropped 
 LINGER_IDLE = 0.25  # ... and not longer than this after its last byte (nginx: lingering_time/_timeout)
 _EARLY = 0.005  # a timer may fire this much before its deadline
 _TASK_NAME = "http-request"  # every request task's name (uvicorn's tasks are unnamed: "Task-N")
+_MAX_WRAPPERS = 8  # middleware layers looked through for the gateway app (a loop of them ends the search)
 _CHUNK_FRAMING = 24  # a chunk's size line (16 hex digits + CRLF) and the CRLF after its data, with room
 
 
@@ -270,12 +271,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         The batch is the gateway app's, found through any middleware uvicorn wrapped around it.
         """
         app = self.app
-        while app is not None:
+        for _ in range(_MAX_WRAPPERS):
             batch = getattr(app, "write_batch", None)
             if batch is not None:
                 batch.flush()
                 return
             app = getattr(app, "app", None)
+            if app is None:
+                return
 
     def _go_idle(self) -> None:
         self._idle_deadline = deadline = self.loop.time() + self.timeout_keep_alive
