@@ -13,7 +13,8 @@ pinned in pyproject.toml, as protocol.py also relies on its internals):
   checks, the same Content-Length or chunked framing, ``connection: close`` when the connection
   ends, and the same bookkeeping afterwards (response complete, the next pipelined request).
 * ``body_waiting`` says whether ``receive`` will return at once (the body or a disconnect is
-  there), so no idle timeout is needed for it.
+  there), so no idle timeout is needed for it; ``take_body`` takes a body part that is there as
+  ``receive`` would, without its message.
 
 Anything else (another server, writes paused, a header that fails the checks, framing uvicorn
 would refuse) returns False and the caller takes the ASGI path, which behaves as before.
@@ -51,6 +52,26 @@ def body_waiting(receive: Any) -> bool:
     """Return whether ``receive()`` returns without waiting (a body part or a disconnect is there)."""
     cycle = _cycle(receive)
     return cycle is not None and cycle.message_event.is_set()
+
+
+def take_body(receive: Any) -> tuple[bytes, bool] | None:
+    """Return (body part, more follows) as ``receive()`` would, when it would return at once; else None.
+
+    What uvicorn's ``receive`` does for a part that is there, without its coroutine, the event's
+    ``wait`` coroutine and the message dict. None when the part is not there yet, the client left,
+    the response is complete, or a ``100 Continue`` is owed first: then ``receive`` is the way.
+    """
+    cycle = _cycle(receive)
+    if cycle is None or cycle.waiting_for_100_continue or cycle.disconnected or cycle.response_complete:
+        return None
+    event = cycle.message_event
+    if not event.is_set():
+        return None
+    cycle.flow.resume_reading()
+    event.clear()
+    body = bytes(cycle.body)
+    cycle.body = bytearray()
+    return body, cycle.more_body
 
 
 def _payload(cycle: Any, status: int, length: int | None, body: bytes) -> tuple[bytes, bytes] | None:

@@ -10,7 +10,7 @@ import pytest
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from msa_gateway.uvicorn_cycle import body_waiting, write_whole
+from msa_gateway.uvicorn_cycle import body_waiting, take_body, write_whole
 from msa_gateway.write_batch import SHARED_FROM, WriteBatch
 
 Headers = list[tuple[bytes, bytes]]
@@ -31,6 +31,9 @@ class Transport:
 
     def is_closing(self) -> bool:
         return self.closed
+
+    def resume_reading(self) -> None:
+        pass
 
 
 def make_cycle(
@@ -165,6 +168,49 @@ def test_body_waiting_follows_the_cycles_message_event() -> None:
     assert not body_waiting(cycle.receive)
     cycle.message_event.set()
     assert body_waiting(cycle.receive)
+
+
+def _arrived(cycle: RequestResponseCycle, body: bytes, more: bool) -> None:
+    """What uvicorn's protocol does when a body part arrives."""
+    cycle.body += body
+    cycle.more_body = more
+    cycle.message_event.set()
+
+
+@pytest.mark.parametrize("more", [False, True])
+def test_take_body_takes_a_part_that_is_there_as_receive_does(more: bool) -> None:
+    ours, _, _ = make_cycle("POST")
+    theirs, _, _ = make_cycle("POST")
+    for cycle in (ours, theirs):
+        _arrived(cycle, b"hello", more)
+        cycle.flow.read_paused = True
+    taken = take_body(ours.receive)
+    message = asyncio.run(theirs.receive())
+    assert taken == (message["body"], message["more_body"]) == (b"hello", more)  # type: ignore[typeddict-item]
+    for cycle in (ours, theirs):  # left as receive leaves it: emptied, event cleared, reading resumed
+        assert cycle.body == bytearray() and not cycle.message_event.is_set() and not cycle.flow.read_paused
+    assert take_body(ours.receive) is None  # nothing more there
+
+
+def test_take_body_leaves_to_receive_what_it_would_not_answer_at_once() -> None:
+    waiting, _, _ = make_cycle("POST")
+    assert take_body(waiting.receive) is None  # nothing there yet
+    gone, _, _ = make_cycle("POST")
+    _arrived(gone, b"x", False)
+    gone.disconnected = True
+    answered, _, _ = make_cycle("POST")
+    _arrived(answered, b"x", False)
+    answered.response_complete = True
+    continued, _, _ = make_cycle("POST")
+    _arrived(continued, b"x", False)
+    continued.waiting_for_100_continue = True  # receive writes the interim 100 first
+    for cycle in (gone, answered, continued):
+        assert take_body(cycle.receive) is None and cycle.body == b"x" and cycle.message_event.is_set()
+
+    async def not_uvicorns() -> dict[str, Any]:
+        return {}
+
+    assert take_body(not_uvicorns) is None
 
 
 def _uvicorn_refuses(headers: Headers) -> bool:

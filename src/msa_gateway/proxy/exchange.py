@@ -22,7 +22,7 @@ from msa_gateway.proxy.headers import downstream_response_headers
 from msa_gateway.proxy.redirects import Redirects
 from msa_gateway.proxy.retry import IDEMPOTENT_METHODS
 from msa_gateway.proxy.upstream import UpstreamResponse
-from msa_gateway.uvicorn_cycle import abort, body_waiting, write_whole
+from msa_gateway.uvicorn_cycle import abort, body_waiting, take_body, write_whole
 from msa_gateway.write_batch import DIRECT, WriteBatch
 
 if TYPE_CHECKING:
@@ -176,7 +176,24 @@ async def read_body(receive: Any, ex: Exchange, limit: int | None, idle: float) 
 
 
 async def _next_part(receive: Any, ex: Exchange, limit: int | None, idle: float) -> tuple[bytes, bool]:
-    """Return the next part of the body and whether more follows; ``ClientGone`` when it cannot."""
+    """Return the next part of the body and whether more follows; ``ClientGone`` when it cannot.
+
+    A part that is already there is taken from uvicorn's cycle without a message (``take_body``).
+    """
+    part = take_body(receive)
+    if part is None:
+        part = await _receive_part(receive, ex, idle)
+    chunk = part[0]
+    if chunk:
+        ex.received += len(chunk)
+        if limit is not None and ex.received > limit:
+            ex.too_large = True
+            raise ClientGone
+    return part
+
+
+async def _receive_part(receive: Any, ex: Exchange, idle: float) -> tuple[bytes, bool]:
+    """Wait for the next part through ASGI ``receive``, at most ``idle`` seconds unless it is there."""
     if body_waiting(receive):
         message = await receive()
     else:
@@ -189,13 +206,7 @@ async def _next_part(receive: Any, ex: Exchange, limit: int | None, idle: float)
     if message["type"] == "http.disconnect":
         ex.client_gone = True
         raise ClientGone
-    chunk = message.get("body", b"")
-    if chunk:
-        ex.received += len(chunk)
-        if limit is not None and ex.received > limit:
-            ex.too_large = True
-            raise ClientGone
-    return chunk, message.get("more_body", False)
+    return message.get("body", b""), message.get("more_body", False)
 
 
 async def read_all(receive: Any, ex: Exchange, limit: int | None, idle: float) -> bytes:
