@@ -1,5 +1,16 @@
 # msa-gateway: the gateway image; the demo services of examples/ run from the same image
 # (see docker-compose.yml). Build: docker build -t msa-gateway .
+
+# The wheel, with the request path compiled by mypyc (setup.py): that needs a C compiler, mypy and
+# the dependencies' types where it builds, none of which the image keeps.
+FROM python:3.11 AS wheel
+WORKDIR /build
+COPY pyproject.toml setup.py README.md ./
+COPY src ./src
+RUN pip install --no-cache-dir "setuptools>=68" wheel "mypy>=2.4,<3" \
+    && MSA_GATEWAY_PURE=1 pip install --no-cache-dir . \
+    && pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -10,9 +21,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Install the package first (this layer is rebuilt only when the code or its metadata changes).
-COPY pyproject.toml README.md ./
-COPY src ./src
-RUN pip install . && rm -rf build src
+COPY --from=wheel /wheels /wheels
+RUN pip install /wheels/*.whl && rm -rf /wheels
 
 # The demo services and registries (`python -m examples.user_service`, GATEWAY_CONFIG=examples/...).
 COPY examples ./examples

@@ -7,15 +7,25 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 DEB_PACKAGES := nginx-light wrk redis-server etcd-server etcd-client prometheus chromium chromium-driver valgrind
 
-.PHONY: run test lint unit coverage integration bench bench-compare bench-stream bench-discovery bench-faults deps venv clean check-config
+.PHONY: run test lint unit coverage compile integration bench bench-compare bench-stream bench-discovery bench-faults deps venv clean check-config
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev]'
+	MSA_GATEWAY_PURE=1 $(PIP) install -q -e '.[dev]'
 	touch $@
 
-venv: $(VENV)/.installed
+# The request path's modules (src/msa_gateway/compiled.txt) built in place as C extensions by mypyc
+# (setup.py); rebuilt when one of them changes. MSA_GATEWAY_PURE=1 runs their sources instead.
+COMPILED := src/msa_gateway/compiled.txt $(addprefix src/msa_gateway/,$(shell grep -v -e '^\#' -e '^$$' src/msa_gateway/compiled.txt))
+
+$(VENV)/.compiled: $(VENV)/.installed setup.py $(COMPILED)
+	@mkdir -p build
+	$(PY) setup.py -q build_ext --inplace > build/compile.log 2>&1 || { cat build/compile.log; exit 1; }
+	touch src/msa_gateway__mypyc.*.so $@  # up to date with the sources, also when no C changed
+
+venv: $(VENV)/.installed $(VENV)/.compiled
+compile: $(VENV)/.compiled
 
 # Debian packages the tests and the benchmark run against (real redis-server, etcd, nginx, wrk).
 deps:
@@ -29,8 +39,8 @@ run: venv
 	$(PY) -m examples.run_demo
 
 lint: venv
-	$(VENV)/bin/ruff check src tests bench examples app
-	$(VENV)/bin/ruff format --check src tests bench examples app
+	$(VENV)/bin/ruff check src tests bench examples app setup.py
+	$(VENV)/bin/ruff format --check src tests bench examples app setup.py
 	$(VENV)/bin/mypy
 
 test: deps venv lint
@@ -41,7 +51,7 @@ unit: venv
 
 # Line coverage of the request path by the unit tests alone (no sockets): handler, attempts, exchange.
 coverage: venv
-	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit --cov=msa_gateway.proxy --cov=msa_gateway.policies --cov-report=term
+	MSA_GATEWAY_PURE=1 $(VENV)/bin/pytest -q -p no:cacheprovider tests/unit --cov=msa_gateway.proxy --cov=msa_gateway.policies --cov-report=term
 
 integration: deps venv
 	$(VENV)/bin/pytest -q tests/integration
@@ -67,3 +77,4 @@ check-config: venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info src/*.egg-info
+	find src -name '*.so' -delete

@@ -52,10 +52,16 @@ def setup_commands(opts: CompareOptions, commit: str, worktree_exists: bool) -> 
         if worktree_exists
         else ["git", "worktree", "add", "--detach", tree, commit]
     )
+    # a commit with a compiled request path (setup.py) is compiled as `make` does, so both sides are
+    compile_path = (
+        f"test ! -f {tree}/setup.py || ({venv}/bin/pip install --quiet 'mypy>=2.4,<3' 'setuptools>=68'"
+        f" && {venv}/bin/python {tree}/setup.py -q build_ext --inplace >/dev/null)"
+    )
     return [
         checkout,
         [sys.executable, "-m", "venv", venv],
         [f"{venv}/bin/pip", "install", "--quiet", "-e", tree],
+        ["sh", "-c", compile_path],
     ]
 
 

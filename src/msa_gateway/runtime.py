@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Generator, Mapping
 
 from msa_gateway import __version__
+from msa_gateway.compiled import compiled_modules, listed
 from msa_gateway.discovery.aggregator import Aggregator
 from msa_gateway.discovery.base import Provider, Registrar
 from msa_gateway.discovery.providers import create_provider, create_registrar
@@ -131,7 +132,12 @@ class Runtime:
             self.spawn("ejection_sync", self.sync.run)
         log.info(
             "gateway starting",
-            extra={"discovery": self.provider.name, "config": self.config.source, "version": self.version},
+            extra={
+                "discovery": self.provider.name,
+                "config": self.config.source,
+                "version": self.version,
+                "compiled": f"{len(compiled_modules())}/{len(listed())}",  # request-path modules (mypyc)
+            },
         )
 
     async def _freeze_when_loaded(self) -> None:

@@ -74,7 +74,7 @@ class Trace:
 
     __slots__ = ("first", "parent_id", "sampled", "span_id", "spare", "trace_id", "trace_text", "tracestate")
 
-    def __init__(  # noqa: PLR0913 - the fields, for a continued trace (new ones are made in batches)
+    def __init__(  # noqa: PLR0913 - the fields (new traces are made in batches: Tracer._draw)
         self,
         trace_id: bytes,
         span_id: bytes,
@@ -99,7 +99,6 @@ class Trace:
 
 
 _FLAGS = (b"00", b"01")  # indexed by the sampled flag
-_new = object.__new__  # a Trace without its Python __init__ call, for the batch
 # New traces drawn at once: one random draw, hex conversion and struct cut per batch, not per request.
 BATCH = 64
 _ZERO_TEXT = "0" * 16
@@ -172,17 +171,15 @@ class Tracer:
                 break
         ids = _CUT.unpack(text.encode())
         trace_ids, own, spare = ids[0::3], ids[1::3], ids[2::3]
-        texts = list(map(bytes.decode, trace_ids))
         if self._all or self._bound == 0:
             sampled: list[bool] = [self._all] * BATCH
         else:
             sampled = list(map(self._bound.__gt__, _LOW.unpack(raw)))
         first = map(b"-".join, zip(repeat(b"00"), trace_ids, spare, map(_FLAGS.__getitem__, sampled)))
         fresh = []
-        for fields in zip(trace_ids, texts, own, sampled, spare, first, strict=True):
-            trace = _new(Trace)
-            trace.trace_id, trace.trace_text, trace.span_id, trace.sampled, trace.spare, trace.first = fields
-            trace.parent_id = trace.tracestate = None
-            fresh.append(trace)
+        for trace_id, span_id, ratio_sampled, spare_id, traceparent in zip(
+            trace_ids, own, sampled, spare, first, strict=True
+        ):
+            fresh.append(Trace(trace_id, span_id, None, ratio_sampled, None, spare_id, traceparent))
         self._fresh = fresh
         return self._fresh

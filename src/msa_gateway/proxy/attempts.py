@@ -98,10 +98,9 @@ class Attempts:
         """Try instances until one answers or a rule says stop (one coroutine for every attempt)."""
         guard = self.route.guard
         guard.budget.start_request()
-        outcome: Outcome | None = None
         result: UpstreamResponse | UpstreamError
         try:
-            while outcome is None:
+            while True:
                 self.n += 1
                 lease = self._admit()
                 if self.hedging is not None:
@@ -115,12 +114,13 @@ class Attempts:
                         lease.release()
                         raise
                 outcome = self._judge(lease, result)
+                if outcome is not None:
+                    return outcome
         except HTTPError as exc:
-            outcome = Outcome(guard, self.n, error=exc)
-        finally:
-            if outcome is None:  # cancelled, or the client went away: nobody will call finish()
-                guard.budget.end_request()
-        return outcome
+            return Outcome(guard, self.n, error=exc)
+        except BaseException:  # cancelled, or the client went away: nobody will call finish()
+            guard.budget.end_request()
+            raise
 
     def admit(self) -> Lease:
         """Pick an instance and take its caps slot, alone (a WebSocket handshake: proxy/websocket.py)."""

@@ -156,18 +156,22 @@ async def test_body_without_length_is_sent_chunked_one_chunk_per_part() -> None:
     assert req.chunked and req.chunks == (b"ab", b"cde", b"f" * 70000)
 
 
-class Busy:
-    in_flight = SHARED_FROM  # enough requests in flight: the batch holds writes to the end of the turn
+class Watching:
+    """A busy load (writes are held) that notes, each time the batch asks it (every write), how many it holds."""
 
+    def __init__(self) -> None:
+        self.batch: WriteBatch | None = None
+        self.most = 0
 
-class Watched(WriteBatch):
-    """Remembers the most writes it held at once."""
+    @property
+    def in_flight(self) -> int:
+        if self.batch is not None:
+            self.most = max(self.most, self.batch.held)
+        return SHARED_FROM
 
-    most = 0
-
-    def write(self, transport: Any, data: bytes) -> None:
-        super().write(transport, data)
-        self.most = max(self.most, self.held)
+    @in_flight.setter
+    def in_flight(self, value: int) -> None:  # Load's attribute is settable; nothing here sets it
+        raise AssertionError("not expected")
 
 
 async def at_once(*chunks: bytes) -> AsyncIterator[bytes]:
@@ -179,7 +183,8 @@ async def at_once(*chunks: bytes) -> AsyncIterator[bytes]:
 @on_both_loops
 async def test_writes_held_to_the_end_of_the_turn_arrive_whole_and_in_order() -> None:
     async with Recorder() as rec:
-        batch = Watched(Busy())
+        load = Watching()
+        batch = load.batch = WriteBatch(load)
         client = NativeClient(writes=batch)
 
         async def put(i: int) -> tuple[int, bytes]:
@@ -191,7 +196,7 @@ async def test_writes_held_to_the_end_of_the_turn_arrive_whole_and_in_order() ->
         await client.aclose()
     assert [status for status, _ in results] == [200] * 20
     assert got == {b"/r%d" % i: tuple(b"%d-%d," % (i, k) for k in range(5)) for i in range(20)}
-    assert batch.most >= 7 and batch.held == 0  # head, five chunks and the last chunk held at least once
+    assert load.most >= 6 and batch.held == 0  # the head and five chunks held when the last chunk came
 
 
 @on_both_loops

@@ -169,6 +169,8 @@ def test_compare_adds_a_worktree_or_moves_the_existing_one_then_installs_it_in_i
     assert fresh[0] == ["git", "worktree", "add", "--detach", "/tmp/o", "abc123"]
     assert fresh[1][1:] == ["-m", "venv", "/tmp/o/.venv"]
     assert fresh[2] == ["/tmp/o/.venv/bin/pip", "install", "--quiet", "-e", "/tmp/o"]
+    assert fresh[3][:2] == ["sh", "-c"]  # a commit with setup.py gets its request path compiled
+    assert "/tmp/o/.venv/bin/python /tmp/o/setup.py -q build_ext --inplace" in fresh[3][2]
     assert setup_commands(opts, "abc123", worktree_exists=True)[0] == [
         "git",
         "-C",

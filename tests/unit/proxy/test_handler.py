@@ -11,8 +11,8 @@ import logging
 
 import pytest
 
+from msa_gateway.balancing.round_robin import RoundRobin
 from msa_gateway.errors import UpstreamError, UpstreamTimeout
-from msa_gateway.proxy.forwarder import Forwarder
 from msa_gateway.proxy.handler import ProxyApp
 from msa_gateway.runtime import Runtime
 from tests.support.fake_upstream import FakeUpstream, Hang, Reply, access_lines, call, instances, make_runtime
@@ -391,7 +391,7 @@ async def test_a_bug_before_the_answer_is_a_json_500_logged_with_its_trace(
     def broken(*_: object) -> None:
         raise RuntimeError("a bug at 10.0.0.7")
 
-    monkeypatch.setattr(Forwarder, "forward", broken)
+    monkeypatch.setattr(RoundRobin, "pick", broken)  # the balancer: interpreted, also when compiled
     with caplog.at_level(logging.ERROR, "msa_gateway.proxy"):
         answer = await call(app, headers=[(b"x-request-id", b"rid-7")])
     assert answer.status == 500
