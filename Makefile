@@ -9,7 +9,7 @@ DEB_PACKAGES := nginx-light wrk redis-server etcd-server etcd-client prometheus 
 
 .PHONY: run test lint unit coverage compile integration bench bench-compare bench-stream bench-discovery bench-faults deps venv clean check-config
 
-$(VENV)/.installed: pyproject.toml setup.py
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	MSA_GATEWAY_PURE=1 $(PIP) install -q -e '.[dev]'

@@ -30,8 +30,7 @@ def listed(package: Path = PACKAGE) -> list[str]:
 
 def is_extension(name: str) -> bool:
     """Return whether importing ``name`` loads (or loaded) a C extension."""
-    module = sys.modules.get(name)
-    origin = getattr(module, "__file__", None) if module is not None else None
+    origin = getattr(sys.modules.get(name), "__file__", None)
     if origin is None:
         spec = find_spec(name)
         origin = spec.origin if spec is not None else None
