@@ -2,7 +2,7 @@
 
 ``Exchange`` holds the mutable facts the handler and the access line share. ``open_body`` decides
 whether the client's body is read whole first (small, or kept for a retry) or streamed through;
-``read_body`` yields it as it arrives (size limit, idle timeout, disconnect); ``stream_back``
+``BodyStream`` hands it on as it arrives (size limit, idle timeout, disconnect); ``stream_back``
 relays an upstream response chunk by chunk, after the route's response stages saw its head, and
 aborts the upstream side when the client goes away.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from msa_gateway.errors import HTTPError, PayloadTooLarge, RequestTimeout, UpstreamError
@@ -84,7 +83,7 @@ def client_error(ex: Exchange, limit: int | None) -> HTTPError | None:
 
 async def open_body(
     req: ProxyRequest, ex: Exchange, options: ServiceOptions, idle: float
-) -> bytes | AsyncIterator[bytes] | None:
+) -> bytes | BodyStream | None:
     """Return the request body to send: read whole when small or kept for a retry, else a stream.
 
     A small body then leaves with the head in one write; a larger one is kept in memory only
@@ -134,45 +133,81 @@ async def stream_back(
         watcher = asyncio.get_running_loop().create_task(
             watch_disconnect(receive, ex, resp), name="proxy:watch"
         )
+    failure: BaseException | None = None
     try:
-        while True:
-            try:
-                chunk = await resp.read()
-            except UpstreamError as exc:
-                ex.error = exc.kind
-                if not ex.client_gone:
-                    log.warning(
-                        "upstream failed mid-response; closing the client connection",
-                        extra={"kind": exc.kind, "bytes": ex.nbytes, "request_id": request_id},
-                    )
-                    abort(send)
-                return
-            if not chunk:
-                break
-            ex.nbytes += len(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if ex.client_gone:
-                return
-        await send({"type": "http.response.body", "body": b""})
-    finally:
-        if watcher is not None and not watcher.done():
-            watcher.cancel()
-            with contextlib.suppress(BaseException):
-                await watcher
+        await _relay(req, ex, resp)
+    except BaseException as exc:  # kept until the watcher is gone: no await in a `finally` (compiled.txt)
+        failure = exc
+    if watcher is not None and not watcher.done():
+        watcher.cancel()
+        with contextlib.suppress(BaseException):  # its cancellation, or what it died of
+            await watcher
+    if ex.client_gone:
+        ex.status = STATUS_CLIENT_GONE
+    if failure is not None:
+        raise failure
+
+
+async def _relay(req: ProxyRequest, ex: Exchange, resp: UpstreamResponse) -> None:
+    """Relay the rest of a streamed response; on an upstream failure, close the client's connection."""
+    send = req.send
+    while True:
+        try:
+            chunk = await resp.read()
+        except UpstreamError as exc:
+            ex.error = exc.kind
+            if not ex.client_gone:
+                log.warning(
+                    "upstream failed mid-response; closing the client connection",
+                    extra={"kind": exc.kind, "bytes": ex.nbytes, "request_id": req.request_id},
+                )
+                abort(send)
+            return
+        if not chunk:
+            break
+        ex.nbytes += len(chunk)
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
         if ex.client_gone:
-            ex.status = STATUS_CLIENT_GONE
+            return
+    await send({"type": "http.response.body", "body": b""})
 
 
-async def read_body(receive: Any, ex: Exchange, limit: int | None, idle: float) -> AsyncIterator[bytes]:
-    """Yield the request body as it arrives; give up when nothing arrives for ``idle`` seconds."""
-    ex.body_done = False
-    ex.body_started = True
-    more = True
-    while more:
-        chunk, more = await _next_part(receive, ex, limit, idle)
-        if chunk:
-            yield chunk
-    ex.body_done = True
+class BodyStream:
+    """The request body as it arrives (size limit, idle timeout, disconnect): an async iterator.
+
+    A class rather than an async generator: mypyc compiles no async generators.
+    """
+
+    __slots__ = ("ex", "idle", "limit", "more", "receive", "started")
+
+    def __init__(self, receive: Any, ex: Exchange, limit: int | None, idle: float) -> None:
+        self.receive = receive
+        self.ex = ex
+        self.limit = limit
+        self.idle = idle
+        self.started = False
+        self.more = True
+
+    def __aiter__(self) -> BodyStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        ex = self.ex
+        if not self.started:
+            self.started = True
+            ex.body_done = False
+            ex.body_started = True
+        while self.more:
+            chunk, self.more = await _next_part(self.receive, ex, self.limit, self.idle)
+            if chunk:
+                return chunk
+        ex.body_done = True
+        raise StopAsyncIteration
+
+
+def read_body(receive: Any, ex: Exchange, limit: int | None, idle: float) -> BodyStream:
+    """Return the request body as it arrives; give up when nothing arrives for ``idle`` seconds."""
+    return BodyStream(receive, ex, limit, idle)
 
 
 async def _next_part(receive: Any, ex: Exchange, limit: int | None, idle: float) -> tuple[bytes, bool]:
