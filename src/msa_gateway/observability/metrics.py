@@ -24,14 +24,8 @@ from msa_gateway.tasks import Supervisor
 if TYPE_CHECKING:
     from msa_gateway.observability.otlp import Exporter
 
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 UNKNOWN_SERVICE = "unknown"
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-
-def method_label(method: str) -> str:
-    """Return ``method`` when standard, else ``OTHER``."""
-    return method if method in KNOWN_METHODS else "OTHER"
 
 
 class OrderedRegistry(CollectorRegistry):

@@ -47,6 +47,14 @@ IN_FLIGHT = ("gateway_requests_in_flight", "Proxied requests being served now.")
 Exemplar = tuple[str, float, float]  # trace id, seconds, unix time
 
 
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
+
+
+def method_label(method: str) -> str:
+    """Return ``method`` when standard, else ``OTHER`` (a label's values stay few)."""
+    return method if method in KNOWN_METHODS else "OTHER"
+
+
 class LatencyHistogram:
     """Bucket counts, sum and count of one service's request durations."""
 

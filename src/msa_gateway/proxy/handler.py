@@ -18,8 +18,8 @@ import time
 from typing import TYPE_CHECKING
 
 from msa_gateway.errors import HTTPError, UpstreamError, render
-from msa_gateway.observability.metrics import method_label
 from msa_gateway.observability.otlp import server_span
+from msa_gateway.observability.requests import method_label
 from msa_gateway.proxy.exchange import (
     STATUS_CLIENT_GONE,
     ClientGone,
@@ -177,7 +177,7 @@ class ProxyApp:
         route = req.route
         mlabel = method_label(req.method)
         if route is not None:
-            route.count(mlabel, ex.status)
+            rt.metrics.requests.count(route.name, mlabel, ex.status)
             route.duration.observe(time.perf_counter() - req.started, req.trace)
         else:
             rt.count_unknown(mlabel, ex.status)

@@ -31,7 +31,6 @@ class ServiceRoute:
     """One service's data plane within one snapshot."""
 
     __slots__ = (
-        "_stats",
         "balancer",
         "duration",
         "eligible",
@@ -67,7 +66,6 @@ class ServiceRoute:
         )
         self.request_stages: tuple[RequestStage, ...] = compile_request_stages(spec)
         self.response_stages: tuple[ResponseStage, ...] = compile_response_stages(spec)
-        self._stats = metrics.requests
         self.duration = metrics.requests.histogram(spec.name)
         self.upstream_errors = metrics.upstream_errors
         self.eligible: tuple[Instance, ...] = ()
@@ -102,10 +100,6 @@ class ServiceRoute:
     def panic_now(self) -> bool:
         """Return whether the service would balance over all instances right now (panic mode)."""
         return self.guard.candidates(self.instances, self.keys, self.eligible, self.eligible_keys)[1]
-
-    def count(self, method: str, code: int) -> None:
-        """Count one answered request."""
-        self._stats.count(self.name, method, code)
 
 
 class Seen(Mapping[str, float]):
