@@ -21,6 +21,7 @@ COMPILED := src/msa_gateway/compiled.txt $(addprefix src/msa_gateway/,$(shell gr
 
 $(VENV)/.compiled: $(VENV)/.installed setup.py $(COMPILED)
 	@mkdir -p build
+	find src/msa_gateway -name '*.so' -delete  # a module taken off the list leaves no extension behind
 	$(PY) setup.py -q build_ext --inplace > build/compile.log 2>&1 || { cat build/compile.log; exit 1; }
 	touch src/msa_gateway__mypyc.*.so $@  # up to date with the sources, also when no C changed
 

@@ -43,18 +43,29 @@ def compiled_modules() -> list[str]:
 
 
 def stale_extensions(package: Path = PACKAGE) -> list[str]:
-    """Return the listed sources edited after the in-place build beside them.
+    """Return the listed sources edited after the in-place build, and extensions no longer listed.
 
     mypyc puts the code of every listed module in one shared library (``msa_gateway__mypyc``);
-    editing a source does not rebuild it, and Python keeps importing the old code: the test
-    suite refuses to run on it (``make compile`` rebuilds).
+    editing a source does not rebuild it, and Python keeps importing the old code; a module taken
+    off the list keeps its extension beside its source, which then fails to import: the test
+    suite refuses to run on either (``make compile`` rebuilds and removes the leftovers).
     """
+    names = listed(package)
     built = [package.parent / f"msa_gateway__mypyc{suffix}" for suffix in EXTENSION_SUFFIXES]
     times = [path.stat().st_mtime for path in built if path.exists()]
-    if not times:
-        return []
-    sources = {name: package.parent / (name.replace(".", "/") + ".py") for name in listed(package)}
-    return [name for name, source in sources.items() if source.stat().st_mtime > max(times)]
+    sources = {name: package.parent / (name.replace(".", "/") + ".py") for name in names}
+    edited = [name for name, source in sources.items() if times and source.stat().st_mtime > max(times)]
+    return edited + [name for name in extensions_beside(package) if name not in names]
+
+
+def extensions_beside(package: Path = PACKAGE) -> list[str]:
+    """Return the modules of ``package`` that have a C extension beside their source."""
+    found = []
+    for path in sorted(package.rglob("*")):
+        suffix = next((s for s in EXTENSION_SUFFIXES if path.name.endswith(s)), None)  # longest first
+        if suffix is not None:
+            found.append(path.relative_to(package.parent).as_posix().removesuffix(suffix).replace("/", "."))
+    return found
 
 
 class SourceFirst(MetaPathFinder):

@@ -104,6 +104,14 @@ def test_a_source_edited_after_the_build_is_stale(tmp_path: Path) -> None:
     assert stale_extensions(package) == []
 
 
+def test_an_extension_left_beside_a_module_no_longer_listed_is_stale(tmp_path: Path) -> None:
+    package = fake_package(tmp_path)
+    (tmp_path / f"msa_gateway__mypyc{SUFFIX}").write_bytes(b"")
+    for module in ("write_batch", "proxy/attempts", "proxy/chain"):
+        (package / module).with_suffix(SUFFIX).write_bytes(b"")
+    assert stale_extensions(package) == ["msa_gateway.proxy.chain"]
+
+
 async def test_the_start_up_line_says_how_many_run_compiled(caplog: pytest.LogCaptureFixture) -> None:
     rt, _, _ = make_runtime()
     with caplog.at_level(logging.INFO, "msa_gateway"):

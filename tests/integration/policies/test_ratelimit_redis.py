@@ -26,6 +26,7 @@ from msa_gateway.policies.shared import SharedState
 from tests.support.gateway import GatewayProcess, service_yaml
 from tests.support.recorder import Recorder, Reply
 from tests.support.redis_server import RedisServer, redis_server_fixture  # noqa: F401
+from tests.support.requests import request
 from tests.support.traffic import eventually
 
 TIMEOUT = 0.2
@@ -54,22 +55,16 @@ async def gateways(redis_server: RedisServer) -> AsyncIterator[list[Gateway]]:
         await gw.shared.aclose()
 
 
-class Asked:
-    """What the stage reads and writes on a request (``key: route`` reads nothing)."""
-
-    rate_limit: Any = None
-
-
 async def ask(stage: RateLimitStage) -> tuple[int, Any, int | None]:
     """Return (status, the RateLimit headers, Retry-After) of one request through ``stage``."""
-    request = Asked()
+    asked = request()
     try:
-        await stage(request)  # type: ignore[arg-type]
+        await stage(asked)
     except TooManyRequests as exc:
         return 429, exc.headers, exc.retry_after
     except HTTPError as exc:
         return exc.status, None, None
-    return 200, request.rate_limit, None
+    return 200, asked.rate_limit, None
 
 
 async def decide_all(limiters: list[Limiter], key: str, n: int) -> list[tuple[Decision | None, str]]:

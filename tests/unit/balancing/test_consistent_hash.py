@@ -11,7 +11,7 @@ import pytest
 from msa_gateway.balancing.consistent_hash import ConsistentHash, stable_hash
 from msa_gateway.balancing.table import create_balancer
 from msa_gateway.model import BalancerOptions, Instance
-from tests.unit.balancing.requests import request
+from tests.support.requests import request
 
 KEYS = [b"user-%d" % n for n in range(100_000)]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from msa_gateway.balancing.sticky import Sticky, instance_token
 from msa_gateway.balancing.table import create_balancer
 from msa_gateway.model import BalancerOptions, Instance
-from tests.unit.balancing.requests import request
+from tests.support.requests import request
 
 INSTS = tuple(Instance(id=f"i{k}", host=f"10.0.0.{k}", port=8000) for k in range(3))
 

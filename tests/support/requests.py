@@ -1,4 +1,4 @@
-"""A minimal ``ProxyRequest`` for balancers that read the request."""
+"""A minimal ``ProxyRequest`` for the balancers and policy stages that read the request (and never its body)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from msa_gateway.proxy.request import ProxyRequest
 
 
 async def _never() -> dict[str, Any]:
-    raise AssertionError("a balancer never reads the body")
+    raise AssertionError("the body is never read here")
 
 
 async def _no_send(message: dict[str, Any]) -> None:
-    raise AssertionError("a balancer never sends")
+    raise AssertionError("nothing is sent from here")
 
 
 def request(
