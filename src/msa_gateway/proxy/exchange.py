@@ -178,14 +178,13 @@ class BodyStream:
     A class rather than an async generator: mypyc compiles no async generators.
     """
 
-    __slots__ = ("ex", "idle", "limit", "more", "receive", "started")
+    __slots__ = ("ex", "idle", "limit", "more", "receive")
 
     def __init__(self, receive: Any, ex: Exchange, limit: int | None, idle: float) -> None:
         self.receive = receive
         self.ex = ex
         self.limit = limit
         self.idle = idle
-        self.started = False
         self.more = True
 
     def __aiter__(self) -> BodyStream:
@@ -193,8 +192,7 @@ class BodyStream:
 
     async def __anext__(self) -> bytes:
         ex = self.ex
-        if not self.started:
-            self.started = True
+        if not ex.body_started:  # the first part asked for (one stream per exchange)
             ex.body_done = False
             ex.body_started = True
         while self.more:
