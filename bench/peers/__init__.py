@@ -2,7 +2,9 @@
 
 - ``bare-asgi``: uvicorn answering ``{"ok":true}`` itself (``bare_asgi.py``): the host's Python floor;
 - ``aiohttp-proxy``: a bare ASGI callable forwarding through one ``aiohttp`` session (``aiohttp_proxy.py``);
-- ``proxy.py``: PyPI ``proxy.py``'s reverse proxy core with a route plugin (``proxypy_routes.py``).
+- ``proxy.py``: PyPI ``proxy.py``'s reverse proxy core with a route plugin (``proxypy_routes.py``);
+- ``callback-proxy``: the least a Python proxy does, in parser callbacks with no task (``callback_proxy.py``):
+  what two HTTP exchanges cost in Python, the floor under every Python proxy in the table.
 
 Each runs as one process tree pinned to the proxy core, like the gateway, with access logs off. A peer is in
 the default configurations only when the Python modules it needs import in this interpreter (``make venv``
@@ -61,6 +63,12 @@ PEER_SPECS = (
             "--enable-reverse-proxy", "--plugins", "bench.peers.proxypy_routes.BenchRoutes",
             "--threaded", "--num-acceptors", "1", "--num-workers", "1", "--log-level", "WARNING",
         ),
+    ),
+    PeerSpec(
+        "callback-proxy",
+        ("uvloop", "httptools"),
+        "uvloop httptools",
+        ("-m", "bench.peers.callback_proxy", "--port", "{port}"),
     ),
 )  # fmt: skip
 PEER_NAMES = tuple(p.name for p in PEER_SPECS)

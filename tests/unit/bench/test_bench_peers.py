@@ -11,6 +11,7 @@ import pytest
 from bench.peers import PEER_NAMES, UPSTREAMS_ENV, peer_command, select_configs
 from bench.peers.aiohttp_proxy import parse_upstreams
 from bench.peers.bare_asgi import app as bare_app
+from bench.peers.callback_proxy import framed, parse_backends, request_head, status_line
 from bench.report import BUILTIN, Measurement, format_table, ratios, summarize
 from bench.run import parse_args
 
@@ -19,7 +20,9 @@ from tests.unit.bench.results import wrk_result
 
 def test_by_default_every_builtin_and_every_installed_peer_is_measured() -> None:
     chosen, notes = select_configs(None, BUILTIN, installed=lambda module: True)
-    assert chosen == ["direct", "nginx-proxy", "gateway", "bare-asgi", "aiohttp-proxy", "proxy.py"]
+    assert chosen == [
+        "direct", "nginx-proxy", "gateway", "bare-asgi", "aiohttp-proxy", "proxy.py", "callback-proxy"
+    ]  # fmt: skip
     assert notes == []
 
 
@@ -68,7 +71,10 @@ def test_uvicorn_peers_run_uvloop_httptools_without_access_log_and_proxy_py_thre
     proxy = " ".join(peer_command("proxy.py", 40124, python="/py"))
     for flag in ("-m proxy", "--port 40124", "--enable-reverse-proxy", "--threaded", "--num-workers 1"):
         assert flag in proxy
-    assert set(PEER_NAMES) == {"bare-asgi", "aiohttp-proxy", "proxy.py"}
+    assert peer_command("callback-proxy", 40125, python="/py") == [
+        "/py", "-m", "bench.peers.callback_proxy", "--port", "40125"
+    ]  # fmt: skip
+    assert set(PEER_NAMES) == {"bare-asgi", "aiohttp-proxy", "proxy.py", "callback-proxy"}
 
 
 def _measured(*configs: tuple[str, float]) -> list[Measurement]:
@@ -105,6 +111,24 @@ def test_upstreams_parse_to_base_urls_and_bad_values_name_the_variable() -> None
     for bad in ("", "127.0.0.1", "127.0.0.1:x", ":9101"):
         with pytest.raises(SystemExit, match=UPSTREAMS_ENV):
             parse_upstreams(bad)
+
+
+def test_callback_proxy_parses_backends_and_names_the_variable_for_bad_ones() -> None:
+    assert parse_backends("127.0.0.1:9101, 127.0.0.1:9102") == [("127.0.0.1", 9101), ("127.0.0.1", 9102)]
+    for bad in ("", "127.0.0.1", "127.0.0.1:x", ":9101"):
+        with pytest.raises(SystemExit, match=UPSTREAMS_ENV):
+            parse_backends(bad)
+
+
+def test_callback_proxy_drops_hop_by_hop_and_framing_headers_and_frames_bodies_itself() -> None:
+    headers = [(b"host", b"gw"), (b"connection", b"keep-alive"), (b"content-length", b"3"), (b"x-a", b"1")]
+    head = request_head(b"POST", b"/s/p?q=1", headers, b"10.0.0.1")
+    assert head == b"POST /s/p?q=1 HTTP/1.1\r\nhost: gw\r\nx-a: 1\r\nx-forwarded-for: 10.0.0.1\r\n"
+    assert framed(head, b"abc") == head + b"content-length: 3\r\n\r\nabc"
+    assert framed(head, b"", length=False) == head + b"\r\n"  # a GET without a body
+    assert framed(head, b"", length=True).endswith(b"content-length: 0\r\n\r\n")  # an empty 200
+    assert status_line(404) == b"HTTP/1.1 404 Not Found\r\n"
+    assert status_line(599) == b"HTTP/1.1 599 \r\n"
 
 
 def test_bare_asgi_reads_the_whole_body_then_answers_ok() -> None:
