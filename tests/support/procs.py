@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -20,19 +21,41 @@ REPO = Path(__file__).resolve().parents[2]
 _HANDED_OUT: set[int] = set()  # ports free_port() returned: never twice, as a port may not be bound yet
 
 
+def _ephemeral_low() -> int:
+    """Return the first port the kernel gives out for outgoing connections (``ip_local_port_range``)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_FIRST = 10000  # below it: ports other services on the machine may expect to be theirs
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago and was not returned before.
 
     A port is handed out before its process binds it; the kernel may offer it again meanwhile,
-    and two servers of one test on one port would answer for each other.
+    and two servers of one test on one port would answer for each other. So ports come from
+    below the kernel's ephemeral range: an outgoing connection (a gateway's to Redis, a probe
+    waiting for a port) never takes one of them as its own side in the meantime, and a probe
+    never connects to itself on a port nothing listens on yet.
     """
-    while True:
+    span = _EPHEMERAL_LOW - _FIRST
+    start = random.randrange(span)
+    for i in range(span):
+        port = _FIRST + (start + i) % span
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port between {_FIRST} and {_EPHEMERAL_LOW}")
 
 
 def listening_inodes(port: int) -> set[str]:
@@ -75,8 +98,8 @@ def wait_port(
             raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
         with socket.socket() as s:
             s.settimeout(0.2)
-            if s.connect_ex((host, port)) == 0:
-                return
+            if s.connect_ex((host, port)) == 0 and s.getsockname() != s.getpeername():
+                return  # (a probe from the port itself connects to itself: nothing listens yet)
         time.sleep(0.02)
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
