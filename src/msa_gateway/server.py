@@ -16,12 +16,12 @@ import logging
 import math
 import signal
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import uvicorn
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from msa_gateway.protocol import GatewayHttpProtocol, ServerLimits, make_protocol
+from msa_gateway.protocol import ProtocolFactory, ServerLimits, make_protocol
 from msa_gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def uvicorn_config(app: Any, host: str, port: int, limits: ServerLimits, **optio
         app,
         host=host,
         port=port,
-        http=make_protocol(limits),
+        http=cast(Any, make_protocol(limits)),  # uvicorn calls it as a class: a factory does
         access_log=False,
         server_header=False,
         date_header=False,
@@ -75,10 +75,11 @@ def adopt_uvicorn(receive: Any, settings: Settings) -> bool:
     if config is None:
         log.warning("client_protections_off", extra={"reason": f"not served by uvicorn: {LOST}"})
         return False
-    current = config.http_protocol_class
-    if isinstance(current, type) and issubclass(current, GatewayHttpProtocol):
-        return True  # msa-gateway run, or --http given the gateway's protocol
-    config.http_protocol_class = make_protocol(server_limits(settings))
+    current: Any = config.http_protocol_class
+    if isinstance(current, ProtocolFactory):
+        return True  # msa-gateway run: the settings' limits are bound already
+    # Any other protocol, the gateway's own class named by --http too (it would run on default limits).
+    config.http_protocol_class = cast(Any, make_protocol(server_limits(settings)))
     config.timeout_graceful_shutdown = math.ceil(settings.drain_timeout)
     if isinstance(config.loaded_app, ProxyHeadersMiddleware):
         # uvicorn's X-Forwarded-For rewriting would bypass the gateway's trusted_proxies rule.

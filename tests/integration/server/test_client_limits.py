@@ -13,7 +13,7 @@ import resource
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -75,7 +75,7 @@ async def serve(limits: ServerLimits = LIMITS, keep_alive: float = 30.0) -> Asyn
         app,
         host="127.0.0.1",
         port=port,
-        http=make_protocol(limits),
+        http=cast(Any, make_protocol(limits)),  # uvicorn calls it as a class
         lifespan="off",
         log_config=None,
         access_log=False,

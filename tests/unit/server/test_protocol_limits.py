@@ -9,7 +9,6 @@ from typing import Any
 import orjson
 import pytest
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from msa_gateway.protocol import GatewayHttpProtocol, ServerLimits, head_size, make_protocol, response_bytes
@@ -128,13 +127,15 @@ def test_response_bytes_is_a_complete_close_response() -> None:
     assert orjson.loads(body) == {"error": "headers_too_large", "detail": "too big", "request_id": "rid-1"}
 
 
-def test_make_protocol_returns_a_subclass_per_limits() -> None:
+async def test_make_protocol_binds_its_limits_to_every_connection() -> None:
     small = ServerLimits(max_headers=5)
-    cls = make_protocol(small)
-    assert issubclass(cls, HttpToolsProtocol) and issubclass(cls, GatewayHttpProtocol)
-    assert cls.limits is small and cls.__name__ == "GatewayHttpProtocol"
-    assert GatewayHttpProtocol.limits == ServerLimits()
-    assert make_protocol(ServerLimits()).limits is not small
+    factory = make_protocol(small)
+    config = uvicorn.Config(app, lifespan="off", log_config=None)
+    proto = factory(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+    assert type(proto) is GatewayHttpProtocol and proto.limits is small and factory.limits is small
+    # Built without limits (uvicorn given the class itself, until the lifespan binds the settings'): defaults.
+    plain = GatewayHttpProtocol(config=config, server_state=ServerState(), app_state={})
+    assert plain.limits == ServerLimits() and make_protocol(ServerLimits()).limits is not small
 
 
 # --- the byte accounting, chunk by chunk ------------------------------------------------

@@ -7,14 +7,14 @@ import inspect
 import re
 import tomllib
 from importlib.metadata import version
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from uvicorn.lifespan.on import LifespanOn
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from msa_gateway.protocol import GatewayHttpProtocol
+from msa_gateway.protocol import GatewayHttpProtocol, ProtocolFactory
 from msa_gateway.server import adopt_uvicorn
 from msa_gateway.settings import Settings
 from tests.support.procs import REPO
@@ -37,29 +37,43 @@ def test_installed_uvicorn_is_inside_the_pinned_range() -> None:
     assert _tuple(low) <= _tuple(version("uvicorn")) < _tuple(high)
 
 
-def test_protocol_hooks_exist_with_the_signatures_relied_on() -> None:
-    for name in ("_start_asgi_task", "on_headers_complete", "on_header", "on_body", "on_message_complete"):
-        assert callable(getattr(HttpToolsProtocol, name)), name
-    assert list(inspect.signature(HttpToolsProtocol._start_asgi_task).parameters) == ["self", "cycle", "app"]
+def test_the_cycle_and_helpers_the_protocol_builds_on_keep_their_shape() -> None:
+    """``GatewayHttpProtocol`` is uvicorn's httptools protocol rewritten, on uvicorn's ``RequestResponseCycle``."""
+    params = list(inspect.signature(RequestResponseCycle.__init__).parameters)
+    assert params == [
+        "self", "scope", "transport", "flow", "logger", "access_logger", "access_log", "default_headers",
+        "message_event", "expect_100_continue", "keep_alive", "on_response",
+    ]  # fmt: skip
     cycle_init = inspect.getsource(RequestResponseCycle.__init__)
-    for attr in ("disconnected", "more_body", "response_started", "response_complete", "message_event"):
+    for attr in (
+        "disconnected",
+        "more_body",
+        "response_started",
+        "response_complete",
+        "message_event",
+        "body",
+    ):
         assert f"self.{attr}" in cycle_init, attr
+    assert "self.on_response()" in inspect.getsource(RequestResponseCycle.send)
     # Server.startup runs the lifespan before it builds the protocol factory from the config.
     startup = inspect.getsource(uvicorn.Server.startup)
     assert startup.index("lifespan.startup()") < startup.index("config.http_protocol_class")
+    assert "config=config" in startup and "server_state=self.server_state" in startup and "_loop=" in startup
 
 
-def test_websocket_upgrade_hook_is_called_as_relied_on() -> None:
-    """``GatewayHttpProtocol.handle_websocket_upgrade`` (ws_upgrade.py) takes over from these internals."""
-    on_headers = inspect.getsource(HttpToolsProtocol.on_headers_complete)
-    # An upgrade request returns before the URL is parsed into the scope: ws_upgrade parses it.
-    assert on_headers.index("should_upgrade()") < on_headers.index("parse_url")
+def test_the_protocol_does_what_uvicorns_own_does_where_the_server_relies_on_it() -> None:
+    """The parts of uvicorn's httptools protocol the gateway's repeats, named in its source."""
     init = inspect.getsource(HttpToolsProtocol.__init__)
     for attr in ("self.tasks", "self.server_state", "self.root_path", "self.app", "self.connections"):
         assert attr in init, attr
-    assert "self.url" in inspect.getsource(HttpToolsProtocol.on_url)
+    assert "lenient_data_after_close=True" in init
+    # An upgrade request returns before the URL is parsed into the scope: ws_upgrade parses it.
+    on_headers = inspect.getsource(HttpToolsProtocol.on_headers_complete)
+    assert on_headers.index("should_upgrade()") < on_headers.index("parse_url")
     # Server.shutdown calls shutdown() on every connection it tracks: how a spliced WebSocket hears of SIGTERM.
     assert "connection.shutdown()" in inspect.getsource(uvicorn.Server.shutdown)
+    for name in ("connection_made", "connection_lost", "data_received", "shutdown", "pause_writing"):
+        assert callable(getattr(GatewayHttpProtocol, name)), name
 
 
 async def _noop(scope: Any, receive: Any, send: Any) -> None:
@@ -73,11 +87,21 @@ def test_adopt_puts_the_gateway_protocol_drain_and_no_proxy_headers_into_a_plain
     lifespan = LifespanOn(config)
     settings = Settings(_env_file=None, max_request_line=100, drain_timeout=7.5)  # type: ignore[call-arg]
     assert adopt_uvicorn(lifespan.receive, settings)
-    protocol = config.http_protocol_class
-    assert isinstance(protocol, type) and issubclass(protocol, GatewayHttpProtocol)
+    protocol: Any = config.http_protocol_class
+    assert isinstance(protocol, ProtocolFactory)
     assert protocol.limits.max_request_line == 100
     assert config.timeout_graceful_shutdown == 8
     assert config.loaded_app is _noop
+
+
+def test_adopt_binds_the_settings_limits_when_uvicorn_was_given_the_gateway_protocol_class() -> None:
+    config = uvicorn.Config(_noop, http="msa_gateway.protocol:GatewayHttpProtocol", log_config=None)
+    config.load()
+    assert cast(Any, config.http_protocol_class) is GatewayHttpProtocol
+    settings = Settings(_env_file=None, max_headers=7)  # type: ignore[call-arg]
+    assert adopt_uvicorn(LifespanOn(config).receive, settings)
+    protocol: Any = config.http_protocol_class
+    assert isinstance(protocol, ProtocolFactory) and protocol.limits.max_headers == 7
 
 
 def test_adopt_reports_an_unknown_server() -> None:
@@ -93,7 +117,6 @@ def test_start_asgi_task_is_what_the_named_copy_repeats() -> None:
     source = inspect.getsource(HttpToolsProtocol._start_asgi_task)
     for part in ("cycle.run_asgi(app)", "reset_contextvars", "self.tasks.discard", "self.tasks.add(task)"):
         assert part in source, part
-    assert "_start_asgi_task" not in inspect.getsource(GatewayHttpProtocol._create_task)
 
 
 async def test_a_requests_scope_begins_as_uvicorns_own_on_message_begin_makes_it() -> None:
@@ -104,7 +127,7 @@ async def test_a_requests_scope_begins_as_uvicorns_own_on_message_begin_makes_it
     proto.app_state["shared"] = "lifespan state"
     proto.on_message_begin()
     ours, our_headers = proto.scope, proto.headers
-    HttpToolsProtocol.on_message_begin(proto)
+    HttpToolsProtocol.on_message_begin(cast(Any, proto))
     theirs = proto.scope
     assert list(ours) == list(theirs) and ours == theirs  # the same keys, in the same order, the same values
     assert ours["headers"] is our_headers and ours["state"] is not proto.app_state
