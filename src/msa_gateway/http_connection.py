@@ -25,7 +25,12 @@ from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
 
 class HttpConnection:
-    """uvicorn's httptools protocol: the state and callbacks every request of one connection shares."""
+    """uvicorn's httptools protocol: the state and callbacks every request of one connection shares.
+
+    Not a protocol alone: ``data_received`` and the parser's begin, headers-complete, body and
+    message-complete callbacks are ``GatewayHttpProtocol``'s (protocol.py), which checks each
+    step against the limits before it calls what is here.
+    """
 
     def __init__(
         self,
