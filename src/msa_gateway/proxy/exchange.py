@@ -98,7 +98,7 @@ async def open_body(
         policy.max_retries and req.method in IDEMPOTENT_METHODS and policy.can_buffer(length)
     ):
         return await read_all(req.receive, ex, options.max_body_size, idle)
-    return read_body(req.receive, ex, options.max_body_size, idle)
+    return BodyStream(req.receive, ex, options.max_body_size, idle)
 
 
 async def stream_back(
@@ -201,11 +201,6 @@ class BodyStream:
                 return chunk
         ex.body_done = True
         raise StopAsyncIteration
-
-
-def read_body(receive: Any, ex: Exchange, limit: int | None, idle: float) -> BodyStream:
-    """Return the request body as it arrives; give up when nothing arrives for ``idle`` seconds."""
-    return BodyStream(receive, ex, limit, idle)
 
 
 async def _next_part(receive: Any, ex: Exchange, limit: int | None, idle: float) -> tuple[bytes, bool]:
