@@ -88,6 +88,7 @@ LINGER = 2.0  # at most this long, a rejected client's data is read and dropped 
 LINGER_IDLE = 0.25  # ... and not longer than this after its last byte (nginx: lingering_time/_timeout)
 _EARLY = 0.005  # a timer may fire this much before its deadline
 _TASK_NAME = "http-request"  # every request task's name (uvicorn's tasks are unnamed: "Task-N")
+_Task = asyncio.Task
 _MAX_WRAPPERS = 8  # middleware layers looked through for the gateway app (a loop of them ends the search)
 _CHUNK_FRAMING = 24  # a chunk's size line (16 hex digits + CRLF) and the CRLF after its data, with room
 
@@ -128,12 +129,15 @@ class GatewayHttpProtocol(HttpConnection):
         self._framing_left: int | None = None  # in a chunked body: bytes extensions + trailers may still use
         self._direct: Callable[[Any], Any] | None = getattr(self.app, "direct_app", None)
         self._scope_base: dict[str, Any] = {}
+        self._fresh_context = bool(config.reset_contextvars)  # each request's task in a new context
+        self._plain_tasks = True  # the loop has no task factory (checked when the connection is made)
 
     # --- connection ---------------------------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
         """Register the connection; it is idle until its first request begins."""
         super().connection_made(transport)
+        self._plain_tasks = self.loop.get_task_factory() is None
         # What every request's scope on this connection shares, in uvicorn's key order (its
         # ``on_message_begin`` writes these nine keys per request; here seven are copied in C).
         self._scope_base = {
@@ -239,17 +243,20 @@ class GatewayHttpProtocol(HttpConnection):
             self._create_task(*pending)
 
     def _create_task(self, cycle: Any, app: Any) -> None:
-        """Start the request's task as uvicorn does, but named (a default name is formatted per task).
+        """Start the request's task as uvicorn does, but named.
 
         A request the app's ``direct_app`` names a handler for (the proxy, app.py) runs without
-        uvicorn's ``run_asgi`` around it; that handler answers its own failures.
+        uvicorn's ``run_asgi`` around it; that handler answers its own failures. Without a task
+        factory the task is built as the loop's ``create_task`` builds it, but with its name
+        given: uvloop formats a default name for every task and then replaces it.
         """
         direct = self._direct(cycle.scope) if self._direct is not None and app is self.app else None
         coro = cycle.run_asgi(app) if direct is None else direct(cycle.scope, cycle.receive, cycle.send)
-        if self.config.reset_contextvars:
-            task = self.loop.create_task(coro, name=_TASK_NAME, context=contextvars.Context())
+        context = contextvars.Context() if self._fresh_context else None
+        if self._plain_tasks:
+            task: asyncio.Task[None] = _Task(coro, loop=self.loop, name=_TASK_NAME, context=context)
         else:
-            task = self.loop.create_task(coro, name=_TASK_NAME)
+            task = self.loop.create_task(coro, name=_TASK_NAME, context=context)
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 

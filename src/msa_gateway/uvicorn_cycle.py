@@ -22,7 +22,7 @@ would refuse) returns False and the caller takes the ASGI path, which behaves as
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import (
@@ -35,10 +35,11 @@ from uvicorn.protocols.http.httptools_impl import (
 from msa_gateway.write_batch import DIRECT, WriteBatch
 
 NO_BODY_STATUS = (204, 304)
-# The bytes uvicorn's two header checks refuse, as deletion tables: ``bytes.translate`` scans for
-# them several times faster than the regular expressions do (derived from them, so they agree).
-_NAME_REFUSED = bytes(b for b in range(256) if HEADER_RE.match(bytes([b])))
-_VALUE_REFUSED = bytes(b for b in range(256) if HEADER_VALUE_RE.match(bytes([b])))
+# uvicorn's two header checks as translation tables that change exactly the bytes they refuse:
+# ``bytes.translate`` returns its input unchanged when none is there, scanning several times faster
+# than the regular expressions do (derived from them, so they agree).
+_NAME_MAP = bytes(b ^ 1 if HEADER_RE.match(bytes([b])) else b for b in range(256))
+_VALUE_MAP = bytes(b ^ 1 if HEADER_VALUE_RE.match(bytes([b])) else b for b in range(256))
 _FRAMING = frozenset({b"transfer-encoding", b"connection"})
 
 
@@ -74,11 +75,14 @@ def take_body(receive: Any) -> tuple[bytes, bool] | None:
     return body, cycle.more_body
 
 
-def _payload(cycle: Any, status: int, length: int | None, body: bytes) -> tuple[bytes, bytes] | None:
-    """Return (extra head line, bytes after the head) as uvicorn frames them, or None if it would refuse."""
+def _framing(cycle: Any, status: int, length: int, body: bytes) -> tuple[bytes, bytes] | None:
+    """Return (extra head line, bytes after the head) as uvicorn frames them, or None if it would refuse.
+
+    ``length`` is the Content-Length given, -1 when none was.
+    """
     if cycle.scope["method"] == "HEAD":
         return b"", b""
-    if length is not None:
+    if length >= 0:
         return (b"", body) if length == len(body) else None
     if status in NO_BODY_STATUS:
         return None if body else (b"", b"")
@@ -92,41 +96,58 @@ def _writable(cycle: Any, status: int) -> bool:
     return idle and not cycle.access_log and status in STATUS_LINE
 
 
+def _lay_out(
+    pairs: Sequence[tuple[bytes, bytes]], out: list[bytes], names: list[bytes], values: list[bytes]
+) -> None:
+    """Append each header's line to ``out``, its name to ``names`` and its value to ``values``."""
+    for name, value in pairs:
+        names.append(name)
+        values.append(value)
+        out.append(name)
+        out.append(b": ")
+        out.append(value)
+        out.append(b"\r\n")
+
+
 def _response(cycle: Any, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> bytes | None:
     """Return the response's bytes as uvicorn writes them, or None when it would refuse or differ.
 
-    The per-header work runs in C (``zip``, ``map``, ``bytes.join``), not in a Python loop: a second
-    Content-Length, a non-numeric one or a framing header leaves the answer to uvicorn.
+    One compiled loop lays the head out and gathers names and values; the checks then run once
+    over all of them in C (a second Content-Length, a non-numeric one or a framing header leaves
+    the answer to uvicorn). Names not lower-cased yet (the proxy's are) take a second pass.
     """
-    every = [*cycle.default_headers, *headers] if cycle.default_headers else headers
-    names, values = zip(*every, strict=True) if every else ((), ())  # transposed in C, no loop
+    out = [STATUS_LINE[status]]
+    names: list[bytes] = []
+    values: list[bytes] = []
+    _lay_out(cycle.default_headers, out, names, values)
+    _lay_out(headers, out, names, values)
     joined_names = b"".join(names)
-    lowered = joined_names.lower()
-    pairs: Iterable[Sequence[bytes]] = every  # joined as they are: a third cheaper than zipped again
-    if lowered != joined_names:  # the proxy's headers come lower-cased already
-        names, joined_names = tuple(map(bytes.lower, names)), lowered
-        pairs = zip(names, values, strict=True)
-    lengths = names.count(b"content-length")
-    if lengths > 1 or not _FRAMING.isdisjoint(names):
+    if joined_names.lower() != joined_names:
+        lowered = [(name.lower(), value) for name, value in headers]
+        return None if lowered == list(headers) else _response(cycle, status, lowered, body)
+    if not _FRAMING.isdisjoint(names) or names.count(b"content-length") > 1:
         return None
-    length = None
-    if lengths:
+    length = -1
+    if b"content-length" in names:
         given = values[names.index(b"content-length")]
         if not given.isdigit():
             return None
         length = int(given)
     joined_values = b"".join(values)
-    if len(joined_names.translate(None, _NAME_REFUSED)) != len(joined_names):
+    if (
+        joined_names.translate(_NAME_MAP) != joined_names
+        or joined_values.translate(_VALUE_MAP) != joined_values
+    ):
         return None
-    if len(joined_values.translate(None, _VALUE_REFUSED)) != len(joined_values):
-        return None
-    framed = _payload(cycle, status, length, body)
+    framed = _framing(cycle, status, length, body)
     if framed is None:
         return None
-    extra, payload = framed
-    lines = b"\r\n".join(map(b": ".join, pairs))
-    close = b"" if cycle.keep_alive else b"connection: close\r\n"
-    return b"".join((STATUS_LINE[status], lines, b"\r\n" if lines else b"", close, extra, b"\r\n", payload))
+    if not cycle.keep_alive:
+        out.append(b"connection: close\r\n")
+    out.append(framed[0])
+    out.append(b"\r\n")
+    out.append(framed[1])
+    return b"".join(out)
 
 
 def write_whole(

@@ -7,7 +7,8 @@ snapshot, the requests in flight per instance, reaches it through ``Load``, read
 service's concurrency caps (one counter for both). A new algorithm is one module plus one
 entry in ``balancing/table.py``.
 
-Optional extras, looked up with ``getattr`` so a balancer without them costs nothing more:
+Optional extras, looked up once per route when a snapshot is built (``ServiceRoute``), so a balancer
+without them costs nothing per request:
 
 * ``configured(load, options)``, a classmethod used instead of ``create`` to pass the service's
   ``balancer_options`` (``BalancerOptions``);

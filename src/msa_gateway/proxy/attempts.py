@@ -92,7 +92,7 @@ class Attempts:
         )
         self.timed = hedging is not None or route.guard.waits.enabled
         # a latency-aware balancer (p2c_ewma) learns from every exchange; None for the others
-        self.observe: Callable[[Instance, float], None] | None = getattr(route.balancer, "observe", None)
+        self.observe: Callable[[Instance, float], None] | None = route.observe
 
     async def run(self) -> Outcome:
         """Try instances until one answers or a rule says stop (one coroutine for every attempt)."""
@@ -150,7 +150,7 @@ class Attempts:
             self.fw.note_slow(route, guard.newly_slow)
         if not candidates:
             raise NoHealthyInstance(f"no healthy instance of {route.name!r}")
-        pick_for = getattr(route.balancer, "pick_for", None)  # a balancer reading the request
+        pick_for = route.pick_for  # a balancer reading the request
         while True:
             instance = route.balancer.pick(candidates) if pick_for is None else pick_for(candidates, self.req)
             key = route.key_for[id(instance)]

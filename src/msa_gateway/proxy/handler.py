@@ -46,7 +46,7 @@ log = logging.getLogger("msa_gateway.proxy")
 
 def response_stages(route: ServiceRoute, lease: Lease | None) -> tuple[ResponseStage, ...]:
     """Return the route's response stages, plus the balancer's for this answer (the sticky cookie)."""
-    extra = getattr(route.balancer, "response_stage", None)
+    extra = route.sticky_stage
     if extra is None or lease is None:
         return route.response_stages
     return (*route.response_stages, extra(lease.instance, route.name))

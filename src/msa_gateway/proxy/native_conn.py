@@ -42,6 +42,7 @@ HIGH_WATER = 256 * 1024
 COALESCE_BELOW = 64 * 1024  # smaller queued pieces are joined into one read
 LAST_CHUNK = b"0\r\n\r\n"
 CHUNKED_HEADER = b"Transfer-Encoding: chunked\r\n"
+_CRLF = b"\r\n"
 _STATUS_LINE_ALLOWANCE = 16  # "HTTP/1.1 200 " + CRLF around the reason phrase
 _EARLY = 0.001  # a timer may fire this much before its deadline (the loop's clock counts milliseconds)
 
@@ -54,13 +55,20 @@ def serialize_head(method: str, target: str, headers: Headers, chunked: bool) ->
     """Return ``METHOD target HTTP/1.1`` CRLF, the headers as given, TE chunked if asked, CRLF."""
     if " " in target:
         raise InvalidHead("space in the request target")
-    line = f"{method} {target} HTTP/1.1\r\n".encode("latin-1")
-    fields = b"\r\n".join(map(b": ".join, headers))  # per header in C, not a Python loop
-    head = b"".join((line, fields, b"\r\n" if headers else b"", CHUNKED_HEADER if chunked else b"", b"\r\n"))
-    # Every line ends in exactly one CRLF: a stray CR or LF in any field would add one. (Two counts
-    # cost fewer instructions than one ``bytes.translate`` pass.)
+    out = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
+    for name, value in headers:  # a compiled loop: cheaper than joining each pair in C
+        out.append(name)
+        out.append(b": ")
+        out.append(value)
+        out.append(b"\r\n")
+    if chunked:
+        out.append(CHUNKED_HEADER)
+    out.append(b"\r\n")
+    head = b"".join(out)
+    # Every line ends in exactly one CRLF: a stray CR or LF in any field would add one. (One
+    # ``translate`` deleting both is a single pass; two ``count`` calls were two.)
     lines = len(headers) + 2 + chunked
-    if head.count(b"\n") != lines or head.count(b"\r") != lines:
+    if len(head.translate(None, _CRLF)) != len(head) - 2 * lines:
         raise InvalidHead("CR or LF inside the request line or a header field")
     return head
 

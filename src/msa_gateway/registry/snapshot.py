@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Any
 
 from msa_gateway.balancing.base import Balancer
 from msa_gateway.balancing.table import create_balancer
@@ -41,10 +42,13 @@ class ServiceRoute:
         "key_set",
         "keys",
         "name",
+        "observe",
+        "pick_for",
         "prefix",
         "request_stages",
         "response_stages",
         "spec",
+        "sticky_stage",
         "upstream_errors",
         "variants",
     )
@@ -63,6 +67,15 @@ class ServiceRoute:
             spec.options.balancer,
             lambda instance: limits.in_flight(key_for[id(instance)]),
             spec.options.balancer_options,
+        )
+        # The balancer's optional extras (balancing/base.py), looked up once here: a missing
+        # attribute costs compiled code an AttributeError, which per request added up.
+        self.pick_for: Callable[[Sequence[Instance], Any], Instance] | None = getattr(
+            self.balancer, "pick_for", None
+        )
+        self.observe: Callable[[Instance, float], None] | None = getattr(self.balancer, "observe", None)
+        self.sticky_stage: Callable[[Instance, str], ResponseStage] | None = getattr(
+            self.balancer, "response_stage", None
         )
         self.request_stages: tuple[RequestStage, ...] = compile_request_stages(spec)
         self.response_stages: tuple[ResponseStage, ...] = compile_response_stages(spec)

@@ -7,8 +7,10 @@ for the paths its ``__call__`` serves (through uvicorn's ``run_asgi``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any
 
+import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
@@ -52,9 +54,15 @@ class App:
         self.coroutines.append(task.get_coro().__qualname__)  # type: ignore[union-attr]
 
 
-def connect(app: App) -> tuple[GatewayHttpProtocol, FakeTransport]:
+def connect(app: App, **options: Any) -> tuple[GatewayHttpProtocol, FakeTransport]:
     config = uvicorn.Config(
-        app, lifespan="off", log_config=None, access_log=False, date_header=False, proxy_headers=False
+        app,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        date_header=False,
+        proxy_headers=False,
+        **options,
     )
     config.load()  # as msa-gateway run has it: the app itself, not wrapped
     proto = make_protocol(ServerLimits())(config, ServerState(), {}, _loop=asyncio.get_running_loop())
@@ -113,3 +121,52 @@ async def test_the_proxys_own_answer_leaves_in_one_write_like_a_proxied_one() ->
     head, _, body = bytes(transport.out).partition(b"\r\n\r\n")
     assert statuses(head) == [404] and b'"service_not_found"' in body and not up.calls
     assert transport.writes == 1 and not transport.closing
+
+
+class Recording(App):
+    """Notes each request task's name and whether it saw a context variable set outside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str]] = []
+
+    async def ok(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.seen.append((task.get_name(), OUTSIDE.get()))
+        await respond(send, 200)
+
+
+OUTSIDE: contextvars.ContextVar[str] = contextvars.ContextVar("outside", default="fresh")
+
+
+@pytest.mark.parametrize("reset", [False, True])
+async def test_a_requests_task_is_named_and_gets_a_fresh_context_when_uvicorn_is_told_to(reset: bool) -> None:
+    app = Recording()
+    proto, transport = connect(app, reset_contextvars=reset)
+    OUTSIDE.set("inherited")
+    proto.data_received(get("/ok"))
+    await settle()
+    assert statuses(bytes(transport.out)) == [200]
+    assert app.seen == [("http-request", "fresh" if reset else "inherited")]
+
+
+async def test_a_loop_with_a_task_factory_builds_the_requests_tasks_through_it() -> None:
+    loop = asyncio.get_running_loop()
+    made: list[str | None] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        made.append(task.get_name())
+        return task
+
+    loop.set_task_factory(factory)
+    try:
+        app = Recording()
+        proto, transport = connect(app)
+        proto.data_received(get("/ok"))
+        await settle()
+    finally:
+        loop.set_task_factory(None)
+    assert statuses(bytes(transport.out)) == [200]
+    assert len(made) == 1 and app.seen[0][0] == "http-request"
