@@ -2,11 +2,12 @@
 
 uvicorn builds a protocol object per connection and httptools calls its parser callbacks for
 every request. ``HttpConnection`` does what uvicorn's ``HttpToolsProtocol`` does (the scope,
-uvicorn's ``RequestResponseCycle`` per request, pipelining, flow control, the upgrade check,
-``shutdown``) as a compiled class of its own: the callbacks run in C, and its attributes are
-slots rather than an interpreted object's dictionary. The scope is uvicorn's, key for key
-(tests/unit/server/test_uvicorn_pin.py compares them). ``protocol.py`` adds the client limits,
-the framing checks, the timers and the direct dispatch of proxied requests on top.
+a ``RequestCycle`` per request: request_cycle.py, uvicorn's cycle compiled; pipelining, flow
+control, the upgrade check, ``shutdown``) as a compiled class of its own: the callbacks run in
+C, and its attributes are slots rather than an interpreted object's dictionary. The scope is
+uvicorn's, key for key (tests/unit/server/test_uvicorn_pin.py compares them). ``protocol.py``
+adds the client limits, the framing checks, the timers and the direct dispatch of proxied
+requests on top.
 """
 
 from __future__ import annotations
@@ -20,51 +21,9 @@ from typing import Any
 import httptools
 from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.http.flow_control import FlowControl, service_unavailable
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
-
-class MessageEvent:
-    """``asyncio.Event`` as uvicorn's cycle uses it (``set``, ``clear``, ``is_set``, ``wait``), compiled.
-
-    One per request: asyncio's is interpreted, and its constructor alone (a deque per event)
-    cost more than everything else a request does with it. ``wait`` takes the loop given here
-    rather than asking for the running one (on Python 3.11 that asks the kernel for the pid).
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._value = False
-        self._waiters: list[asyncio.Future[None]] | None = None
-
-    def is_set(self) -> bool:
-        return self._value
-
-    def set(self) -> None:
-        """Set the flag and wake every waiter (each resumes in a later turn of the loop, as asyncio's)."""
-        if self._value:
-            return
-        self._value = True
-        waiters, self._waiters = self._waiters, None
-        if waiters is not None:
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-
-    def clear(self) -> None:
-        self._value = False
-
-    async def wait(self) -> bool:
-        """Return True once the flag is set (at once when it is)."""
-        if self._value:
-            return True
-        waiter: asyncio.Future[None] = self._loop.create_future()
-        if self._waiters is None:
-            self._waiters = [waiter]
-        else:
-            self._waiters.append(waiter)
-        await waiter  # a cancelled waiter stays listed until ``set``, which skips it
-        return True
+from msa_gateway.request_cycle import MessageEvent, RequestCycle
 
 
 class HttpConnection:
@@ -112,7 +71,7 @@ class HttpConnection:
         self.scope: dict[str, Any] = {}
         self.headers: list[tuple[bytes, bytes]] = []
         self.expect_100_continue = False
-        self.cycle: Any = None  # uvicorn's RequestResponseCycle of the latest request
+        self.cycle: RequestCycle | None = None  # the latest request's
 
     def connection_made(self, transport: Any) -> None:
         """Register the connection and take its addresses."""
@@ -182,11 +141,10 @@ class HttpConnection:
             self.expect_100_continue = True
         self.headers.append((name, value))
 
-    def _begin_cycle(self) -> None:
+    def _begin_cycle(self, http_version: str) -> None:
         """Complete the scope and start the request's cycle (queued behind one still answering)."""
         parser = self.parser
         scope = self.scope
-        http_version: str = parser.get_http_version()
         scope["method"] = parser.get_method().decode("ascii")
         if http_version != "1.1":
             scope["http_version"] = http_version
@@ -208,18 +166,18 @@ class HttpConnection:
             app = service_unavailable
             self.logger.warning("Exceeded concurrency limit.")
         existing = self.cycle
-        self.cycle = cycle = RequestResponseCycle(
-            scope=scope,  # type: ignore[arg-type]  # uvicorn's HTTPScope: the same keys
-            transport=self.transport,
-            flow=self.flow,
-            logger=self.logger,
-            access_logger=self.access_logger,
-            access_log=self.access_log,
-            default_headers=self.server_state.default_headers,
-            message_event=MessageEvent(self.loop),  # type: ignore[arg-type]  # what the cycle calls of an Event
-            expect_100_continue=self.expect_100_continue,
-            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
-            on_response=self.on_response_complete,
+        self.cycle = cycle = RequestCycle(
+            scope,
+            self.transport,
+            self.flow,
+            self.logger,
+            self.access_logger,
+            self.access_log,
+            self.server_state.default_headers,
+            MessageEvent(self.loop),
+            self.expect_100_continue,
+            http_version != "1.0" and parser.should_keep_alive(),
+            self.on_response_complete,
         )
         if existing is None or existing.response_complete:
             self._start_asgi_task(cycle, app)

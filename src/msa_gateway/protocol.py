@@ -341,13 +341,14 @@ class GatewayHttpProtocol(HttpConnection):
             self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def on_headers_complete(self) -> None:
-        """Check the complete head against the limits, then hand the request to uvicorn."""
+        """Check the complete head against the limits, then begin the request's cycle."""
         self._head_deadline = 0.0
         self._idle_deadline = 0.0  # set while this head was arriving (an earlier response ended)
         # The URL and the head are no longer than the bytes received since the head began.
         if self._head_first + self._head_rest > self._gate or len(self.headers) > self._max_headers:
             self._check_complete_head()
-        chunked = framing_problem(self.headers, self.parser.get_http_version())
+        http_version: str = self.parser.get_http_version()  # a new string per call: read once
+        chunked = framing_problem(self.headers, http_version)
         if chunked is not False:
             if chunked is not True:
                 self._rejection = chunked
@@ -356,12 +357,12 @@ class GatewayHttpProtocol(HttpConnection):
             if not self._head_first:  # the head began this run of reads: charge what follows it
                 head = head_size(self.parser.get_method(), self.url, self.headers)
                 self._framing_left -= max(0, self._head_rest - head)
-            self._begin_cycle()
+            self._begin_cycle(http_version)
             # httptools reports trailer fields through on_header: let them land in a copy, never in
             # the headers of the request the application is already serving.
             self.headers = list(self.headers)
             return
-        self._begin_cycle()
+        self._begin_cycle(http_version)
 
     def on_chunk_header(self) -> None:
         """Count the size line and the CRLF after the data as framing, not as extensions."""
@@ -374,7 +375,11 @@ class GatewayHttpProtocol(HttpConnection):
         if self._framing_left is not None:
             self._framing_left += len(body)
         cycle = self.cycle
-        if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
+        if (
+            cycle is None
+            or (self.parser.should_upgrade() and self._should_upgrade())
+            or cycle.response_complete
+        ):
             return
         cycle.body += body
         if len(cycle.body) > HIGH_WATER_LIMIT:
@@ -387,7 +392,11 @@ class GatewayHttpProtocol(HttpConnection):
             self._check_framing()
             self._framing_left = None
         cycle = self.cycle
-        if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
+        if (
+            cycle is None
+            or (self.parser.should_upgrade() and self._should_upgrade())
+            or cycle.response_complete
+        ):
             return
         cycle.more_body = False
         cycle.message_event.set()
@@ -475,8 +484,10 @@ class GatewayHttpProtocol(HttpConnection):
         self._log_rejection(rejection, client, rid, len(headers), answered=not busy)
         if self.transport.is_closing():
             return
-        if busy:  # earlier pipelined responses come first; the connection closes after the last
-            self.cycle.keep_alive = False
+        if (
+            busy and cycle is not None
+        ):  # earlier pipelined responses come first; the connection closes after the last
+            cycle.keep_alive = False
             return
         self.transport.write(
             response_bytes(

@@ -1,12 +1,12 @@
-"""Two shortcuts past ASGI for the proxy's commonest case, when uvicorn's httptools cycle serves it.
+"""Two shortcuts past ASGI for the proxy's commonest case, when the gateway's server serves it.
 
 Most proxied answers arrive whole with their head (a small JSON body), and most request bodies
 arrive with theirs. Through ASGI, an answer costs two message dicts, uvicorn's header loop (two
 regular-expression searches per header) and two socket writes; reading a body that is already
 there costs an ``asyncio.timeout`` armed and cancelled for nothing.
 
-When ``send``/``receive`` are bound methods of uvicorn's ``RequestResponseCycle`` (uvicorn is
-pinned in pyproject.toml, as protocol.py also relies on its internals):
+When ``send``/``receive`` are bound methods of a ``RequestCycle`` (request_cycle.py: uvicorn's
+httptools cycle, compiled; uvicorn is pinned in pyproject.toml, and the tests run both cycles):
 
 * ``write_whole`` writes status line, headers and body in one ``transport.write``, byte for byte
   what uvicorn's ``send`` would write for the two messages: lower-cased names, the same header
@@ -25,13 +25,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import (
-    HEADER_RE,
-    HEADER_VALUE_RE,
-    STATUS_LINE,
-    RequestResponseCycle,
-)
+from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE
 
+from msa_gateway.request_cycle import RequestCycle
 from msa_gateway.write_batch import DIRECT, WriteBatch
 
 NO_BODY_STATUS = (204, 304)
@@ -43,10 +39,10 @@ _VALUE_MAP = bytes(b ^ 1 if HEADER_VALUE_RE.match(bytes([b])) else b for b in ra
 _FRAMING = frozenset({b"transfer-encoding", b"connection"})
 
 
-def _cycle(bound: Any) -> Any:
-    """Return uvicorn's cycle behind a bound ``send``/``receive``, or None."""
+def _cycle(bound: Any) -> RequestCycle | None:
+    """Return the cycle behind a bound ``send``/``receive``, or None."""
     cycle = getattr(bound, "__self__", None)
-    return cycle if type(cycle) is RequestResponseCycle else None
+    return cycle if type(cycle) is RequestCycle else None
 
 
 def body_waiting(receive: Any) -> bool:
@@ -75,7 +71,7 @@ def take_body(receive: Any) -> tuple[bytes, bool] | None:
     return body, cycle.more_body
 
 
-def _framing(cycle: Any, status: int, length: int, body: bytes) -> tuple[bytes, bytes] | None:
+def _framing(cycle: RequestCycle, status: int, length: int, body: bytes) -> tuple[bytes, bytes] | None:
     """Return (extra head line, bytes after the head) as uvicorn frames them, or None if it would refuse.
 
     ``length`` is the Content-Length given, -1 when none was.
@@ -90,7 +86,7 @@ def _framing(cycle: Any, status: int, length: int, body: bytes) -> tuple[bytes, 
     return b"transfer-encoding: chunked\r\n", chunk
 
 
-def _writable(cycle: Any, status: int) -> bool:
+def _writable(cycle: RequestCycle, status: int) -> bool:
     """Return whether nothing was written yet and uvicorn would write now without waiting."""
     idle = not (cycle.response_started or cycle.disconnected or cycle.flow.write_paused)
     return idle and not cycle.access_log and status in STATUS_LINE
@@ -109,7 +105,9 @@ def _lay_out(
         out.append(b"\r\n")
 
 
-def _response(cycle: Any, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> bytes | None:
+def _response(
+    cycle: RequestCycle, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes
+) -> bytes | None:
     """Return the response's bytes as uvicorn writes them, or None when it would refuse or differ.
 
     One compiled loop lays the head out and gathers names and values; the checks then run once

@@ -1,19 +1,31 @@
-"""``write_whole`` writes what uvicorn's own ``send`` writes, in one write, or declines."""
+"""``write_whole`` writes what uvicorn's own ``send`` writes, in one write, or declines.
+
+The shortcuts work on the gateway's ``RequestCycle``; what they must match is uvicorn's own cycle.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
+from msa_gateway.request_cycle import MessageEvent, RequestCycle
 from msa_gateway.uvicorn_cycle import body_waiting, take_body, write_whole
 from msa_gateway.write_batch import SHARED_FROM, WriteBatch
 
 Headers = list[tuple[bytes, bytes]]
+_LOOP = asyncio.new_event_loop()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_loop() -> Iterator[None]:
+    yield
+    _LOOP.close()
 
 
 class Transport:
@@ -38,7 +50,31 @@ class Transport:
 
 def make_cycle(
     method: str = "GET", keep_alive: bool = True, default_headers: Headers | None = None
+) -> tuple[RequestCycle, Transport, list[int]]:
+    """Return the gateway's cycle for one request, its transport and its ``on_response`` calls."""
+    transport = Transport()
+    done: list[int] = []
+    log = logging.getLogger("test")
+    cycle = RequestCycle(
+        {"method": method},
+        transport,
+        FlowControl(transport),  # type: ignore[arg-type]
+        log,
+        log,
+        False,
+        default_headers or [],
+        MessageEvent(_LOOP),  # these tests never wait on it
+        False,
+        keep_alive,
+        lambda: done.append(1),
+    )
+    return cycle, transport, done
+
+
+def make_uvicorn_cycle(
+    method: str = "GET", keep_alive: bool = True, default_headers: Headers | None = None
 ) -> tuple[RequestResponseCycle, Transport, list[int]]:
+    """The same for uvicorn's own cycle: what the gateway's must match."""
     transport = Transport()
     done: list[int] = []
     log = logging.getLogger("test")
@@ -59,7 +95,7 @@ def make_cycle(
 
 
 def through_uvicorn(status: int, headers: Headers, body: bytes, **kwargs: Any) -> tuple[bytes, bool]:
-    cycle, transport, _ = make_cycle(**kwargs)
+    cycle, transport, _ = make_uvicorn_cycle(**kwargs)
 
     async def send_both() -> None:
         await cycle.send({"type": "http.response.start", "status": status, "headers": headers})
@@ -155,12 +191,15 @@ def test_a_kept_alive_response_goes_through_the_batch_one_that_closes_is_written
     assert len(closed_writes) == 1 and b"connection: close" in closed_writes[0] and closed
 
 
-def test_declines_for_a_send_that_is_not_uvicorns() -> None:
+def test_declines_for_a_send_that_is_not_the_gateway_cycles() -> None:
     async def send(message: dict[str, Any]) -> None:
         raise AssertionError("not called")
 
-    assert not write_whole(send, 200, [(b"content-length", b"0")], b"")
-    assert not body_waiting(send)
+    uvicorns, transport, _ = make_uvicorn_cycle()
+    for other in (send, uvicorns.send):
+        assert not write_whole(other, 200, [(b"content-length", b"0")], b"")
+        assert not body_waiting(other)
+    assert transport.writes == []
 
 
 def test_body_waiting_follows_the_cycles_message_event() -> None:
@@ -170,7 +209,7 @@ def test_body_waiting_follows_the_cycles_message_event() -> None:
     assert body_waiting(cycle.receive)
 
 
-def _arrived(cycle: RequestResponseCycle, body: bytes, more: bool) -> None:
+def _arrived(cycle: RequestCycle | RequestResponseCycle, body: bytes, more: bool) -> None:
     """What uvicorn's protocol does when a body part arrives."""
     cycle.body += body
     cycle.more_body = more
@@ -180,7 +219,7 @@ def _arrived(cycle: RequestResponseCycle, body: bytes, more: bool) -> None:
 @pytest.mark.parametrize("more", [False, True])
 def test_take_body_takes_a_part_that_is_there_as_receive_does(more: bool) -> None:
     ours, _, _ = make_cycle("POST")
-    theirs, _, _ = make_cycle("POST")
+    theirs, _, _ = make_uvicorn_cycle("POST")
     for cycle in (ours, theirs):
         _arrived(cycle, b"hello", more)
         cycle.flow.read_paused = True
@@ -207,10 +246,10 @@ def test_take_body_leaves_to_receive_what_it_would_not_answer_at_once() -> None:
     for cycle in (gone, answered, continued):
         assert take_body(cycle.receive) is None and cycle.body == b"x" and cycle.message_event.is_set()
 
-    async def not_uvicorns() -> dict[str, Any]:
+    async def not_a_cycles() -> dict[str, Any]:
         return {}
 
-    assert take_body(not_uvicorns) is None
+    assert take_body(not_a_cycles) is None
 
 
 def _uvicorn_refuses(headers: Headers) -> bool:

@@ -51,7 +51,10 @@ class App:
     def _note(self) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self.coroutines.append(task.get_coro().__qualname__)  # type: ignore[union-attr]
+        coro = (
+            task.get_coro()
+        )  # the cycle's run_asgi is compiled: a coroutine type of its own, no __qualname__
+        self.coroutines.append(getattr(coro, "__qualname__", type(coro).__name__))
 
 
 def connect(app: App, **options: Any) -> tuple[GatewayHttpProtocol, FakeTransport]:
@@ -81,7 +84,7 @@ async def test_a_direct_request_is_its_tasks_only_coroutine_and_the_rest_go_thro
     proto.data_received(get("/ok") + get("/own") + get("/ok"))  # pipelined, in order
     await settle()
     assert statuses(bytes(transport.out)) == [200, 201, 200]
-    assert app.coroutines == ["App.ok", "RequestResponseCycle.run_asgi", "App.ok"]
+    assert app.coroutines[0] == app.coroutines[2] == "App.ok" and "run_asgi" in app.coroutines[1]
     assert not proto.tasks and not transport.closing
 
 
