@@ -365,10 +365,15 @@ class GatewayHttpProtocol(HttpConnection):
         self._begin_cycle(http_version)
 
     def on_chunk_header(self) -> None:
-        """Count the size line and the CRLF after the data as framing, not as extensions."""
+        """Count the size line and the CRLF after the data as framing, not as extensions.
+
+        No check here: the whole read was charged before parsing and the data after this header
+        is refunded only as it is parsed, so mid-read the balance is short by the rest of the
+        read (a 64 KiB read of plain chunks would look like 32 KiB of extensions). The balance is
+        exact after the read (``data_received``) and when the body ends with it.
+        """
         if self._framing_left is not None:
             self._framing_left += _CHUNK_FRAMING
-            self._check_framing()
 
     def on_body(self, body: bytes) -> None:
         """Hand the body on; body bytes are not framing overhead."""
@@ -387,7 +392,11 @@ class GatewayHttpProtocol(HttpConnection):
         cycle.message_event.set()
 
     def on_message_complete(self) -> None:
-        """A chunked body whose extensions or trailers were too large never completes."""
+        """A chunked body whose extensions or trailers were too large never completes.
+
+        The balance is exact when the body ends the read; bytes of a next request in the same read
+        count against it (only a client pipelining a large request behind the body meets that).
+        """
         if self._framing_left is not None:
             self._check_framing()
             self._framing_left = None

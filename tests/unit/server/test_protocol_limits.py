@@ -241,3 +241,39 @@ async def test_the_gateways_protocol_serves_the_one_write_shortcut_and_the_next_
     assert seen == [(True, True), (True, True)]
     assert statuses(bytes(transport.out)) == [200, 200]
     proto.connection_lost(None)
+
+
+@pytest.mark.parametrize("head_alone", [False, True], ids=["head-with-body", "head-then-body"])
+async def test_a_large_plain_chunked_body_in_large_reads_is_not_taken_for_oversized_framing(
+    head_alone: bool,
+) -> None:
+    """Reads of 64 KiB of plain 16 KiB chunks (curl's upload) carry no extension: the body goes through whole."""
+    proto, transport = connect(ServerLimits())
+    data = b"x" * 266_000
+    chunks = b"".join(
+        b"%x\r\n%b\r\n" % (len(data[i : i + 16384]), data[i : i + 16384]) for i in range(0, len(data), 16384)
+    )
+    head = b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    stream = chunks + b"0\r\n\r\n"
+    if head_alone:  # as after ``Expect: 100-continue``
+        proto.data_received(head)
+    else:
+        stream = head + stream
+    for start in range(0, len(stream), 65536):
+        proto.data_received(stream[start : start + 65536])
+        await asyncio.sleep(0)
+    await settle()
+    assert statuses(bytes(transport.out)) == [200]
+    assert orjson.loads(bytes(transport.out).partition(b"\r\n\r\n")[2]) == {"path": "/up", "body": len(data)}
+
+
+async def test_oversized_extensions_spread_over_reads_are_refused_after_the_read_that_exceeds() -> None:
+    proto, transport = connect(ServerLimits())
+    proto.data_received(b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(3):  # 3 x 16 KiB of extension in one size line, the body still open
+        proto.data_received(b";e=" + b"x" * 16384 if _ else b"5;e=" + b"x" * 16384)
+        await asyncio.sleep(0)
+    await settle()
+    assert statuses(bytes(transport.out)) == [400] and b"chunk extensions and trailers" in bytes(
+        transport.out
+    )
