@@ -140,6 +140,19 @@ async def test_valid_chunk_extension_and_trailer_pass() -> None:
         assert req.body == b"hello" and req.header("x-trailer") is None
 
 
+async def test_a_large_chunked_upload_sent_at_once_goes_upstream_whole() -> None:
+    """266 KB in 16 KiB chunks in one write (the gateway reads it in large pieces): no extension, nothing refused."""
+    data = bytes(range(256)) * 1040
+    chunks = b"".join(
+        b"%x\r\n%b\r\n" % (len(data[i : i + 16384]), data[i : i + 16384]) for i in range(0, len(data), 16384)
+    )
+    async with edge() as (gw, rec):
+        raw = await raw_request(gw.port, HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+        assert parse_response(raw)[0] == 200, raw[:300]
+        req = await rec.next_request()
+        assert req.body == data
+
+
 async def test_chunk_breaking_after_the_head_went_upstream_is_400_at_once_and_the_connection_aborted() -> (
     None
 ):
