@@ -69,6 +69,7 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 
 from msa_gateway.http_connection import HttpConnection
 from msa_gateway.proxy.headers import request_id_from
+from msa_gateway.request_cycle import RequestCycle
 from msa_gateway.server_rules import (
     Rejection,
     ServerLimits,
@@ -379,12 +380,8 @@ class GatewayHttpProtocol(HttpConnection):
         """Hand the body on; body bytes are not framing overhead."""
         if self._framing_left is not None:
             self._framing_left += len(body)
-        cycle = self.cycle
-        if (
-            cycle is None
-            or (self.parser.should_upgrade() and self._should_upgrade())
-            or cycle.response_complete
-        ):
+        cycle = self._receiving_cycle()
+        if cycle is None:
             return
         cycle.body += body
         if len(cycle.body) > HIGH_WATER_LIMIT:
@@ -400,15 +397,22 @@ class GatewayHttpProtocol(HttpConnection):
         if self._framing_left is not None:
             self._check_framing()
             self._framing_left = None
+        cycle = self._receiving_cycle()
+        if cycle is None:
+            return
+        cycle.more_body = False
+        cycle.message_event.set()
+
+    def _receiving_cycle(self) -> RequestCycle | None:
+        """Return the cycle the request's body goes to; None for an upgrade or an answered request."""
         cycle = self.cycle
         if (
             cycle is None
             or (self.parser.should_upgrade() and self._should_upgrade())
             or cycle.response_complete
         ):
-            return
-        cycle.more_body = False
-        cycle.message_event.set()
+            return None
+        return cycle
 
     def _check_framing(self) -> None:
         if self._framing_left is not None and self._framing_left < 0:
@@ -493,10 +497,8 @@ class GatewayHttpProtocol(HttpConnection):
         self._log_rejection(rejection, client, rid, len(headers), answered=not busy)
         if self.transport.is_closing():
             return
-        if (
-            busy and cycle is not None
-        ):  # earlier pipelined responses come first; the connection closes after the last
-            cycle.keep_alive = False
+        if busy and cycle is not None:
+            cycle.keep_alive = False  # earlier pipelined responses come first; it closes after the last
             return
         self.transport.write(
             response_bytes(

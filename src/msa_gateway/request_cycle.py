@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,8 +26,7 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 Message = dict[str, Any]
 App = Callable[[dict[str, Any], Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Any]
 
-_NAME_CHECK: re.Pattern[bytes] = HEADER_RE
-_VALUE_CHECK: re.Pattern[bytes] = HEADER_VALUE_RE
+NO_BODY_STATUS = (204, 304)  # answers that never have a body, whatever their head says
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _ERROR_HEADERS = [
     (b"content-type", b"text/plain; charset=utf-8"),
@@ -196,16 +194,16 @@ class RequestCycle:
         content = [STATUS_LINE[status]]
         closing = False
         for given, value in [*self.default_headers, *message.get("headers", [])]:
-            if _NAME_CHECK.search(given):
+            if HEADER_RE.search(given):
                 raise RuntimeError("Invalid HTTP header name.")
-            if _VALUE_CHECK.search(value):
+            if HEADER_VALUE_RE.search(value):
                 raise RuntimeError("Invalid HTTP header value.")
             name = given.lower()
             closing = self._framing_header(name, value) or closing
             content += (name, b": ", value, b"\r\n")
         if not self.keep_alive and not closing:
             content.append(b"connection: close\r\n")
-        if self.chunked_encoding is None and self.scope["method"] != "HEAD" and status not in (204, 304):
+        if self.chunked_encoding is None and self.scope["method"] != "HEAD" and status not in NO_BODY_STATUS:
             self.chunked_encoding = True  # neither Content-Length nor Transfer-Encoding given
             content.append(b"transfer-encoding: chunked\r\n")
         content.append(b"\r\n")

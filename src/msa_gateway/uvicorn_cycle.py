@@ -27,10 +27,9 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE
 
-from msa_gateway.request_cycle import RequestCycle
+from msa_gateway.request_cycle import NO_BODY_STATUS, RequestCycle
 from msa_gateway.write_batch import DIRECT, WriteBatch
 
-NO_BODY_STATUS = (204, 304)
 # uvicorn's two header checks as translation tables that change exactly the bytes they refuse:
 # ``bytes.translate`` returns its input unchanged when none is there, scanning several times faster
 # than the regular expressions do (derived from them, so they agree).
