@@ -21,8 +21,8 @@ from starlette.responses import Response
 from msa_gateway import __version__
 from msa_gateway.errors import error_response
 from msa_gateway.listeners import ManagementListener, Surface, read_denied
-from msa_gateway.model import OWN_PATHS
 from msa_gateway.proxy.handler import ProxyApp
+from msa_gateway.proxy.paths import Dispatch
 from msa_gateway.routers.deps import request_id_of
 from msa_gateway.runtime import Runtime
 from msa_gateway.server import LOST, adopt_uvicorn
@@ -30,8 +30,6 @@ from msa_gateway.settings import GatewayConfig, Settings
 from msa_gateway.write_batch import WriteBatch
 
 log = logging.getLogger("msa_gateway.app")
-OWN_SEGMENTS = frozenset({b"", *(s.encode() for s in OWN_PATHS)})
-_OWN_HEADS = tuple(segment + b"/" for segment in OWN_SEGMENTS)  # a first segment followed by more path
 READY_WAIT_SECONDS = 2.0
 
 
@@ -133,7 +131,12 @@ class GatewayApp:
         admin = split and management
         self.management = ManagementListener(build_api(settings, Surface.ADMIN), settings) if admin else None
         self.runtime: Runtime | None = None
-        self.proxy: ProxyApp | None = None
+        self._dispatch = Dispatch()
+        # Return the proxy when it serves a request (scope), None for the gateway's own endpoints.
+        # ``protocol.py`` asks it too, and runs a proxied request as its task's only coroutine:
+        # without uvicorn's ``run_asgi`` and ``__call__`` around it (two frames that every
+        # resumption of the request passes through). The proxy answers its own crashes (500).
+        self.direct_app: Callable[[dict[str, Any]], ProxyApp | None] = self._dispatch.direct_app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Dispatch one ASGI connection."""
@@ -151,17 +154,14 @@ class GatewayApp:
         else:
             await proxy(scope, receive, send)
 
-    def direct_app(self, scope: dict[str, Any]) -> ProxyApp | None:
-        """Return the proxy when it serves this request, None for the gateway's own endpoints.
+    @property
+    def proxy(self) -> ProxyApp | None:
+        """The proxy, built at start-up."""
+        return self._dispatch.proxy  # type: ignore[no-any-return]
 
-        ``protocol.py`` asks it too, and runs a proxied request as its task's only coroutine:
-        without uvicorn's ``run_asgi`` and this ``__call__`` around it (two frames that every
-        resumption of the request passes through). The proxy answers its own crashes (500).
-        """
-        raw = scope.get("raw_path") or scope["path"].encode("utf-8")
-        # the first segment (between the first byte and the next "/") is one of the gateway's own
-        own = raw.startswith(_OWN_HEADS, 1) or raw[1:] in OWN_SEGMENTS
-        return None if own else self.proxy
+    @proxy.setter
+    def proxy(self, proxy: ProxyApp | None) -> None:
+        self._dispatch.proxy = proxy
 
     @property
     def write_batch(self) -> WriteBatch | None:

@@ -268,7 +268,8 @@ class GatewayHttpProtocol(HttpConnection):
         super().on_response_complete()
         if self.transport.is_closing():
             return
-        self.flow.resume_reading()
+        if self.flow.read_paused:  # read first: resume_reading is an interpreted call
+            self.flow.resume_reading()
         if self.pipeline:  # the next pipelined request starts
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)

@@ -63,7 +63,8 @@ def take_body(receive: Any) -> tuple[bytes, bool] | None:
     event = cycle.message_event
     if not event.is_set():
         return None
-    cycle.flow.resume_reading()
+    if cycle.flow.read_paused:  # read first: resume_reading is an interpreted call
+        cycle.flow.resume_reading()
     event.clear()
     body = bytes(cycle.body)
     cycle.body = bytearray()

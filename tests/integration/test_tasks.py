@@ -22,7 +22,6 @@ from msa_gateway.discovery.consul_registration import ConsulRegistration, TtlChe
 from msa_gateway.discovery.redis_registry import RedisRegistrar, ServiceRegistration
 from msa_gateway.health.active import ActiveHealthChecker
 from msa_gateway.model import Instance
-from msa_gateway.proxy.native_pool import Pool
 from msa_gateway.settings import Settings
 from msa_gateway.tasks import Supervisor
 from tests.support.consul_double import ConsulDouble
@@ -70,6 +69,21 @@ def patch_once(monkeypatch: pytest.MonkeyPatch, owner: Any, attr: str, nth: int 
     wrapper = fault.coro() if asyncio.iscoroutinefunction(original) else fault.sync()
     monkeypatch.setattr(owner, attr, wrapper)
     return fault
+
+
+def fail_task_once(monkeypatch: pytest.MonkeyPatch, kind: str) -> list[FailOnce]:
+    """Make the first run of each task of ``kind`` that a ``Supervisor`` spawns raise the injected fault."""
+    spawn = Supervisor.spawn
+    faults: list[FailOnce] = []
+
+    def spawn_failing(self: Supervisor, name: str, factory: Any, **kwargs: Any) -> Any:
+        if name == kind:
+            faults.append(FailOnce(factory))
+            factory = faults[-1].coro()
+        return spawn(self, name, factory, **kwargs)
+
+    monkeypatch.setattr(Supervisor, "spawn", spawn_failing)
+    return faults
 
 
 async def get_ok(url: str) -> None:
@@ -182,10 +196,10 @@ async def test_a_crashed_consul_watcher_fails_the_watch_which_is_restarted(
 async def test_a_crashed_idle_sweeper_is_restarted_and_shown(
     monkeypatch: pytest.MonkeyPatch, logs: pytest.LogCaptureFixture
 ) -> None:
-    fault = patch_once(monkeypatch, Pool, "expire")
+    faults = fail_task_once(monkeypatch, "upstream_idle_sweeper")  # the client is compiled: its task
     async with Recorder() as rec, serve_gateway(service_yaml({"svc": [rec.port]})) as gw:
         await get_ok(f"{gw.url}/svc/x")  # the first pool starts the sweeper
-        await until(lambda: fault.calls >= 2)  # one sweep a second: it crashed, then swept again
+        await until(lambda: bool(faults) and faults[0].calls >= 2)  # it crashed, then started again
         health = await health_of(gw.url)
     assert only_failing(health) == ("upstream_idle_sweeper", 1, FAULT)
     assert crashes_logged(logs) == [("upstream_idle_sweeper", FAULT)]

@@ -1,4 +1,4 @@
-"""``GatewayApp.direct_app``: which requests the proxy serves directly, on the raw path's first segment."""
+"""``GatewayApp.direct_app`` (``proxy/paths.Dispatch``): which requests the proxy serves directly, on the raw path's first segment."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from msa_gateway.app import OWN_SEGMENTS, GatewayApp
+from msa_gateway.app import GatewayApp
+from msa_gateway.proxy.paths import OWN_SEGMENTS
 from msa_gateway.settings import Settings, parse_config
 
 SEGMENTS = st.sampled_from([*sorted(OWN_SEGMENTS), b"orders", b"healthz", b"metric", b"x"])

@@ -22,7 +22,7 @@ without them costs nothing per request:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from msa_gateway.model import Instance
 
@@ -38,7 +38,7 @@ def no_load(_: Instance) -> int:
 class Balancer(Protocol):
     """Pick an instance; ``done`` is called once for every pick when its request ends."""
 
-    name: str
+    name: ClassVar[str]
 
     @classmethod
     def create(cls, load: Load) -> Balancer:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from msa_gateway.balancing.keys import key_reader
 from msa_gateway.balancing.round_robin import RoundRobin
@@ -55,7 +55,7 @@ class Ring:
 class ConsistentHash:
     """Send equal keys to the same instance while it stays eligible."""
 
-    name = "consistent_hash"
+    name: ClassVar[str] = "consistent_hash"
     __slots__ = ("_fallback", "_read", "_ring", "_rings", "_vnodes")
 
     def __init__(self, options: BalancerOptions) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 from msa_gateway.model import Instance
 
@@ -15,7 +16,7 @@ class LeastRequest:
     swap does not make busy instances look idle.
     """
 
-    name = "least_request"
+    name: ClassVar[str] = "least_request"
     __slots__ = ("_load", "_rng")
 
     def __init__(self, load: Callable[[Instance], int]) -> None:

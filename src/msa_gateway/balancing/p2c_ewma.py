@@ -15,6 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 from msa_gateway.model import BalancerOptions, Instance
 
@@ -42,7 +43,7 @@ class _Ewma:
 class P2CEwma:
     """Pick the lower of two random instances' peak-EWMA latency x (in flight + 1) / weight."""
 
-    name = "p2c_ewma"
+    name: ClassVar[str] = "p2c_ewma"
     __slots__ = ("_decay", "_load", "_rng", "_stats")
 
     def __init__(self, load: Callable[[Instance], int], decay: float = 10.0) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 from msa_gateway.model import Instance
 
@@ -11,7 +12,7 @@ from msa_gateway.model import Instance
 class RandomBalancer:
     """Pick at random, in proportion to the weights."""
 
-    name = "random"
+    name: ClassVar[str] = "random"
     __slots__ = ("_rng",)
 
     @classmethod

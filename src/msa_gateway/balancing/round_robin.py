@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 from msa_gateway.model import Instance
 
@@ -13,7 +14,7 @@ class WeightedRoundRobin:
     State is rebuilt whenever the eligible set changes (compared by identity first, then by value).
     """
 
-    name = "weighted_round_robin"
+    name: ClassVar[str] = "weighted_round_robin"
     __slots__ = ("_current", "_eligible", "_total", "_weights")
 
     @classmethod
@@ -54,7 +55,7 @@ class WeightedRoundRobin:
 class RoundRobin:
     """Round robin; falls back to smooth weighted round robin when weights differ."""
 
-    name = "round_robin"
+    name: ClassVar[str] = "round_robin"
     __slots__ = ("_counter", "_seen", "_weighted")
 
     @classmethod

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from msa_gateway.balancing.keys import cookie_value
 from msa_gateway.balancing.least_request import LeastRequest
@@ -30,7 +30,7 @@ def instance_token(service: str, instance: Instance) -> bytes:
 class StickyCookie:
     """The response stage of one answered request: set the cookie unless it already names the instance."""
 
-    name = "sticky"
+    name: ClassVar[str] = "sticky"
     __slots__ = ("_balancer", "_token")
 
     def __init__(self, balancer: Sticky, token: bytes) -> None:
@@ -48,7 +48,7 @@ class StickyCookie:
 class Sticky:
     """Send a client back to the instance its cookie names; balance by least request otherwise."""
 
-    name = "sticky"
+    name: ClassVar[str] = "sticky"
     __slots__ = ("_fallback", "_max_age", "_tokens", "cookie")
 
     def __init__(self, load: Callable[[Instance], int], options: BalancerOptions) -> None:

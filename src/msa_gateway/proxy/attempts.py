@@ -308,11 +308,14 @@ class Attempts:
         sending = self.fw.upstream.send(
             instance, options, req.method, req.target, headers, self.body, req.body_length
         )
+        retry = options.retry
+        per_try = retry.per_try_timeout
+        if self.deadline is None and per_try is None:  # unbounded: no interpreted call (model.py)
+            return sending
         left = None if self.deadline is None else self.deadline - time.monotonic()
-        timeout = options.retry.attempt_timeout(left)
+        timeout = retry.attempt_timeout(left)
         if timeout is None:
             return sending
-        per_try = options.retry.per_try_timeout
         kind = "per_try_timeout" if per_try is not None and (left is None or per_try < left) else "deadline"
         return _within(sending, timeout, kind)
 

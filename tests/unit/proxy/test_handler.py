@@ -11,7 +11,6 @@ import logging
 
 import pytest
 
-from msa_gateway.balancing.round_robin import RoundRobin
 from msa_gateway.errors import UpstreamError, UpstreamTimeout
 from msa_gateway.proxy.handler import ProxyApp
 from msa_gateway.runtime import Runtime
@@ -382,16 +381,19 @@ async def test_read_timeout_from_the_seam_is_504() -> None:
 
 
 async def test_a_bug_before_the_answer_is_a_json_500_logged_with_its_trace(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     rt, _up, log = make_runtime()
     rt.apply(instances(9001))
     app = ProxyApp(rt)
 
-    def broken(*_: object) -> None:
-        raise RuntimeError("a bug at 10.0.0.7")
+    class Broken:
+        """A balancer with a bug."""
 
-    monkeypatch.setattr(RoundRobin, "pick", broken)  # the balancer: interpreted, also when compiled
+        def pick(self, eligible: object) -> None:
+            raise RuntimeError("a bug at 10.0.0.7")
+
+    rt.snapshot.services["svc"].balancer = Broken()  # type: ignore[assignment]
     with caplog.at_level(logging.ERROR, "msa_gateway.proxy"):
         answer = await call(app, headers=[(b"x-request-id", b"rid-7")])
     assert answer.status == 500
