@@ -19,6 +19,7 @@ from collections import deque
 from typing import Any
 
 import httptools
+from httptools import parse_url
 from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.http.flow_control import FlowControl, service_unavailable
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
@@ -150,7 +151,7 @@ class HttpConnection:
             scope["http_version"] = http_version
         if parser.should_upgrade() and self._should_upgrade():
             return  # ws_upgrade.py parses the URL
-        url = httptools.parse_url(self.url)
+        url = parse_url(self.url)
         raw_path: bytes = url.path
         path = raw_path.decode("ascii")
         if "%" in path:

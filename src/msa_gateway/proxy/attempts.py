@@ -80,13 +80,13 @@ class Attempts:
         self, fw: Forwarder, route: ServiceRoute, req: ProxyRequest, ex: Exchange, body: Body
     ) -> None:
         self.fw, self.route, self.req, self.ex, self.body = fw, route, req, ex, body
-        total = route.spec.options.timeouts.total
+        total = route.options.timeouts.total
         self.deadline = None if total is None else time.monotonic() + total
         self.tried: list[str] = []
         self.n = 0
         self.first_child = True  # the next upstream attempt is the first: its span id came with the trace
         self.retry_slot = False  # the next attempt is a retry holding a slot of the budget
-        hedging = route.spec.options.hedging
+        hedging = route.options.hedging
         self.hedging: HedgingConfig | None = (
             hedging if hedging is not None and req.method in IDEMPOTENT_METHODS and self._buffered else None
         )
@@ -281,7 +281,7 @@ class Attempts:
     def upstream_headers(self, instance: Instance) -> list[tuple[bytes, bytes]]:
         """Return the request's headers for ``instance`` (also a WebSocket upgrade's)."""
         req, route = self.req, self.route
-        options = route.spec.options
+        options = route.options
         headers = upstream_request_headers(
             req.headers,
             peer=req.peer,
@@ -302,7 +302,7 @@ class Attempts:
         self, instance: Instance, span_id: bytes | None = None
     ) -> Coroutine[Any, Any, UpstreamResponse]:
         req = self.req
-        options = self.route.spec.options
+        options = self.route.options
         headers = self.upstream_headers(instance)
         self.trace_headers(headers, span_id)
         sending = self.fw.upstream.send(
@@ -389,7 +389,7 @@ class Attempts:
         ex = self.ex
         if ex.client_gone:
             raise UpstreamError("client went away", "client_gone") from None
-        side = client_error(ex, self.route.spec.options.max_body_size)
+        side = client_error(ex, self.route.options.max_body_size)
         if side is not None:
             raise side from None
         if exc.kind == "deadline":
@@ -412,7 +412,7 @@ class Attempts:
             self.route.guard.outlier.succeeded(lease.key)
         else:
             self.fw.report(self.route, lease, outlier.outcome_for_status(status))
-        policy = self.route.spec.options.retry
+        policy = self.route.options.retry
         if not policy.retry_on_status or status not in policy.retry_on_status:
             return False
         decision = self._decide(FailureKind.STATUS, status, True, self._buffered, charged=True)
@@ -433,7 +433,7 @@ class Attempts:
             body_replayable=replayable,
             attempt=self.n,
             deadline_left=left,
-            policy=self.route.spec.options.retry,
+            policy=self.route.options.retry,
             budget=self.route.guard.budget if charged else None,
         )
         if decision.retry:

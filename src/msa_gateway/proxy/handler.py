@@ -14,7 +14,7 @@ become JSON only through ``errors.render``.
 from __future__ import annotations
 
 import logging
-import time
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from msa_gateway.errors import HTTPError, UpstreamError, render
@@ -70,6 +70,9 @@ class ProxyApp:
         self.body_timeout = settings.body_timeout
         self.rewrite_redirects = settings.rewrite_redirects
         self.writes = runtime.writes
+        # the runtime's for its lifetime, read per request: kept here, one native read each
+        self.stats = runtime.metrics.requests
+        self.access = runtime.access
 
     async def __call__(
         self,
@@ -86,7 +89,7 @@ class ProxyApp:
         if self.tracer is not None:
             req.trace = self.tracer.start(req.traceparent, req.tracestate)
         ex = Exchange()
-        stats = self.rt.metrics.requests
+        stats = self.stats
         stats.in_flight += 1
         try:  # the steps inline, not in a nested coroutine: each level costs every resumption
             route = req.match(self.rt.snapshot)
@@ -95,7 +98,7 @@ class ProxyApp:
                 if reply is not None:
                     await self._reply(req, ex, reply)
                     return
-            body = await open_body(req, ex, route.spec.options, self.body_timeout) if req.has_body else None
+            body = await open_body(req, ex, route.options, self.body_timeout) if req.has_body else None
             outcome = await self.forwarder.forward(route, req, ex, body)
             try:
                 if outcome.response is None:
@@ -128,7 +131,7 @@ class ProxyApp:
 
     async def _client_gone(self, req: ProxyRequest, ex: Exchange) -> None:
         """The client's body stalled, grew too large, or the client went away."""
-        limit = req.route.spec.options.max_body_size if req.route is not None else None
+        limit = req.route.options.max_body_size if req.route is not None else None
         exc = None if ex.client_gone else client_error(ex, limit)
         if exc is None:
             ex.status, ex.error = STATUS_CLIENT_GONE, "client_gone"
@@ -173,14 +176,13 @@ class ProxyApp:
             await req.send({"type": "http.response.body", "body": body})
 
     def _account(self, req: ProxyRequest, ex: Exchange) -> None:
-        rt = self.rt
         route = req.route
         mlabel = method_label(req.method)
         if route is not None:
-            rt.metrics.requests.count(route.name, mlabel, ex.status)
-            route.duration.observe(time.perf_counter() - req.started, req.trace)
+            self.stats.count(route.name, mlabel, ex.status)
+            route.duration.observe(perf_counter() - req.started, req.trace)
         else:
-            rt.count_unknown(mlabel, ex.status)
-        log_access(rt.access, req, ex)
+            self.rt.count_unknown(mlabel, ex.status)
+        log_access(self.access, req, ex)
         if self.exporter is not None and req.trace is not None and req.trace.sampled:
             self.exporter.submit(server_span(req, ex))

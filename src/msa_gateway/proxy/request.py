@@ -13,8 +13,8 @@ it always was; with them, the route table is tried first and ``/{service}/{path}
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from msa_gateway.errors import BadRequest, NoHealthyInstance, ServiceNotFound
@@ -64,7 +64,7 @@ class ProxyRequest:
     )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.started = time.perf_counter()
+        self.started = perf_counter()
         self.scope = scope
         self.receive = receive
         self.send = send

@@ -10,8 +10,8 @@ requests in flight, ejections and the panic state survive both.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
+from time import monotonic
 from typing import Any
 
 from msa_gateway.health.latency import LatencyWindow, WaitTracker
@@ -76,7 +76,7 @@ class ServiceGuard:
         mode); instances in ``exclude`` (already tried by this request) are left out unless
         nothing else remains.
         """
-        now = time.monotonic()
+        now = monotonic()
         ejected = self.outlier.ejected_keys(now)
         if self.waits.enabled:
             slow, self.newly_slow = self.waits.slow_keys(now, self.latency)

@@ -95,7 +95,7 @@ class WebSocketProxy:
                 if reply is not None:
                     self._respond(conn, ex, reply.status, [*reply.headers, self._rid(req)], reply.body)
                     return
-            ws = route.spec.options.websocket
+            ws = route.options.websocket
             if not self.sockets.admit(route.name, ws.max_connections):
                 self.fw.metrics.overflow.labels(route.name).inc()
                 raise Overloaded(
@@ -161,7 +161,7 @@ class WebSocketProxy:
     ) -> tuple[UpstreamLink, UpstreamAnswer]:
         """Send the upgrade to an instance, trying another one when one cannot be reached."""
         attempts = Attempts(self.fw, route, req, ex, None)
-        options = route.spec.options
+        options = route.options
         for n in range(options.retry.max_retries + 1):
             lease = attempts.admit()
             try:
@@ -195,7 +195,7 @@ class WebSocketProxy:
         instance: Instance, headers: list[tuple[bytes, bytes]], req: ProxyRequest, route: ServiceRoute
     ) -> tuple[UpstreamLink, UpstreamAnswer]:
         """Connect, send the upgrade request and read the answer's head (and a refusal's body)."""
-        timeouts = route.spec.options.timeouts
+        timeouts = route.options.timeouts
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeouts.connect):
             _, link = await loop.create_connection(UpstreamLink, instance.host, instance.port)

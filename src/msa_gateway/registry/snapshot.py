@@ -9,7 +9,6 @@ the service's ``ServiceGuard``.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -43,6 +42,7 @@ class ServiceRoute:
         "keys",
         "name",
         "observe",
+        "options",
         "pick_for",
         "prefix",
         "request_stages",
@@ -53,8 +53,12 @@ class ServiceRoute:
         "variants",
     )
 
-    def __init__(self, spec: ServiceSpec, metrics: Metrics, health: HealthTable, guard: ServiceGuard) -> None:
+    def __init__(
+        self, spec: ServiceSpec, guard: ServiceGuard, balancer: Balancer, duration: Any, upstream_errors: Any
+    ) -> None:
+        """Use ``build_route``; a route made here has no eligible instance until ``refresh``."""
         self.spec = spec
+        self.options: ServiceOptions = spec.options  # read per request: one attribute, not two
         self.name = spec.name
         self.prefix = "/" + spec.name
         self.instances: tuple[Instance, ...] = spec.instances
@@ -62,29 +66,23 @@ class ServiceRoute:
         self.key_set: frozenset[str] = frozenset(self.keys)
         self.key_for: dict[int, str] = {id(i): k for i, k in zip(self.instances, self.keys, strict=True)}
         self.guard = guard
-        limits, key_for = guard.limits, self.key_for
-        self.balancer: Balancer = create_balancer(
-            spec.options.balancer,
-            lambda instance: limits.in_flight(key_for[id(instance)]),
-            spec.options.balancer_options,
-        )
+        self.balancer = balancer
         # The balancer's optional extras (balancing/base.py), looked up once here: a missing
         # attribute costs compiled code an AttributeError, which per request added up.
         self.pick_for: Callable[[Sequence[Instance], Any], Instance] | None = getattr(
-            self.balancer, "pick_for", None
+            balancer, "pick_for", None
         )
-        self.observe: Callable[[Instance, float], None] | None = getattr(self.balancer, "observe", None)
+        self.observe: Callable[[Instance, float], None] | None = getattr(balancer, "observe", None)
         self.sticky_stage: Callable[[Instance, str], ResponseStage] | None = getattr(
-            self.balancer, "response_stage", None
+            balancer, "response_stage", None
         )
         self.request_stages: tuple[RequestStage, ...] = compile_request_stages(spec)
         self.response_stages: tuple[ResponseStage, ...] = compile_response_stages(spec)
-        self.duration = metrics.requests.histogram(spec.name)
-        self.upstream_errors = metrics.upstream_errors
+        self.duration = duration
+        self.upstream_errors = upstream_errors
         self.eligible: tuple[Instance, ...] = ()
         self.eligible_keys: tuple[str, ...] = ()
         self.variants: list[ServiceRoute] = []
-        self.refresh(health)
 
     def variant(self, options: ServiceOptions, prefix: str) -> ServiceRoute:
         """Return a declarative route's view of this service: its own options and stages, the rest shared.
@@ -93,12 +91,10 @@ class ServiceRoute:
         several routes balances, caps and counts as one; ``refresh`` keeps the variant's eligible
         instances in step.
         """
-        twin = copy.copy(self)
-        twin.spec = replace(self.spec, options=options)
+        spec = replace(self.spec, options=options)
+        twin = ServiceRoute(spec, self.guard, self.balancer, self.duration, self.upstream_errors)
         twin.prefix = prefix
-        twin.request_stages = compile_request_stages(twin.spec)
-        twin.response_stages = compile_response_stages(twin.spec)
-        twin.variants = []
+        twin.eligible, twin.eligible_keys = self.eligible, self.eligible_keys
         self.variants.append(twin)
         return twin
 
@@ -113,6 +109,23 @@ class ServiceRoute:
     def panic_now(self) -> bool:
         """Return whether the service would balance over all instances right now (panic mode)."""
         return self.guard.candidates(self.instances, self.keys, self.eligible, self.eligible_keys)[1]
+
+
+def build_route(
+    spec: ServiceSpec, metrics: Metrics, health: HealthTable, guard: ServiceGuard
+) -> ServiceRoute:
+    """Return the data plane of the service ``spec`` describes, eligible instances read from ``health``."""
+    limits = guard.limits
+    route: ServiceRoute  # the balancer's load reads the route's keys: bound once the route is made
+    balancer = create_balancer(
+        spec.options.balancer,
+        lambda instance: limits.in_flight(route.key_for[id(instance)]),
+        spec.options.balancer_options,
+    )
+    duration = metrics.requests.histogram(spec.name)
+    route = ServiceRoute(spec, guard, balancer, duration, metrics.upstream_errors)
+    route.refresh(health)
+    return route
 
 
 class Seen(Mapping[str, float]):

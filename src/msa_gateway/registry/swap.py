@@ -26,7 +26,7 @@ from msa_gateway.health.active import ProbeTarget
 from msa_gateway.model import Discovered, Instance, ServiceOptions, ServiceSpec
 from msa_gateway.proxy.forwarder import note_panic
 from msa_gateway.registry.diff import LOG_IDS, KeyChanges, needs_rebuild, removed_services
-from msa_gateway.registry.snapshot import ServiceRoute, Snapshot
+from msa_gateway.registry.snapshot import ServiceRoute, Snapshot, build_route
 from msa_gateway.routing.table import build_table
 from msa_gateway.settings import validate_service_name
 
@@ -64,7 +64,7 @@ def swap_steps(rt: Runtime, discovered: Discovered) -> Generator[None, None, Non
     built: dict[str, ServiceRoute] = {}
     for name, instances, options in rebuild:
         spec = ServiceSpec(name=name, instances=instances, options=options, shared=rt.shared)
-        built[name] = ServiceRoute(spec, rt.metrics, rt.health, rt.guard_for(spec))
+        built[name] = build_route(spec, rt.metrics, rt.health, rt.guard_for(spec))
         yield
     pairs = [(current.get(name), built.get(name)) for name in (*removed, *built)]
     new = _swap(rt, old, built, removed, [before for before, _ in pairs if before is not None])
