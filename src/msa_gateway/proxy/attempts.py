@@ -314,8 +314,7 @@ class Attempts:
             return sending
         left = None if self.deadline is None else self.deadline - time.monotonic()
         timeout = retry.attempt_timeout(left)
-        if timeout is None:
-            return sending
+        assert timeout is not None  # bounded by the deadline or the per-try timeout, as just checked
         kind = "per_try_timeout" if per_try is not None and (left is None or per_try < left) else "deadline"
         return _within(sending, timeout, kind)
 

@@ -168,7 +168,7 @@ def _follow_up(
 def _start(rt: Runtime, route: ServiceRoute, probed: set[str]) -> Generator[None, None, None]:
     """Export the new route's instances, start their probes (adding their keys to ``probed``)."""
     metrics = rt.metrics
-    check = route.spec.options.health_check
+    check = route.options.health_check
     rt.addresses.update(i.address for i in route.instances)
     targets: dict[str, ProbeTarget] = {}
     for inst, key in zip(route.instances, route.keys, strict=True):

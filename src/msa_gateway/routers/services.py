@@ -83,7 +83,7 @@ class ProbeRounds:
         if entry is None or now - entry[0] >= self.ttl or entry[1] != version:
             if len(self._rounds) > MAX_ROUNDS:
                 self._rounds = {k: v for k, v in self._rounds.items() if now - v[0] < self.ttl}
-            check = route.spec.options.health_check
+            check = route.options.health_check
             probes = [
                 rt.checker.probe(i, i.health_path or check.path or "/", check.timeout)
                 for i in route.instances
@@ -141,7 +141,7 @@ async def service_info(request: Request, name: str) -> dict[str, Any]:
     """Describe how the gateway routes to ``name``."""
     rt = runtime_of(request)
     route = route_of(request, name)
-    options = route.spec.options
+    options = route.options
     counts = rt.metrics.requests.by_code(name)
     return {
         **_service(rt, route),
