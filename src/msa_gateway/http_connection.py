@@ -137,7 +137,8 @@ class HttpConnection:
     def on_header(self, name: bytes, value: bytes) -> None:
         """Keep the header lower-cased, without the trailing whitespace llhttp leaves on the value."""
         name = name.lower()
-        value = value.rstrip(b" \t")
+        if value and value[-1] in (32, 9):  # SP or HT at the end (seldom): only then a method call
+            value = value.rstrip(b" \t")
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
         self.headers.append((name, value))

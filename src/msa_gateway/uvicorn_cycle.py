@@ -14,7 +14,7 @@ httptools cycle, compiled; uvicorn is pinned in pyproject.toml, and the tests ru
   ends, and the same bookkeeping afterwards (response complete, the next pipelined request).
 * ``body_waiting`` says whether ``receive`` will return at once (the body or a disconnect is
   there), so no idle timeout is needed for it; ``take_body`` takes a body part that is there as
-  ``receive`` would, without its message.
+  ``receive`` would, without its message; ``take_whole_body`` the whole body, when all of it is.
 
 Anything else (another server, writes paused, a header that fails the checks, framing uvicorn
 would refuse) returns False and the caller takes the ASGI path, which behaves as before.
@@ -22,7 +22,6 @@ would refuse) returns False and the caller takes the ASGI path, which behaves as
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE
@@ -57,18 +56,35 @@ def take_body(receive: Any) -> tuple[bytes, bool] | None:
     ``wait`` coroutine and the message dict. None when the part is not there yet, the client left,
     the response is complete, or a ``100 Continue`` is owed first: then ``receive`` is the way.
     """
+    cycle = _ready(receive)
+    if cycle is None:
+        return None
+    return _take(cycle), cycle.more_body
+
+
+def take_whole_body(receive: Any) -> bytes | None:
+    """Return the whole body when all of it is there, as ``take_body`` would; else None, taking nothing."""
+    cycle = _ready(receive)
+    if cycle is None or cycle.more_body:
+        return None
+    return _take(cycle)
+
+
+def _ready(receive: Any) -> RequestCycle | None:
+    """Return the cycle behind ``receive`` when its next body part can be taken now."""
     cycle = _cycle(receive)
     if cycle is None or cycle.waiting_for_100_continue or cycle.disconnected or cycle.response_complete:
         return None
-    event = cycle.message_event
-    if not event.is_set():
-        return None
+    return cycle if cycle.message_event.is_set() else None
+
+
+def _take(cycle: RequestCycle) -> bytes:
     if cycle.flow.read_paused:  # read first: resume_reading is an interpreted call
         cycle.flow.resume_reading()
-    event.clear()
+    cycle.message_event.clear()
     body = bytes(cycle.body)
     cycle.body = bytearray()
-    return body, cycle.more_body
+    return body
 
 
 def _framing(cycle: RequestCycle, status: int, length: int, body: bytes) -> tuple[bytes, bytes] | None:
@@ -93,7 +109,7 @@ def _writable(cycle: RequestCycle, status: int) -> bool:
 
 
 def _lay_out(
-    pairs: Sequence[tuple[bytes, bytes]], out: list[bytes], names: list[bytes], values: list[bytes]
+    pairs: list[tuple[bytes, bytes]], out: list[bytes], names: list[bytes], values: list[bytes]
 ) -> None:
     """Append each header's line to ``out``, its name to ``names`` and its value to ``values``."""
     for name, value in pairs:
@@ -106,7 +122,7 @@ def _lay_out(
 
 
 def _response(
-    cycle: RequestCycle, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes
+    cycle: RequestCycle, status: int, headers: list[tuple[bytes, bytes]], body: bytes
 ) -> bytes | None:
     """Return the response's bytes as uvicorn writes them, or None when it would refuse or differ.
 
@@ -149,7 +165,7 @@ def _response(
 
 
 def write_whole(
-    send: Any, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes, writes: WriteBatch = DIRECT
+    send: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes, writes: WriteBatch = DIRECT
 ) -> bool:
     """Write a complete response in one write, as uvicorn would for start + final body; or return False.
 

@@ -15,7 +15,7 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from msa_gateway.request_cycle import MessageEvent, RequestCycle
-from msa_gateway.uvicorn_cycle import body_waiting, take_body, write_whole
+from msa_gateway.uvicorn_cycle import body_waiting, take_body, take_whole_body, write_whole
 from msa_gateway.write_batch import SHARED_FROM, WriteBatch
 
 Headers = list[tuple[bytes, bytes]]
@@ -250,6 +250,22 @@ def test_take_body_leaves_to_receive_what_it_would_not_answer_at_once() -> None:
         return {}
 
     assert take_body(not_a_cycles) is None
+
+
+def test_take_whole_body_takes_the_body_only_when_all_of_it_is_there() -> None:
+    partial, _, _ = make_cycle("POST")
+    _arrived(partial, b"hel", True)
+    assert take_whole_body(partial.receive) is None  # more follows: nothing taken
+    assert partial.body == b"hel" and partial.message_event.is_set()
+    _arrived(partial, b"lo", False)
+    partial.flow.read_paused = True
+    assert take_whole_body(partial.receive) == b"hello"
+    assert partial.body == bytearray() and not partial.message_event.is_set() and not partial.flow.read_paused
+    assert take_whole_body(partial.receive) is None  # taken already
+    gone, _, _ = make_cycle("POST")
+    _arrived(gone, b"x", False)
+    gone.disconnected = True
+    assert take_whole_body(gone.receive) is None and gone.body == b"x"
 
 
 def _uvicorn_refuses(headers: Headers) -> bool:

@@ -21,7 +21,7 @@ from msa_gateway.proxy.headers import downstream_response_headers
 from msa_gateway.proxy.redirects import Redirects
 from msa_gateway.proxy.retry import IDEMPOTENT_METHODS
 from msa_gateway.proxy.upstream import UpstreamResponse
-from msa_gateway.uvicorn_cycle import abort, body_waiting, take_body, write_whole
+from msa_gateway.uvicorn_cycle import abort, body_waiting, take_body, take_whole_body, write_whole
 from msa_gateway.write_batch import DIRECT, WriteBatch
 
 if TYPE_CHECKING:
@@ -81,6 +81,20 @@ def client_error(ex: Exchange, limit: int | None) -> HTTPError | None:
     return None
 
 
+def ready_body(req: ProxyRequest, ex: Exchange, options: ServiceOptions) -> bytes | None:
+    """Return the body ``open_body`` would read whole when all of it is already there, else None.
+
+    A small body mostly arrives with its head: taken here, it costs no coroutine (``open_body``,
+    ``read_all`` and ``_next_part`` were three per request). None takes nothing.
+    """
+    if not req.has_body or not _read_whole(req, options):
+        return None
+    body = take_whole_body(req.receive)
+    if body is not None:
+        _count(ex, body, options.max_body_size)
+    return body
+
+
 async def open_body(
     req: ProxyRequest, ex: Exchange, options: ServiceOptions, idle: float
 ) -> bytes | BodyStream | None:
@@ -92,13 +106,17 @@ async def open_body(
     """
     if not req.has_body:
         return None
-    length = req.body_length
-    policy = options.retry
-    if (length is not None and length <= SMALL_BODY) or (
-        policy.max_retries and req.method in IDEMPOTENT_METHODS and policy.can_buffer(length)
-    ):
+    if _read_whole(req, options):
         return await read_all(req.receive, ex, options.max_body_size, idle)
     return BodyStream(req.receive, ex, options.max_body_size, idle)
+
+
+def _read_whole(req: ProxyRequest, options: ServiceOptions) -> bool:
+    length = req.body_length
+    policy = options.retry
+    return (length is not None and length <= SMALL_BODY) or bool(
+        policy.max_retries and req.method in IDEMPOTENT_METHODS and policy.can_buffer(length)
+    )
 
 
 async def stream_back(
@@ -211,13 +229,17 @@ async def _next_part(receive: Any, ex: Exchange, limit: int | None, idle: float)
     part = take_body(receive)
     if part is None:
         part = await _receive_part(receive, ex, idle)
-    chunk = part[0]
-    if chunk:
-        ex.received += len(chunk)
-        if limit is not None and ex.received > limit:
-            ex.too_large = True
-            raise ClientGone
+    if part[0]:
+        _count(ex, part[0], limit)
     return part
+
+
+def _count(ex: Exchange, chunk: bytes, limit: int | None) -> None:
+    """Count a part of the body received; ``ClientGone`` once it is more than ``limit`` in all."""
+    ex.received += len(chunk)
+    if limit is not None and ex.received > limit:
+        ex.too_large = True
+        raise ClientGone
 
 
 async def _receive_part(receive: Any, ex: Exchange, idle: float) -> tuple[bytes, bool]:

@@ -22,11 +22,13 @@ from msa_gateway.observability.otlp import server_span
 from msa_gateway.observability.requests import method_label
 from msa_gateway.proxy.exchange import (
     STATUS_CLIENT_GONE,
+    BodyStream,
     ClientGone,
     Exchange,
     client_error,
     log_access,
     open_body,
+    ready_body,
     stream_back,
 )
 from msa_gateway.proxy.forwarder import Forwarder
@@ -82,8 +84,7 @@ class ProxyApp:
     ) -> None:
         """Serve one HTTP request, or one WebSocket connection (proxy/websocket.py)."""
         if scope["type"] != "http":
-            if scope["type"] == "websocket":
-                await self.websocket(scope, receive, send)
+            await self._not_http(scope, receive, send)
             return
         req = ProxyRequest(scope, receive, send)
         if self.tracer is not None:
@@ -98,7 +99,10 @@ class ProxyApp:
                 if reply is not None:
                     await self._reply(req, ex, reply)
                     return
-            body = await open_body(req, ex, route.options, self.body_timeout) if req.has_body else None
+            # A small body mostly came with the head: taken whole here, without a coroutine.
+            body: bytes | BodyStream | None = ready_body(req, ex, route.options)
+            if body is None and req.has_body:
+                body = await open_body(req, ex, route.options, self.body_timeout)
             outcome = await self.forwarder.forward(route, req, ex, body)
             try:
                 if outcome.response is None:
@@ -121,6 +125,11 @@ class ProxyApp:
         finally:
             stats.in_flight -= 1
             self._account(req, ex)
+
+    async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Proxy a WebSocket connection; lifespan and any other scope are ``GatewayApp``'s business."""
+        if scope["type"] == "websocket":
+            await self.websocket(scope, receive, send)
 
     async def _crash(self, req: ProxyRequest, ex: Exchange) -> None:
         """Answer 500 (never a stack trace), or close the connection when the answer had begun."""

@@ -9,6 +9,7 @@ import tomllib
 from importlib.metadata import version
 from typing import Any, cast
 
+import pytest
 import uvicorn
 from uvicorn.lifespan.on import LifespanOn
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -121,3 +122,19 @@ async def test_a_requests_scope_begins_as_uvicorns_own_on_message_begin_makes_it
     assert ours["headers"] is our_headers and ours["state"] is not proto.app_state
     proto.on_message_begin()
     assert proto.scope["state"] is not ours["state"] and proto.scope["headers"] is not our_headers
+
+
+@pytest.mark.parametrize("value", [b"v", b"v ", b"v\t \t", b"", b" ", b"a b", b"100-continue ", b"x\t"])
+async def test_a_header_is_kept_as_uvicorns_on_header_keeps_it(value: bytes) -> None:
+    """Trailing SP and HT go (llhttp leaves them on the value), whatever ends the value."""
+    from tests.unit.server.test_direct_dispatch import App, connect
+
+    proto, _ = connect(App())
+    proto.on_message_begin()
+    proto.on_header(b"Expect", value)
+    ours, our_expect = list(proto.headers), proto.expect_100_continue
+    proto.on_message_begin()
+    proto.expect_100_continue = False
+    HttpToolsProtocol.on_header(cast(Any, proto), b"Expect", value)
+    assert (ours, our_expect) == (list(proto.headers), proto.expect_100_continue)
+    assert ours == [(b"expect", value.rstrip(b" \t"))]
