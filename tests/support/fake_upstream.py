@@ -65,7 +65,7 @@ class FakeResponse:
 
     def __init__(self, reply: Reply) -> None:
         self.status: int = reply.status
-        self.headers: Sequence[tuple[bytes, bytes]] = list(reply.headers)
+        self.headers: list[tuple[bytes, bytes]] = list(reply.headers)
         self._chunks = list(reply.chunks)
         self._fail = reply.fail_after
         self.released = self.closed = False

@@ -14,7 +14,7 @@ URLs pointing at the instance itself are rewritten (``proxy/redirects.py``).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from random import getrandbits
 
 from msa_gateway.proxy.redirects import REDIRECT_HEADERS, Redirects
@@ -153,7 +153,7 @@ def _has_connection(headers: list[tuple[bytes, bytes]]) -> bool:
 
 
 def downstream_response_headers(
-    raw_headers: Sequence[tuple[bytes, bytes]], request_id: bytes, redirects: Redirects | None = None
+    raw_headers: list[tuple[bytes, bytes]], request_id: bytes, redirects: Redirects | None = None
 ) -> list[tuple[bytes, bytes]]:
     """Return the upstream's response headers fit to send to the client, plus ``x-request-id``."""
     out = []

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 
 from msa_gateway.errors import UpstreamError, UpstreamTimeout
 from msa_gateway.model import Instance, ServiceOptions
@@ -88,7 +88,7 @@ class _Response:
         self._pool = pool
         self._eof = False
         self.status = conn.status
-        self.headers: Sequence[tuple[bytes, bytes]] = conn.headers
+        self.headers: list[tuple[bytes, bytes]] = conn.headers
 
     async def read(self) -> bytes:
         """Return the body bytes that arrived since the last call (waiting for some); ``b""`` at the end."""

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
@@ -35,7 +35,7 @@ class UpstreamResponse(Protocol):
     """A response whose head has arrived; the body is read chunk by chunk."""
 
     status: int
-    headers: Sequence[tuple[bytes, bytes]]
+    headers: list[tuple[bytes, bytes]]  # a list: the compiled code iterates it natively
 
     async def read(self) -> bytes:
         """Return the next chunk of the body as it arrives; ``b""`` at the end."""
@@ -145,7 +145,7 @@ class _AiohttpResponse:
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self._resp = resp
         self.status = resp.status
-        self.headers: Sequence[tuple[bytes, bytes]] = resp.raw_headers
+        self.headers: list[tuple[bytes, bytes]] = list(resp.raw_headers)
 
     async def read(self) -> bytes:
         try:
