@@ -89,7 +89,7 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
     return frozenset(names)
 
 
-def upstream_request_headers(  # noqa: PLR0913, PLR0912 - one pass over the headers needs every input; hot path, no context object; one pass over the headers, one branch per header class; hot path
+def upstream_request_headers(  # noqa: PLR0913, PLR0912 - one pass needs every input and a branch per header class; hot path: no context object
     headers: list[tuple[bytes, bytes]],
     *,
     peer: str | None,
