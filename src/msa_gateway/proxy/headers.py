@@ -109,11 +109,12 @@ def upstream_request_headers(  # noqa: PLR0913, PLR0912 - one pass needs every i
     prior_for: list[bytes] = []
     prior_proto = prior_host = None
     for name, value in headers:
-        if name not in GATEWAY_OWNED and not drop:  # most headers: one lookup, then the underscore rule
-            if _UNDERSCORE not in name or allow_underscores:
-                out.append((name, value))
+        if _UNDERSCORE in name and not allow_underscores:
             continue
-        if name in HOP_BY_HOP or name in drop or (_UNDERSCORE in name and not allow_underscores):
+        if name not in GATEWAY_OWNED and not drop:  # most headers: passed on after one lookup
+            out.append((name, value))
+            continue
+        if name in HOP_BY_HOP or name in drop:
             continue
         if name in _REQUEST_OWN:
             if name == b"host":
