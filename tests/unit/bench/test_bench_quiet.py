@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import pytest
 from bench.measure import run_line
@@ -120,3 +121,23 @@ def test_errors_outrank_noise_and_noise_outranks_a_missed_ratio() -> None:
     assert verdict(_summaries(steal=0.20, non2xx=5), strict, "x") == EXIT_ERRORS
     assert verdict(_summaries(steal=0.20, gateway_rps=1_000), strict, "x") == EXIT_NOISY
     assert verdict(_summaries(steal=0.0, gateway_rps=1_000), strict, "x") == EXIT_RATIO
+
+
+def _with(config: str, socket_errors: int) -> list[Summary]:
+    return summarize(
+        [
+            Measurement("nginx-proxy", "get", 0, wrk_result(50_000), steal_share=0.0),
+            Measurement("gateway", "get", 0, wrk_result(20_000), steal_share=0.0),
+            Measurement(config, "get", 0, replace(wrk_result(2_000), read_errors=socket_errors), steal_share=0.0),
+        ]
+    )
+
+
+def test_a_compared_peers_errors_are_reported_but_leave_the_status_alone(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert verdict(_with("proxy.py", socket_errors=34), _args(), "x") == 0
+    assert "PEER ERRORS (status unchanged): GET proxy.py: 34 socket errors" in capsys.readouterr().err
+    # The host-independent floor is a yardstick, like nginx: its errors spoil the measurement.
+    assert verdict(_with("bare-asgi", socket_errors=1), _args(), "x") == EXIT_ERRORS
+    assert "ERRORS: GET bare-asgi: 1 socket errors" in capsys.readouterr().err
