@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -67,6 +68,7 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 
+from msa_gateway.connection_worker import ConnectionWorker
 from msa_gateway.http_connection import HttpConnection
 from msa_gateway.proxy.headers import request_id_from
 from msa_gateway.request_cycle import RequestCycle
@@ -92,6 +94,21 @@ _TASK_NAME = "http-request"  # every request task's name (uvicorn's tasks are un
 _Task = asyncio.Task
 _MAX_WRAPPERS = 8  # middleware layers looked through for the gateway app (a loop of them ends the search)
 _CHUNK_FRAMING = 24  # a chunk's size line (16 hex digits + CRLF) and the CRLF after its data, with room
+
+
+def flush_held(app: Any) -> None:
+    """Write what the proxy holds for the end of the turn (``write_batch``) before writing directly.
+
+    The batch is the gateway app's, found through any middleware uvicorn wrapped around it.
+    """
+    for _ in range(_MAX_WRAPPERS):
+        batch = getattr(app, "write_batch", None)
+        if batch is not None:
+            batch.flush()
+            return
+        app = getattr(app, "app", None)
+        if app is None:
+            return
 
 
 class _Rejected(Exception):
@@ -132,6 +149,8 @@ class GatewayHttpProtocol(HttpConnection):
         self._scope_base: dict[str, Any] = {}
         self._fresh_context = bool(config.reset_contextvars)  # each request's task in a new context
         self._plain_tasks = True  # the loop has no task factory (checked when the connection is made)
+        # The worker gets the app's flush, not this protocol's: no reference cycle through it.
+        self._worker = ConnectionWorker(self.loop, self.tasks, functools.partial(flush_held, self.app))
 
     # --- connection ---------------------------------------------------------------------
 
@@ -155,6 +174,7 @@ class GatewayHttpProtocol(HttpConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         """Tell the request in progress, and drop the connection's timers."""
         super().connection_lost(exc)
+        self._worker.close()
         self._unset_keepalive_if_required()
         if self._timer is not None:
             self._timer.cancel()
@@ -219,6 +239,7 @@ class GatewayHttpProtocol(HttpConnection):
             )
             return
         self.connections.discard(self)
+        self._worker.close()
         self._unset_keepalive_if_required()
         if self._timer is not None:
             self._timer.cancel()
@@ -244,14 +265,19 @@ class GatewayHttpProtocol(HttpConnection):
             self._create_task(*pending)
 
     def _create_task(self, cycle: Any, app: Any) -> None:
-        """Start the request's task as uvicorn does, but named.
+        """Start the request's task as uvicorn does, but named, or hand it to the connection's worker.
 
         A request the app's ``direct_app`` names a handler for (the proxy, app.py) runs without
-        uvicorn's ``run_asgi`` around it; that handler answers its own failures. Without a task
-        factory the task is built as the loop's ``create_task`` builds it, but with its name
-        given: uvloop formats a default name for every task and then replaces it.
+        uvicorn's ``run_asgi`` around it; that handler answers its own failures. Such requests
+        run in turn in the connection's one task (connection_worker.py) unless each must have a
+        context of its own or the loop has a task factory. Without a task factory the task is
+        built as the loop's ``create_task`` builds it, but with its name given: uvloop formats a
+        default name for every task and then replaces it.
         """
         direct = self._direct(cycle.scope) if self._direct is not None and app is self.app else None
+        if direct is not None and self._plain_tasks and not self._fresh_context:
+            self._worker.serve(direct, cycle)
+            return
         coro = cycle.run_asgi(app) if direct is None else direct(cycle.scope, cycle.receive, cycle.send)
         context = contextvars.Context() if self._fresh_context else None
         if self._plain_tasks:
@@ -282,19 +308,8 @@ class GatewayHttpProtocol(HttpConnection):
         super().shutdown()
 
     def _flush_held(self) -> None:
-        """Write what the proxy holds for the end of the turn (``write_batch``) before writing directly.
-
-        The batch is the gateway app's, found through any middleware uvicorn wrapped around it.
-        """
-        app = self.app
-        for _ in range(_MAX_WRAPPERS):
-            batch = getattr(app, "write_batch", None)
-            if batch is not None:
-                batch.flush()
-                return
-            app = getattr(app, "app", None)
-            if app is None:
-                return
+        """``flush_held`` for this connection's app."""
+        flush_held(self.app)
 
     def _go_idle(self) -> None:
         self._idle_deadline = deadline = self.loop.time() + self.timeout_keep_alive

@@ -128,7 +128,9 @@ def _with(config: str, socket_errors: int) -> list[Summary]:
         [
             Measurement("nginx-proxy", "get", 0, wrk_result(50_000), steal_share=0.0),
             Measurement("gateway", "get", 0, wrk_result(20_000), steal_share=0.0),
-            Measurement(config, "get", 0, replace(wrk_result(2_000), read_errors=socket_errors), steal_share=0.0),
+            Measurement(
+                config, "get", 0, replace(wrk_result(2_000), read_errors=socket_errors), steal_share=0.0
+            ),
         ]
     )
 

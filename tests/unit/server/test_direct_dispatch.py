@@ -1,4 +1,4 @@
-"""A proxied request runs as its task's only coroutine; the gateway's own paths go through ASGI as before.
+"""A proxied request runs in its connection's one task; the gateway's own paths go through ASGI as before.
 
 The app here stands for ``GatewayApp``: ``direct_app(scope)`` names the handler of a path, or None
 for the paths its ``__call__`` serves (through uvicorn's ``run_asgi``).
@@ -32,6 +32,7 @@ class App:
 
     def __init__(self) -> None:
         self.coroutines: list[str] = []
+        self.tasks: list[asyncio.Task[Any]] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self._note()
@@ -51,6 +52,7 @@ class App:
     def _note(self) -> None:
         task = asyncio.current_task()
         assert task is not None
+        self.tasks.append(task)
         coro = (
             task.get_coro()
         )  # the cycle's run_asgi is compiled: a coroutine type of its own, no __qualname__
@@ -78,14 +80,37 @@ def get(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
 
 
-async def test_a_direct_request_is_its_tasks_only_coroutine_and_the_rest_go_through_asgi() -> None:
+async def test_direct_requests_run_in_the_connections_task_and_the_rest_go_through_asgi() -> None:
     app = App()
     proto, transport = connect(app)
     proto.data_received(get("/ok") + get("/own") + get("/ok"))  # pipelined, in order
     await settle()
     assert statuses(bytes(transport.out)) == [200, 201, 200]
-    assert app.coroutines[0] == app.coroutines[2] == "App.ok" and "run_asgi" in app.coroutines[1]
-    assert not proto.tasks and not transport.closing
+    assert app.tasks[0] is app.tasks[2] and app.tasks[0].get_name() == "http-requests"
+    assert "run_asgi" in app.coroutines[1] and app.tasks[1].get_name() == "http-request"
+    assert proto.tasks == {app.tasks[0]} and not transport.closing  # waiting for the next request
+    proto.data_received(get("/ok"))  # keep-alive: the same task again
+    await settle()
+    assert app.tasks[3] is app.tasks[0]
+    proto.connection_lost(None)
+    await settle()
+    assert app.tasks[0].done() and not proto.tasks
+
+
+async def test_a_websocket_upgrade_ends_the_connections_task() -> None:
+    app = App()
+    proto, transport = connect(app)
+    transport.set_protocol = lambda protocol: None  # type: ignore[method-assign]
+    proto.data_received(get("/ok"))
+    await settle()
+    worker = app.tasks[0]
+    assert not worker.done()
+    proto.data_received(
+        b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    await settle()
+    assert worker.done() and worker not in proto.tasks
 
 
 async def test_an_aborted_answer_closes_the_connection() -> None:
@@ -144,14 +169,17 @@ OUTSIDE: contextvars.ContextVar[str] = contextvars.ContextVar("outside", default
 
 
 @pytest.mark.parametrize("reset", [False, True])
-async def test_a_requests_task_is_named_and_gets_a_fresh_context_when_uvicorn_is_told_to(reset: bool) -> None:
+async def test_a_requests_task_is_named_and_its_own_with_a_fresh_context_when_uvicorn_is_told_to(
+    reset: bool,
+) -> None:
     app = Recording()
     proto, transport = connect(app, reset_contextvars=reset)
     OUTSIDE.set("inherited")
     proto.data_received(get("/ok"))
     await settle()
     assert statuses(bytes(transport.out)) == [200]
-    assert app.seen == [("http-request", "fresh" if reset else "inherited")]
+    # A fresh context per request needs a task per request; otherwise the connection's task serves it.
+    assert app.seen == [("http-request", "fresh") if reset else ("http-requests", "inherited")]
 
 
 async def test_a_loop_with_a_task_factory_builds_the_requests_tasks_through_it() -> None:
