@@ -20,7 +20,7 @@ exception handler, as an unretrieved task exception would, and the next request 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 Handler = Callable[[Any, Any, Any], Coroutine[Any, Any, None]]
@@ -66,20 +66,36 @@ class ConnectionWorker:
             wake.set_result(None)
 
     async def _run(self, handler: Handler, cycle: Any) -> None:
-        job: Job | None = (handler, cycle)
+        # One await for the requests and the waits between them: mypyc keeps what an await has
+        # finished with until that await runs again. With an await for each, a request's finished
+        # coroutine, and everything it held, was freed only when the next request began, on that
+        # request's way (one connection: 3% slower); with one, the wait after a request frees it.
+        awaited: Awaitable[Any] = handler(cycle.scope, cycle.receive, cycle.send)
+        serving = True
         try:
-            while job is not None:
-                handler, cycle = job
+            while True:
+                result: Any = None
                 try:
-                    await handler(cycle.scope, cycle.receive, cycle.send)
-                except Exception as exc:  # a handler's bug: reported, and the connection goes on
-                    self._report(exc)
-                job = await self._take()
+                    result = await awaited
+                except Exception as exc:
+                    if not serving:
+                        raise
+                    self._report(exc)  # a handler's bug: reported, and the connection goes on
+                step = self._after_request() if serving else result
+                if step is None:
+                    return
+                if isinstance(step, tuple):
+                    handler, cycle = step
+                    awaited = handler(cycle.scope, cycle.receive, cycle.send)
+                    serving = True
+                else:
+                    awaited = step
+                    serving = False
         finally:
             self._stop()
 
-    async def _take(self) -> Job | None:
-        """Return the next job, waiting for it when none is queued; None once the connection is closed."""
+    def _after_request(self) -> Job | asyncio.Future[Job | None] | None:
+        """Return the next job, a future that brings it, or None once the connection is closed."""
         job = self._next
         if job is not None:
             self._next = None
@@ -89,7 +105,7 @@ class ConnectionWorker:
             return None
         wake: asyncio.Future[Job | None] = self._loop.create_future()
         self._wake = wake
-        return await wake
+        return wake
 
     def _stop(self) -> None:
         """The task ends (closed, or cancelled): a job still queued gets a task of its own."""
