@@ -5,7 +5,7 @@ Why: asyncio's ``Task`` costs more to make and to drop than the request's own ro
 callback removes it again, and the done callback runs through ``call_soon``: some 7,000
 instructions a request (callgrind's caller tree, bench/README.md). A connection's requests come
 one after another (the next starts once the previous response is complete), so one task can run
-them in order: the next request wakes it through a future, a third of a task's cost.
+them in order, woken for the next request through a future, which costs a fraction of a task.
 
 What a request shares with the others of its connection: the task (``asyncio.current_task()``)
 and the task's context. The proxy's path sets no context variable; a loop with a task factory,
@@ -50,7 +50,7 @@ class ConnectionWorker:
         if wake is not None:
             self._wake = None
             wake.set_result((handler, cycle))
-        elif self.task is not None:
+        elif self.task is not None and not self.task.done():  # done: cancelled before it ever ran
             self._next = (handler, cycle)  # one at most: a job starts once the one before it answered
         else:
             self.task = task = _Task(self._run(handler, cycle), loop=self._loop, name=TASK_NAME)
@@ -68,8 +68,8 @@ class ConnectionWorker:
     async def _run(self, handler: Handler, cycle: Any) -> None:
         # One await for the requests and the waits between them: mypyc keeps what an await has
         # finished with until that await runs again. With an await for each, a request's finished
-        # coroutine, and everything it held, was freed only when the next request began, on that
-        # request's way (one connection: 3% slower); with one, the wait after a request frees it.
+        # coroutine, and everything it held, would be freed only when the next request began, on
+        # that request's way; with one, the wait after a request frees it.
         awaited: Awaitable[Any] = handler(cycle.scope, cycle.receive, cycle.send)
         serving = True
         try:

@@ -55,8 +55,11 @@ async def busy(handlers: Handlers, tasks: set[Any]) -> tuple[ConnectionWorker, a
 
 async def idle(w: ConnectionWorker) -> None:
     """Return once the worker's task waits for its next request."""
-    while w._wake is None:  # the state this test is about
+    for _ in range(100):  # a few loop turns at most: nothing here waits for anything else
+        if w._wake is not None:  # the state this test is about
+            return
         await asyncio.sleep(0)
+    raise AssertionError("the worker's task never waited for a next request")
 
 
 async def test_one_named_task_serves_the_requests_in_turn_and_ends_with_the_connection() -> None:
@@ -130,3 +133,16 @@ async def test_a_cancelled_task_leaves_a_queued_request_a_task_and_the_next_one_
     w.serve(handlers.handle, Cycle("later"))
     await idle(w)
     assert handlers.ran[2][0] == "later" and w.task is not None and w.task is not first
+
+
+async def test_a_task_cancelled_before_it_ran_does_not_keep_the_next_request_waiting() -> None:
+    handlers, tasks = Handlers(), set[Any]()
+    w = worker(handlers, tasks)
+    w.serve(handlers.handle, Cycle("never"))
+    first = w.task
+    assert first is not None
+    first.cancel()  # before its first step: its coroutine never runs, nor its cleanup
+    await asyncio.gather(first, return_exceptions=True)
+    w.serve(handlers.handle, Cycle("next"))
+    await idle(w)
+    assert [name for name, _ in handlers.ran] == ["next"] and w.task is not first
