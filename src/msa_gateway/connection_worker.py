@@ -53,9 +53,7 @@ class ConnectionWorker:
         elif self.task is not None and not self.task.done():  # done: cancelled before it ever ran
             self._next = (handler, cycle)  # one at most: a job starts once the one before it answered
         else:
-            self.task = task = _Task(self._run(handler, cycle), loop=self._loop, name=TASK_NAME)
-            task.add_done_callback(self._tasks.discard)
-            self._tasks.add(task)
+            self.task = self._spawn(self._run(handler, cycle))
 
     def close(self) -> None:
         """The connection is gone or upgraded: end the task once it is idle."""
@@ -70,10 +68,16 @@ class ConnectionWorker:
         # finished with until that await runs again. With an await for each, a request's finished
         # coroutine, and everything it held, would be freed only when the next request began, on
         # that request's way; with one, the wait after a request frees it.
-        awaited: Awaitable[Any] = handler(cycle.scope, cycle.receive, cycle.send)
-        serving = True
+        step: Job | asyncio.Future[Job | None] | None = (handler, cycle)
         try:
-            while True:
+            while step is not None:
+                if isinstance(step, tuple):
+                    handler, cycle = step
+                    awaited: Awaitable[Any] = handler(cycle.scope, cycle.receive, cycle.send)
+                    serving = True
+                else:
+                    awaited = step
+                    serving = False
                 result: Any = None
                 try:
                     result = await awaited
@@ -82,15 +86,6 @@ class ConnectionWorker:
                         raise
                     self._report(exc)  # a handler's bug: reported, and the connection goes on
                 step = self._after_request() if serving else result
-                if step is None:
-                    return
-                if isinstance(step, tuple):
-                    handler, cycle = step
-                    awaited = handler(cycle.scope, cycle.receive, cycle.send)
-                    serving = True
-                else:
-                    awaited = step
-                    serving = False
         finally:
             self._stop()
 
@@ -114,9 +109,14 @@ class ConnectionWorker:
         job, self._next = self._next, None
         if job is not None and not self._closed:
             handler, cycle = job
-            task = self._loop.create_task(handler(cycle.scope, cycle.receive, cycle.send), name=TASK_NAME)
-            task.add_done_callback(self._tasks.discard)
-            self._tasks.add(task)
+            self._spawn(handler(cycle.scope, cycle.receive, cycle.send))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Start a named task, counted in the server's tasks while it runs."""
+        task = _Task(coro, loop=self._loop, name=TASK_NAME)
+        task.add_done_callback(self._tasks.discard)
+        self._tasks.add(task)
+        return task
 
     def _report(self, exc: Exception) -> None:
         self._loop.call_exception_handler(
