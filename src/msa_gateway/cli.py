@@ -75,6 +75,7 @@ def gateway_server(app: GatewayApp, settings: Settings) -> GatewayServer:
         settings.host,
         settings.port,
         server_limits(settings),
+        busy_poll_us=settings.busy_poll_us,
         loop="uvloop",
         lifespan="on",
         log_config=uvicorn_log_config(settings.debug),

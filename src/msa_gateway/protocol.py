@@ -68,6 +68,7 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 
+from msa_gateway.busy_poll import BusyPoll, busy_poll
 from msa_gateway.connection_worker import ConnectionWorker
 from msa_gateway.http_connection import HttpConnection
 from msa_gateway.proxy.headers import request_id_from
@@ -125,9 +126,11 @@ class GatewayHttpProtocol(HttpConnection):
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
         limits: ServerLimits | None = None,
+        poller: BusyPoll | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limits = limits = limits if limits is not None else ServerLimits()
+        self._poller = poller  # BUSY_POLL_US: client traffic keeps the loop polling for a while
         self._max_url = limits.max_request_line
         self._max_bytes = limits.max_header_bytes
         self._max_headers = limits.max_headers
@@ -186,6 +189,8 @@ class GatewayHttpProtocol(HttpConnection):
             self._linger_last = self.loop.time()
             return  # answered already: drop whatever the client still sends
         self._chunk = n = len(data)
+        if self._poller is not None:
+            self._poller.arm(self.loop)
         if self._head_deadline:
             self._head_rest += n
         if self._framing_left is not None:  # inside a chunked body: charge the read, refund its data
@@ -294,6 +299,8 @@ class GatewayHttpProtocol(HttpConnection):
         super().on_response_complete()
         if self.transport.is_closing():
             return
+        if self._poller is not None:  # the client's next request is likely on its way
+            self._poller.arm(self.loop)
         if self.flow.read_paused:  # read first: resume_reading is an interpreted call
             self.flow.resume_reading()
         if self.pipeline:  # the next pipelined request starts
@@ -561,8 +568,9 @@ class GatewayHttpProtocol(HttpConnection):
 class ProtocolFactory:
     """``uvicorn.Config(http=...)``: builds a ``GatewayHttpProtocol`` enforcing ``limits`` per connection."""
 
-    def __init__(self, limits: ServerLimits) -> None:
+    def __init__(self, limits: ServerLimits, poller: BusyPoll | None = None) -> None:
         self.limits = limits
+        self.poller = poller  # one for every connection of the server
 
     def __call__(
         self,
@@ -571,12 +579,15 @@ class ProtocolFactory:
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> GatewayHttpProtocol:
-        return GatewayHttpProtocol(config, server_state, app_state, _loop, self.limits)
+        return GatewayHttpProtocol(config, server_state, app_state, _loop, self.limits, self.poller)
 
 
-def make_protocol(limits: ServerLimits) -> ProtocolFactory:
-    """Return the protocol factory enforcing ``limits``, for ``uvicorn.Config(http=...)``."""
-    return ProtocolFactory(limits)
+def make_protocol(limits: ServerLimits, busy_poll_us: int = 0) -> ProtocolFactory:
+    """Return the protocol factory enforcing ``limits``, for ``uvicorn.Config(http=...)``.
+
+    ``busy_poll_us`` (``BUSY_POLL_US``): how long client traffic keeps the loop polling; 0 = off.
+    """
+    return ProtocolFactory(limits, busy_poll(busy_poll_us))
 
 
 __all__ = [

@@ -44,7 +44,9 @@ def server_limits(settings: Settings) -> ServerLimits:
     )
 
 
-def uvicorn_config(app: Any, host: str, port: int, limits: ServerLimits, **options: Any) -> uvicorn.Config:
+def uvicorn_config(
+    app: Any, host: str, port: int, limits: ServerLimits, *, busy_poll_us: int = 0, **options: Any
+) -> uvicorn.Config:
     """Return a uvicorn config with the gateway's protocol and without uvicorn's own headers or rewriting.
 
     No ``server``/``date`` headers, no access log of uvicorn's (the gateway writes its own), no
@@ -54,7 +56,7 @@ def uvicorn_config(app: Any, host: str, port: int, limits: ServerLimits, **optio
         app,
         host=host,
         port=port,
-        http=cast(Any, make_protocol(limits)),  # uvicorn calls it as a class: a factory does
+        http=cast(Any, make_protocol(limits, busy_poll_us)),  # uvicorn calls it as a class: a factory does
         access_log=False,
         server_header=False,
         date_header=False,
@@ -79,7 +81,7 @@ def adopt_uvicorn(receive: Any, settings: Settings) -> bool:
     if isinstance(current, ProtocolFactory):
         return True  # msa-gateway run: the settings' limits are bound already
     # Any other protocol, the gateway's own class named by --http too (it would run on default limits).
-    config.http_protocol_class = cast(Any, make_protocol(server_limits(settings)))
+    config.http_protocol_class = cast(Any, make_protocol(server_limits(settings), settings.busy_poll_us))
     config.timeout_graceful_shutdown = math.ceil(settings.drain_timeout)
     if isinstance(config.loaded_app, ProxyHeadersMiddleware):
         # uvicorn's X-Forwarded-For rewriting would bypass the gateway's trusted_proxies rule.

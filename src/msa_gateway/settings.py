@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     max_headers: Annotated[int, Field(ge=1, le=10_000)] = 100
     header_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
     body_timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    busy_poll_us: Annotated[int, Field(ge=0, le=1_000_000)] = 0
     allow_underscores_in_headers: bool = False
     admin_host: str = "127.0.0.1"
     admin_port: Annotated[int, Field(ge=1, le=65535)] | None = None

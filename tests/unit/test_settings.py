@@ -131,6 +131,17 @@ def test_env_settings_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     assert env_error(info.value).startswith("environment: SERVICE_DISCOVERY_TYPE: ")
 
 
+def test_busy_poll_is_off_by_default_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings(_env_file=None).busy_poll_us == 0  # type: ignore[call-arg]
+    monkeypatch.setenv("BUSY_POLL_US", "100")
+    assert Settings(_env_file=None).busy_poll_us == 100  # type: ignore[call-arg]
+    for bad in ("-1", "1000001", "fast"):
+        monkeypatch.setenv("BUSY_POLL_US", bad)
+        with pytest.raises(Exception) as info:
+            Settings(_env_file=None)  # type: ignore[call-arg]
+        assert env_error(info.value).startswith("environment: BUSY_POLL_US: "), bad
+
+
 def test_dotenv_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / ".env").write_text("PORT=8123\nDEBUG=true\n")
     monkeypatch.chdir(tmp_path)

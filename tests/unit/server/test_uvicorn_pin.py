@@ -74,11 +74,12 @@ def test_adopt_puts_the_gateway_protocol_drain_and_no_proxy_headers_into_a_plain
     config.load()
     assert isinstance(config.loaded_app, ProxyHeadersMiddleware)
     lifespan = LifespanOn(config)
-    settings = Settings(_env_file=None, max_request_line=100, drain_timeout=7.5)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, max_request_line=100, drain_timeout=7.5, busy_poll_us=80)  # type: ignore[call-arg]
     assert adopt_uvicorn(lifespan.receive, settings)
     protocol: Any = config.http_protocol_class
     assert isinstance(protocol, ProtocolFactory)
     assert protocol.limits.max_request_line == 100
+    assert protocol.poller is not None and protocol.poller.window == 80e-6  # BUSY_POLL_US too
     assert config.timeout_graceful_shutdown == 8
     assert config.loaded_app is _noop
 
