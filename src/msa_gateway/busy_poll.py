@@ -10,8 +10,9 @@ always scheduled, so the loop polls with a zero timeout, until the window has pa
 client traffic. An answer that arrives within it is read without a wake-up. HAProxy's
 ``busy-polling`` makes the same trade but never sleeps; here the loop sleeps again once traffic
 stops for a window, so an idle gateway burns nothing and a busy one never slept anyway. What it
-costs is CPU: up to one window per quiet gap, which at low request rates is more CPU than the
-request itself. Off (0) by default, like HAProxy's.
+costs is CPU, up to one window per quiet gap: at 1,000 requests a second on one connection, 100 µs
+took the gateway from 19% to 27% of a core (``python -m bench.paced``). Off (0) by default, like
+HAProxy's.
 """
 
 from __future__ import annotations
