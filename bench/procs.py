@@ -61,7 +61,7 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _read(path: str) -> str | None:
+def read_text(path: str) -> str | None:
     try:
         with open(path) as f:
             return f.read()
@@ -75,7 +75,7 @@ def process_tree(pid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        stat = _read(f"/proc/{entry}/stat")
+        stat = read_text(f"/proc/{entry}/stat")
         if stat is not None:
             children.setdefault(parse_stat_ppid(stat), []).append(int(entry))
     tree, todo = [], [pid]
@@ -90,7 +90,7 @@ def cpu_seconds(pid: int) -> float:
     """Return the CPU time (user + system) used so far by ``pid`` and its living descendants."""
     ticks = 0
     for p in process_tree(pid):
-        stat = _read(f"/proc/{p}/stat")
+        stat = read_text(f"/proc/{p}/stat")
         if stat is not None:
             ticks += parse_stat_cpu(stat)
     return ticks / CLOCK_TICKS
@@ -100,7 +100,7 @@ def rss_bytes(pids: Sequence[int]) -> int:
     """Return the summed resident set size of ``pids`` in bytes (see ``process_tree``)."""
     total = 0
     for p in pids:
-        status = _read(f"/proc/{p}/status")
+        status = read_text(f"/proc/{p}/status")
         if status is not None:
             total += parse_vmrss_kib(status) * 1024
     return total

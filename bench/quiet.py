@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from bench.procs import read_text
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 QUIET_BUSY = 0.05  # share of all CPUs busy before start above which the run warns
 MAX_OTHER_CORES = 0.15  # cores used by other processes during a measured run above which it is noisy
@@ -114,6 +116,26 @@ def cpu_model(cpuinfo: str) -> str:
         if sep and key.strip() == "model name":
             return value.strip()
     return "unknown"
+
+
+def idle_policy(driver: str | None, halt_poll_ns: str | None) -> str:
+    """Describe how an idle CPU waits: the ``cpuidle`` driver and, under ``haltpoll``, its poll window.
+
+    One-connection figures depend on it more than on anything a proxy does (bench/README.md, "One
+    connection and the sleeping vCPU"): a guest that halts at once pays a hypervisor wake-up per wait.
+    """
+    name = (driver or "").strip() or "none"
+    if name != "haltpoll" or halt_poll_ns is None or not halt_poll_ns.strip().isdigit():
+        return name
+    return f"haltpoll, polls {int(halt_poll_ns) // 1000} µs before halting"
+
+
+def read_idle_policy() -> str:
+    """Return ``idle_policy`` of the live system."""
+    return idle_policy(
+        read_text("/sys/devices/system/cpu/cpuidle/current_driver"),
+        read_text("/sys/module/haltpoll/parameters/guest_halt_poll_ns"),
+    )
 
 
 def read_cpu_model() -> str:

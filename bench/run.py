@@ -33,7 +33,15 @@ from bench import gateway, nginx
 from bench.measure import PATH, Target, check_answer, measure_all
 from bench.peers import PEER_NAMES, peer_command, select_configs, start_peer
 from bench.procs import Proc, StartError, free_port
-from bench.quiet import MAX_OTHER_CORES, MAX_STEAL, QUIET_BUSY, noise, read_cpu_model, wait_until_quiet
+from bench.quiet import (
+    MAX_OTHER_CORES,
+    MAX_STEAL,
+    QUIET_BUSY,
+    noise,
+    read_cpu_model,
+    read_idle_policy,
+    wait_until_quiet,
+)
 from bench.report import (
     BUILTIN,
     CONFIGS,
@@ -164,6 +172,7 @@ def meta(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "loadavg_before": os.getloadavg(),
         "cpu_model": read_cpu_model(),
+        "cpu_idle": read_idle_policy(),
         "python": platform.python_version(),
         "nginx": tool_version(["nginx", "-v"]),
         "wrk": tool_version(["wrk", "--version"]),
@@ -269,11 +278,13 @@ def verdict(
     args: argparse.Namespace,
     cpu_model: str,
     measurements: Sequence[Measurement] = (),
+    idle: str = "",
 ) -> int:
     """Print the table, the ratios, noise and errors; return 0, ``EXIT_ERRORS``, ``EXIT_NOISY`` (with
     ``--strict-quiet``) or ``EXIT_RATIO``, in that order of precedence."""
     status = 0
-    print(f"\nCPU: {cpu_model} ({os.cpu_count()} cores); median of {args.runs} run(s)")
+    idle_note = f"; idle: {idle}" if idle else ""
+    print(f"\nCPU: {cpu_model} ({os.cpu_count()} cores{idle_note}); median of {args.runs} run(s)")
     print(format_table(summaries))
     for name, value in ratios(summaries).items():
         line = f"{name} = {value:.3f}"
@@ -324,7 +335,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     info = meta(args, workdir)
     info["cpu_busy_before"] = before.busy_share
     info["cpu_steal_before"] = before.steal_share
-    print(f"CPU: {info['cpu_model']}", flush=True)
+    print(f"CPU: {info['cpu_model']}; idle: {info['cpu_idle']}", flush=True)
     p1, p2 = free_port(), free_port()
     alive = True
     with contextlib.ExitStack() as stack:
@@ -356,7 +367,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             print(f"PEER DIED during the benchmark ({target.config})", file=sys.stderr)
             alive = False
     summaries = summarize(measurements)
-    status = verdict(summaries, args, info["cpu_model"], measurements)
+    status = verdict(summaries, args, info["cpu_model"], measurements, info["cpu_idle"])
     info["noisy"] = noisy_runs(summaries, args)
     info["quotable"] = not info["noisy"]
     for failure in failures:

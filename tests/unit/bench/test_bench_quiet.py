@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 from bench.measure import run_line
-from bench.quiet import CLOCK_TICKS, CpuTimes, cpu_model, interval, noise, parse_proc_stat
+from bench.quiet import CLOCK_TICKS, CpuTimes, cpu_model, idle_policy, interval, noise, parse_proc_stat
 from bench.report import Measurement, Summary, format_table, summarize
 from bench.run import EXIT_ERRORS, EXIT_NOISY, EXIT_RATIO, noisy_runs, verdict
 
@@ -114,6 +114,21 @@ def test_a_run_with_steal_is_marked_noisy_and_fails_only_with_strict_quiet(
     assert "CPU: AMD EPYC 7B13" in out
     assert verdict(noisy, _args(strict_quiet=True), "x") == EXIT_NOISY
     assert verdict(_summaries(steal=0.01), _args(strict_quiet=True), "x") == 0
+
+
+def test_the_idle_policy_names_the_driver_and_the_guests_poll_window() -> None:
+    assert idle_policy("haltpoll\n", "0\n") == "haltpoll, polls 0 µs before halting"
+    assert idle_policy("haltpoll\n", "200000\n") == "haltpoll, polls 200 µs before halting"
+    assert idle_policy("intel_idle\n", None) == "intel_idle"
+    assert idle_policy(None, None) == "none"
+    assert idle_policy("haltpoll", None) == "haltpoll"  # the governor's parameters unreadable
+
+
+def test_the_verdict_prints_the_idle_policy_beside_the_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    verdict(_summaries(steal=0.0), _args(), "AMD EPYC 7B13", (), "haltpoll, polls 0 µs before halting")
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("CPU: "))
+    assert line.startswith("CPU: AMD EPYC 7B13 (")
+    assert line.endswith(" cores; idle: haltpoll, polls 0 µs before halting); median of 3 run(s)")
 
 
 def test_errors_outrank_noise_and_noise_outranks_a_missed_ratio() -> None:
