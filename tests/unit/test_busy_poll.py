@@ -7,14 +7,17 @@ the chain of turns starts, stays single and stops, not how long anything took.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
 from msa_gateway.busy_poll import BusyPoll, busy_poll
+from msa_gateway.cli import gateway_server
+from msa_gateway.listeners import ManagementListener
 from msa_gateway.protocol import ProtocolFactory, ServerLimits, make_protocol
+from msa_gateway.settings import Settings
 from tests.unit.server.test_protocol_limits import FakeTransport, settle, statuses
 
 
@@ -132,3 +135,16 @@ async def test_a_request_arms_it_and_so_does_the_end_of_its_response() -> None:
     await settle()
     assert not poller.polling
     proto.connection_lost(None)
+
+
+async def _api(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("not called")
+
+
+def test_msa_gateway_run_polls_on_the_proxy_listener_only() -> None:
+    settings = Settings(_env_file=None, busy_poll_us=100, admin_port=9999)  # type: ignore[call-arg]
+    proxy: Any = gateway_server(cast(Any, _api), settings).config.http
+    assert isinstance(proxy, ProtocolFactory) and proxy.poller is not None
+    assert proxy.poller.window == pytest.approx(100e-6)
+    management: Any = ManagementListener(_api, settings).server.config.http
+    assert isinstance(management, ProtocolFactory) and management.poller is None
