@@ -137,6 +137,7 @@ class Runtime:
                 "config": self.config.source,
                 "version": self.version,
                 "compiled": f"{len(compiled_modules())}/{len(listed())}",  # request-path modules (mypyc)
+                "busy_poll_us": self.settings.busy_poll_us,  # 0: the loop sleeps when idle
             },
         )
 

@@ -7,6 +7,7 @@ the chain of turns starts, stays single and stops, not how long anything took.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, cast
 
 import pytest
@@ -18,6 +19,7 @@ from msa_gateway.cli import gateway_server
 from msa_gateway.listeners import ManagementListener
 from msa_gateway.protocol import ProtocolFactory, ServerLimits, make_protocol
 from msa_gateway.settings import Settings
+from tests.support.fake_upstream import make_runtime
 from tests.unit.server.test_protocol_limits import FakeTransport, settle, statuses
 
 
@@ -148,3 +150,15 @@ def test_msa_gateway_run_polls_on_the_proxy_listener_only() -> None:
     assert proxy.poller.window == pytest.approx(100e-6)
     management: Any = ManagementListener(_api, settings).server.config.http
     assert isinstance(management, ProtocolFactory) and management.poller is None
+
+
+async def test_the_start_up_line_says_how_long_the_loop_polls(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BUSY_POLL_US", "100")
+    rt, _, _ = make_runtime()
+    with caplog.at_level(logging.INFO, "msa_gateway"):
+        await rt.start()
+    await rt.aclose()
+    (record,) = [r for r in caplog.records if r.getMessage() == "gateway starting"]
+    assert getattr(record, "busy_poll_us", None) == 100
