@@ -139,12 +139,8 @@ def read_idle_policy() -> str:
 
 
 def read_cpu_model() -> str:
-    """Return ``cpu_model`` of the live ``/proc/cpuinfo``."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return cpu_model(f.read())
-    except OSError:
-        return "unknown"
+    """Return ``cpu_model`` of the live ``/proc/cpuinfo`` ('unknown' when it cannot be read)."""
+    return cpu_model(read_text("/proc/cpuinfo") or "")
 
 
 def noise(
