@@ -6,19 +6,11 @@ of the test's: the loop polling shows as CPU the process uses while nothing else
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from pathlib import Path
+
+from bench.procs import cpu_seconds
 
 from tests.support.gateway import gateway_process, raw_request
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """Return the user + system CPU time of ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 async def cpu_after(pid: int, start: float, grew: float, timeout: float = 15.0) -> float:
